@@ -1,0 +1,220 @@
+//! What a message carries besides its body: the project's own `x-refund-*` headers (SPEC §3)
+//! and the AMQP properties the worker reads. Pure conversion; no I/O.
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use sha2::{Digest, Sha256};
+
+use crate::{job::JobDate, outcome::FailureClass};
+
+/// Header names, as operators and scripts see them.
+pub mod headers {
+    /// Human-readable reason of the last failure.
+    pub const ERROR: &str = "x-refund-error";
+    /// The dead-letter class.
+    pub const ERROR_CLASS: &str = "x-refund-error-class";
+    /// The rail.
+    pub const PROVIDER: &str = "x-refund-provider";
+    /// Provider attempts that failed so far.
+    pub const ATTEMPTS: &str = "x-refund-attempts";
+    /// When the job was first seen by a worker (RFC 3339).
+    pub const FIRST_SEEN: &str = "x-refund-first-seen";
+    /// When it was last seen.
+    pub const LAST_SEEN: &str = "x-refund-last-seen";
+    /// The job id.
+    pub const JOB_ID: &str = "x-refund-job-id";
+    /// The day the job is keyed under (its idempotency key never changes).
+    pub const DATE: &str = "x-refund-date";
+    /// Status checks made on a pending refund.
+    pub const SYNCS: &str = "x-refund-syncs";
+}
+
+/// The delivery facts the pipeline and the worker need, read once per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Stable across retries: `x-refund-job-id`, else the AMQP `message_id`, else a digest of
+    /// the body.
+    pub job_id: String,
+    /// Provider attempts that failed so far.
+    pub attempts: u32,
+    /// Status checks made so far on a pending refund.
+    pub syncs: u32,
+    /// When a worker first saw the job.
+    pub first_seen: Option<String>,
+    /// The day the job was keyed under by an earlier delivery.
+    pub keyed_date: Option<JobDate>,
+    /// The AMQP `timestamp` property (Unix seconds).
+    pub timestamp: Option<u64>,
+    /// Whether the broker says this is a redelivery.
+    pub redelivered: bool,
+    /// Set when the broker itself dead-lettered the message (`x-first-death-reason`).
+    pub death_reason: Option<String>,
+}
+
+impl Envelope {
+    /// Reads a delivery's properties.
+    pub fn read(properties: &BasicProperties, body: &[u8], redelivered: bool) -> Self {
+        let table = properties.headers().as_ref();
+        let text = |name: &str| table.and_then(|t| header_text(t, name));
+        let number = |name: &str| {
+            text(name)
+                .and_then(|s| s.parse::<u32>().ok())
+                .or_else(|| table.and_then(|t| header_int(t, name)))
+        };
+        let job_id = text(headers::JOB_ID)
+            .or_else(|| properties.message_id().as_ref().map(|m| m.to_string()))
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| body_id(body));
+        Self {
+            job_id,
+            attempts: number(headers::ATTEMPTS).unwrap_or(0),
+            syncs: number(headers::SYNCS).unwrap_or(0),
+            first_seen: text(headers::FIRST_SEEN),
+            keyed_date: text(headers::DATE).and_then(|d| JobDate::parse(&d).ok()),
+            timestamp: *properties.timestamp(),
+            redelivered,
+            death_reason: text("x-first-death-reason"),
+        }
+    }
+
+    /// The dead-letter class a broker-made dead letter implies.
+    pub fn broker_death_class(&self) -> Option<FailureClass> {
+        match self.death_reason.as_deref() {
+            Some("delivery_limit") => Some(FailureClass::DeliveryLimit),
+            _ => None,
+        }
+    }
+}
+
+/// A job id for a message that came without one: the same body always gets the same id.
+pub fn body_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("body-{}", hex::encode(&digest[..12]))
+}
+
+fn header_text(table: &FieldTable, name: &str) -> Option<String> {
+    match table.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn header_int(table: &FieldTable, name: &str) -> Option<u32> {
+    let value = match table.inner().get(name)? {
+        AMQPValue::LongLongInt(i) => *i,
+        AMQPValue::LongInt(i) => i64::from(*i),
+        AMQPValue::LongUInt(i) => i64::from(*i),
+        AMQPValue::ShortInt(i) => i64::from(*i),
+        AMQPValue::ShortUInt(i) => i64::from(*i),
+        _ => return None,
+    };
+    u32::try_from(value).ok()
+}
+
+/// Builds the properties of a message the worker republishes (retry, dead letter, rekey):
+/// the original properties, persistent, with the `x-refund-*` headers replaced by `set` and
+/// the broker's `x-death` bookkeeping dropped (attempts live in our own header).
+pub fn republish_properties(original: &BasicProperties, set: &[(&str, String)]) -> BasicProperties {
+    let mut table = FieldTable::default();
+    if let Some(existing) = original.headers() {
+        for (key, value) in existing.inner() {
+            let name = key.as_str();
+            let replaced = set.iter().any(|(k, _)| *k == name);
+            let broker_owned = name == "x-death"
+                || name.starts_with("x-first-death")
+                || name.starts_with("x-last-death")
+                || name == "x-delivery-count";
+            if !replaced && !broker_owned {
+                table.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for (key, value) in set {
+        table.insert(
+            ShortString::from(*key),
+            AMQPValue::LongString(LongString::from(value.as_str())),
+        );
+    }
+    original.clone().with_headers(table).with_delivery_mode(2)
+}
+
+/// Now, as RFC 3339 UTC, for the seen headers.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_prefers_header_then_message_id_then_body_digest() {
+        let body = br#"{"amount":1}"#;
+        let bare = BasicProperties::default();
+        let from_body = Envelope::read(&bare, body, false).job_id;
+        assert!(from_body.starts_with("body-"));
+        assert_eq!(
+            from_body,
+            Envelope::read(&bare, body, true).job_id,
+            "stable across deliveries"
+        );
+
+        let with_id = bare.clone().with_message_id("job-7".into());
+        assert_eq!(Envelope::read(&with_id, body, false).job_id, "job-7");
+
+        let headed = republish_properties(&with_id, &[(headers::JOB_ID, "job-8".into())]);
+        assert_eq!(Envelope::read(&headed, body, false).job_id, "job-8");
+    }
+
+    #[test]
+    fn republished_headers_replace_ours_and_drop_the_brokers() {
+        let mut original = FieldTable::default();
+        original.insert("x-death".into(), AMQPValue::LongString("…".into()));
+        original.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+        original.insert(headers::ATTEMPTS.into(), AMQPValue::LongString("1".into()));
+        original.insert(
+            "x-upstream-trace".into(),
+            AMQPValue::LongString("t-1".into()),
+        );
+        let props = BasicProperties::default()
+            .with_headers(original)
+            .with_timestamp(1_700_000_000);
+
+        let out = republish_properties(
+            &props,
+            &[
+                (headers::ATTEMPTS, "2".into()),
+                (headers::DATE, "2026-11-24".into()),
+            ],
+        );
+        let env = Envelope::read(&out, b"{}", false);
+        assert_eq!(env.attempts, 2);
+        assert_eq!(env.keyed_date, JobDate::parse("2026-11-24").ok());
+        assert_eq!(env.timestamp, Some(1_700_000_000));
+        let table = out.headers().clone().unwrap();
+        assert!(!table.inner().contains_key("x-death"));
+        assert!(!table.inner().contains_key("x-delivery-count"));
+        assert!(table.inner().contains_key("x-upstream-trace"));
+        assert_eq!(*out.delivery_mode(), Some(2));
+    }
+
+    #[test]
+    fn broker_dead_letters_are_recognised() {
+        let mut table = FieldTable::default();
+        table.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        let env = Envelope::read(
+            &BasicProperties::default().with_headers(table),
+            b"{}",
+            false,
+        );
+        assert_eq!(env.broker_death_class(), Some(FailureClass::DeliveryLimit));
+    }
+}

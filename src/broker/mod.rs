@@ -1,0 +1,167 @@
+//! RabbitMQ: connections, the topology, and publishing with confirms.
+//!
+//! A publish is a success only when the broker confirmed it and did not return it as
+//! unroutable; anything else is an error the caller must act on (never a silent drop).
+
+pub mod envelope;
+mod outgoing;
+pub mod topology;
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+
+pub use envelope::{Envelope, headers};
+pub use outgoing::{OutgoingJob, job_properties, publish_jobs};
+pub use topology::{ROUTING_KEY, Topology};
+
+/// Why RabbitMQ could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection.
+    #[error("cannot reach RabbitMQ at {address}: {cause} — is it running? see README")]
+    Unreachable {
+        /// host:port, without credentials.
+        address: String,
+        /// The underlying error.
+        cause: String,
+    },
+    /// The broker refused or lost a message.
+    #[error("publish not confirmed: {0}")]
+    NotConfirmed(String),
+    /// A channel-level failure (declaring, consuming, a closed channel).
+    #[error("RabbitMQ: {0}")]
+    Channel(#[from] lapin::Error),
+}
+
+/// Connects, naming the connection so operators can see who is who in the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = Connection::connect(url, properties);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(BrokerError::Unreachable {
+            address: address_of(url),
+            cause: root_cause(&e),
+        }),
+        Err(_) => Err(BrokerError::Unreachable {
+            address: address_of(url),
+            cause: "no answer within 10s".into(),
+        }),
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    // "Connection refused (os error 111)" reads better without the errno.
+    text.split(" (os error")
+        .next()
+        .unwrap_or(&text)
+        .to_lowercase()
+}
+
+/// `host:port` of an AMQP URL, without user and password.
+pub fn address_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    }
+}
+
+/// A channel in confirm mode.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    /// The confirm-mode channel.
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection`.
+    pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    /// The channel (for declaring and inspecting queues).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Sends one message without waiting; await the returned confirm with [`confirmed`].
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm, BrokerError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        Ok(self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?)
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        confirmed(self.send(exchange, routing_key, body, properties).await?).await
+    }
+}
+
+/// Waits for one confirm: `Ok` only for an ack of a routed message.
+pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(BrokerError::NotConfirmed(format!(
+            "returned unroutable ({} {})",
+            returned.reply_code, returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(BrokerError::NotConfirmed(
+            "the broker refused it (queue full or unavailable)".into(),
+        )),
+        Confirmation::NotRequested => Err(BrokerError::NotConfirmed(
+            "channel is not in confirm mode".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_hides_credentials() {
+        assert_eq!(
+            address_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "127.0.0.1:5672"
+        );
+        assert_eq!(address_of("amqp://rabbit/%2f"), "rabbit:5672");
+    }
+}

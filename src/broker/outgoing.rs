@@ -1,0 +1,76 @@
+//! Publishing jobs to the jobs exchange: persistent, identified, confirmed, pipelined.
+
+use lapin::BasicProperties;
+
+use super::{BrokerError, Publisher, ROUTING_KEY, Topology, confirmed};
+
+/// How many publishes are in flight before waiting for their confirms.
+const BATCH: usize = 256;
+
+/// A job body ready to publish, with the id it travels under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingJob {
+    /// The AMQP `message_id`, which becomes the job id.
+    pub job_id: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+impl OutgoingJob {
+    /// A job with a fresh id.
+    pub fn new(body: Vec<u8>) -> Self {
+        Self {
+            job_id: uuid::Uuid::new_v4().to_string(),
+            body,
+        }
+    }
+}
+
+/// The properties of a published job: persistent JSON, with its id and publish time.
+pub fn job_properties(job_id: &str) -> BasicProperties {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(job_id.into())
+        .with_timestamp(u64::try_from(now).unwrap_or(0))
+        .with_app_id("refund-worker".into())
+}
+
+/// Publishes `jobs` in pipelined batches and waits for every confirm. Returns one result per
+/// job, in order; `progress` is told how many more were confirmed after each batch.
+pub async fn publish_jobs(
+    publisher: &Publisher,
+    topology: &Topology,
+    jobs: &[OutgoingJob],
+    mut progress: impl FnMut(u64),
+) -> Vec<Result<(), BrokerError>> {
+    let exchange = topology.jobs_exchange();
+    let mut results = Vec::with_capacity(jobs.len());
+    for batch in jobs.chunks(BATCH) {
+        let mut pending = Vec::with_capacity(batch.len());
+        for job in batch {
+            pending.push(
+                publisher
+                    .send(
+                        &exchange,
+                        ROUTING_KEY,
+                        &job.body,
+                        job_properties(&job.job_id),
+                    )
+                    .await,
+            );
+        }
+        let mut confirmed_here = 0;
+        for sent in pending {
+            let result = match sent {
+                Ok(confirm) => confirmed(confirm).await,
+                Err(e) => Err(e),
+            };
+            confirmed_here += u64::from(result.is_ok());
+            results.push(result);
+        }
+        progress(confirmed_here);
+    }
+    results
+}

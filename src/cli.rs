@@ -1,0 +1,181 @@
+//! Command-line definitions (SPEC §7). Connection flags are global and fall back to their
+//! environment variables.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Refunds from RabbitMQ jobs, exactly once, on the payment's original rail.
+#[derive(Debug, Parser)]
+#[command(name = "refund-worker", version, about, propagate_version = true)]
+pub struct Cli {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        global = true
+    )]
+    pub redis_url: String,
+    /// Prefix of every queue, exchange and Redis key; a different prefix is a separate world.
+    #[arg(long, env = "REFUND_PREFIX", default_value = "refunds", global = true, value_parser = parse_prefix)]
+    pub prefix: String,
+    /// Settings file (optional; built-in defaults equal config/default.toml).
+    #[arg(long, env = "REFUND_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        env = "REFUND_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume and process refund jobs; serve /metrics, /healthz and /readyz.
+    Run(RunArgs),
+    /// Publish refund jobs from a JSON Lines file (or - for stdin), with publisher confirms.
+    Publish(PublishArgs),
+    /// Run the sandbox providers (the only fake: tests, demo and bench use it).
+    Sandbox(SandboxArgs),
+    /// The whole loop on localhost in one command: sandbox, publish, process, summary.
+    Demo(DemoArgs),
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Point every provider client at one sandbox: {URL}/stripe, …
+    #[arg(long, env = "REFUND_PROVIDERS_URL")]
+    pub providers_url: Option<String>,
+    /// Exit 0 once the jobs and retry queues are empty and nothing is in flight.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+}
+
+/// `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// JSON Lines file of jobs, or - for standard input.
+    pub file: String,
+    /// Publish the valid rows even if some rows are invalid (they are reported, not sent).
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+/// `sandbox`.
+#[derive(Debug, Args, Clone)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    pub listen: SocketAddr,
+    /// Latency added to every provider call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Up to this much more latency, at random.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Share of calls refused with a transient 5xx before executing (0.0-1.0).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// Share of executed refunds whose answer is then lost (the client times out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub timeout_rate: f64,
+    /// Calls per second before answering 429 with Retry-After, as N/s.
+    #[arg(long, value_parser = parse_per_second)]
+    pub rate_limit: Option<u32>,
+    /// Seed of the fault dice.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// How long a lost answer is held back, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_hold_ms: u64,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Unique valid jobs in the sample batch (duplicates and invalid jobs are added).
+    #[arg(long, default_value_t = 270, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub jobs: u32,
+    /// Sandbox latency per provider call, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+    /// Keep the demo's queues and Redis keys afterwards (to inspect them with --prefix).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1-64 characters of [A-Za-z0-9_.-]".into())
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("must be a share from 0.0 to 1.0, got {s:?}")),
+    }
+}
+
+fn parse_per_second(s: &str) -> Result<u32, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    match n.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("must be a rate like 50/s, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flag_parsers() {
+        assert!(parse_prefix("refunds").is_ok());
+        assert!(parse_prefix("a b").is_err());
+        assert_eq!(parse_per_second("50/s"), Ok(50));
+        assert!(parse_per_second("0/s").is_err());
+        assert!(parse_rate("1.5").is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! One file per subcommand. Each returns a [`CommandError`] that `main` prints as one line and
+//! maps to an exit code (1 runtime failure, 2 bad usage or configuration).
+
+pub mod demo;
+pub mod publish;
+pub mod run;
+pub mod sandbox;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::Connections, config::Settings};
+
+/// What every command gets: where things are, and the settings.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// RabbitMQ, Redis, prefix.
+    pub connections: Connections,
+    /// Loaded settings.
+    pub settings: Settings,
+}
+
+/// A command's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Something outside went wrong (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+    /// The user asked for something invalid (exit 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CommandError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CommandError::Runtime(_) => 1,
+            CommandError::Usage(_) => 2,
+        }
+    }
+}
+
+/// Wraps any displayable error as a runtime failure.
+pub fn runtime(error: impl std::fmt::Display) -> CommandError {
+    CommandError::Runtime(error.to_string())
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stop requested; finishing in-flight jobs");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,31 @@
+//! refund-worker: refund jobs from RabbitMQ, refunded exactly once on the payment's original
+//! rail, with Redis idempotency, retries, dead letters and Prometheus metrics.
+//!
+//! The pipeline, in the order a job meets it:
+
+/// Wiring shared by `run`, `demo` and the tests.
+pub mod app;
+/// RabbitMQ: topology, confirmed publishing, the headers dead letters carry.
+pub mod broker;
+/// Command-line definitions.
+pub mod cli;
+/// One module per subcommand.
+pub mod commands;
+/// Typed settings from `config/default.toml` and the environment.
+pub mod config;
+/// The refund job schema: strict parsing and validation (pure).
+pub mod job;
+/// Prometheus metrics, health and readiness.
+pub mod metrics;
+/// How a delivery ends.
+pub mod outcome;
+/// The refund flow over the idempotency store and the providers (no AMQP types).
+pub mod pipeline;
+/// Provider connectors: one trait, one file per rail.
+pub mod providers;
+/// The sandbox: the providers' APIs, faked faithfully, with a ledger.
+pub mod sandbox;
+/// Redis: idempotency records.
+pub mod store;
+/// The consume loop: chunks, concurrency, acks, reconnects, shutdown.
+pub mod worker;

@@ -1,0 +1,79 @@
+//! The `refund-worker` binary: parse the command line, run a command, map errors to exit
+//! codes (0 done, 1 runtime failure, 2 bad usage or configuration) with one clear line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use refund_worker::{
+    app::Connections,
+    cli::{Cli, Command, LogFormat},
+    commands::{self, CommandError, Context},
+    config::Settings,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return fail(&CommandError::Runtime(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &CommandError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CommandError> {
+    let (path, required) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from("config/default.toml"), false),
+    };
+    let settings =
+        Settings::load(&path, required).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let ctx = Context {
+        connections: Connections {
+            amqp_url: cli.amqp_url,
+            redis_url: cli.redis_url,
+            prefix: cli.prefix,
+        },
+        settings,
+    };
+    match cli.command {
+        Command::Run(args) => commands::run::run(&ctx, args).await,
+        Command::Publish(args) => commands::publish::run(&ctx, args).await,
+        Command::Sandbox(args) => commands::sandbox::run(args).await,
+        Command::Demo(args) => commands::demo::run(&ctx, args).await,
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    // Interactive commands keep the terminal for their own output; services log at info.
+    let default = match cli.command {
+        Command::Run(_) | Command::Sandbox(_) => "info",
+        Command::Publish(_) => "warn",
+        // The demo's dead letters are expected; its summary reports them.
+        Command::Demo(_) => "error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,332 @@
+//! Prometheus metrics (SPEC §8) in the worker's own registry, health and readiness, and the
+//! small HTTP server that exposes them. Labels never carry a payment id, an amount or a
+//! personal datum: only providers, classes, currencies, steps and agents.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{job::ProviderName, outcome::FailureClass};
+
+/// The provider label of a job whose provider is not known (an unparseable job).
+pub const NO_PROVIDER: &str = "none";
+
+/// The `outcome` label values of `refunds_duration_seconds`.
+pub const OUTCOMES: [&str; 3] = ["succeeded", "dead_lettered", "retried"];
+/// The `step` label values of `refunds_step_duration_seconds`.
+pub const STEPS: [&str; 3] = ["claim", "provider", "record"];
+
+/// Every metric the worker exports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` renders (not the global default one).
+    registry: Registry,
+    /// Refunds that succeeded (created or adopted).
+    pub succeeded: IntCounterVec,
+    /// Jobs dead-lettered, by class.
+    pub failed: IntCounterVec,
+    /// Jobs sent through a retry tier after a failed provider attempt.
+    pub retried: IntCounterVec,
+    /// Deliveries skipped because their refund was already done.
+    pub deduplicated: IntCounter,
+    /// Money refunded, in minor units.
+    pub amount: IntCounterVec,
+    /// Jobs being processed right now.
+    pub in_flight: IntGauge,
+    /// Time from delivery to outcome.
+    pub duration: HistogramVec,
+    /// Time per pipeline step.
+    pub step_duration: HistogramVec,
+    /// Messages in the dead-letter queue.
+    pub dead_letter_depth: IntGauge,
+    /// 1 while a provider's circuit is open.
+    pub circuit_open: IntGaugeVec,
+    /// Money waiting in the dead-letter queue, in minor units.
+    pub dead_letter_amount: IntGaugeVec,
+    /// Refunds refused by a mandate, per agent.
+    pub mandate_denied: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero (each provider and class pre-labelled, so
+    /// dashboards show zeros instead of gaps).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let succeeded = counter_vec(
+            &registry,
+            "refunds_succeeded_total",
+            "Refunds that succeeded.",
+            &["provider"],
+        );
+        let failed = counter_vec(
+            &registry,
+            "refunds_failed_total",
+            "Refund jobs dead-lettered, by class.",
+            &["provider", "class"],
+        );
+        let retried = counter_vec(
+            &registry,
+            "refunds_retried_total",
+            "Refund jobs retried after a transient failure.",
+            &["provider"],
+        );
+        let amount = counter_vec(
+            &registry,
+            "refunds_amount_minor_total",
+            "Money refunded, in minor units.",
+            &["provider", "currency"],
+        );
+        let mandate_denied = counter_vec(
+            &registry,
+            "refunds_mandate_denied_total",
+            "Refunds refused by a spend mandate.",
+            &["agent"],
+        );
+        let deduplicated = IntCounter::new(
+            "refunds_deduplicated_total",
+            "Deliveries skipped because their refund was already done (redeliveries and duplicate jobs).",
+        )
+        .expect("static metric");
+        let in_flight = IntGauge::new("refunds_in_flight", "Refund jobs being processed now.")
+            .expect("static metric");
+        let dead_letter_depth = IntGauge::new(
+            "refunds_dead_letter_depth",
+            "Messages waiting in the dead-letter queue.",
+        )
+        .expect("static metric");
+        let buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let duration = HistogramVec::new(
+            HistogramOpts::new("refunds_duration_seconds", "Time from delivery to outcome.")
+                .buckets(buckets.clone()),
+            &["provider", "outcome"],
+        )
+        .expect("static metric");
+        let step_duration = HistogramVec::new(
+            HistogramOpts::new("refunds_step_duration_seconds", "Time per pipeline step.")
+                .buckets(buckets),
+            &["step"],
+        )
+        .expect("static metric");
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "refunds_provider_circuit_open",
+                "1 while the provider's circuit breaker is open.",
+            ),
+            &["provider"],
+        )
+        .expect("static metric");
+        let dead_letter_amount = IntGaugeVec::new(
+            Opts::new(
+                "refunds_dead_letter_amount_minor",
+                "Money waiting in the dead-letter queue, in minor units.",
+            ),
+            &["currency"],
+        )
+        .expect("static metric");
+        for metric in [
+            Box::new(deduplicated.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(in_flight.clone()),
+            Box::new(dead_letter_depth.clone()),
+            Box::new(duration.clone()),
+            Box::new(step_duration.clone()),
+            Box::new(circuit_open.clone()),
+            Box::new(dead_letter_amount.clone()),
+        ] {
+            registry
+                .register(metric)
+                .expect("each metric is registered once");
+        }
+        for provider in ProviderName::ALL {
+            let p = provider.as_str();
+            succeeded.with_label_values(&[p]);
+            retried.with_label_values(&[p]);
+            circuit_open.with_label_values(&[p]);
+            amount.with_label_values(&[p, "BRL"]);
+            for outcome in OUTCOMES {
+                duration.with_label_values(&[p, outcome]);
+            }
+            for class in FailureClass::ALL {
+                failed.with_label_values(&[p, class.as_str()]);
+            }
+        }
+        for class in FailureClass::ALL {
+            failed.with_label_values(&[NO_PROVIDER, class.as_str()]);
+        }
+        dead_letter_amount.with_label_values(&["BRL"]);
+        for step in STEPS {
+            step_duration.with_label_values(&[step]);
+        }
+        Self {
+            registry,
+            succeeded,
+            failed,
+            retried,
+            deduplicated,
+            amount,
+            in_flight,
+            duration,
+            step_duration,
+            dead_letter_depth,
+            circuit_open,
+            dead_letter_amount,
+            mandate_denied,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What `/readyz` reports: ready only while connected to both and consuming.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Connected to RabbitMQ.
+    pub amqp: AtomicBool,
+    /// Redis answers.
+    pub redis: AtomicBool,
+    /// The consumer is running (false while paused for a Redis outage).
+    pub consuming: AtomicBool,
+}
+
+impl Health {
+    /// Why the worker is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        let mut missing = Vec::new();
+        if !self.amqp.load(Ordering::Relaxed) {
+            missing.push("RabbitMQ disconnected");
+        }
+        if !self.redis.load(Ordering::Relaxed) {
+            missing.push("Redis unavailable");
+        }
+        if !self.consuming.load(Ordering::Relaxed) {
+            missing.push("not consuming");
+        }
+        (!missing.is_empty()).then(|| missing.join(", "))
+    }
+
+    /// Sets one flag.
+    pub fn set(flag: &AtomicBool, value: bool) {
+        flag.store(value, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+struct Exposed {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Exposed { metrics, health });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds the metrics address, with a message that says which address failed.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for /metrics on {addr}: {e} (use --metrics-addr)"))
+}
+
+async fn render(State(exposed): State<Exposed>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        exposed.metrics.render(),
+    )
+}
+
+async fn ready(State(exposed): State<Exposed>) -> impl IntoResponse {
+    match exposed.health.not_ready() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_spec_metrics_without_payment_labels() {
+        let m = Metrics::new();
+        m.succeeded.with_label_values(&["stripe"]).inc();
+        m.failed.with_label_values(&["stripe", "invalid"]).inc();
+        let text = m.render();
+        for name in [
+            "refunds_succeeded_total",
+            "refunds_failed_total",
+            "refunds_retried_total",
+            "refunds_deduplicated_total",
+            "refunds_amount_minor_total",
+            "refunds_in_flight",
+            "refunds_duration_seconds",
+            "refunds_dead_letter_depth",
+            "refunds_provider_circuit_open",
+            "refunds_dead_letter_amount_minor",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(text.contains(r#"refunds_succeeded_total{provider="stripe"} 1"#));
+        assert!(text.contains(r#"refunds_failed_total{class="invalid",provider="stripe"} 1"#));
+    }
+
+    #[test]
+    fn readiness_lists_what_is_missing() {
+        let h = Health::default();
+        assert_eq!(
+            h.not_ready().unwrap(),
+            "RabbitMQ disconnected, Redis unavailable, not consuming"
+        );
+        Health::set(&h.amqp, true);
+        Health::set(&h.redis, true);
+        Health::set(&h.consuming, true);
+        assert_eq!(h.not_ready(), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! The refund flow for one delivery: parse, key, claim, refund (or reconcile, or sync), record.
+//!
+//! No AMQP types in here: the worker hands in the body and its [`Envelope`] and gets back an
+//! [`Outcome`]. Invariant: **no provider is ever called without a held idempotency claim**,
+//! and the same idempotency key goes to the provider on every attempt of a job.
+
+mod refund;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::Envelope,
+    job::{Currency, JobDate, RefundJob},
+    metrics::{Health, Metrics},
+    outcome::{FailureClass, Outcome},
+    providers::{Providers, RefundRequest},
+    store::IdempotencyStore,
+};
+
+/// Everything one attempt at a job needs to know about its delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The message body, as published.
+    pub body: &'a [u8],
+    /// Its headers and properties.
+    pub envelope: &'a Envelope,
+    /// This delivery's owner token: stable while the worker re-runs it after a Redis outage,
+    /// so its own claim is recognised.
+    pub owner: &'a str,
+    /// Cancelled when the worker stops.
+    pub shutdown: &'a CancellationToken,
+}
+
+/// What processing a delivery produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The day the job is keyed under, once known; it travels in `x-refund-date` on every
+    /// republish so the idempotency key never changes.
+    pub date: Option<JobDate>,
+    /// The job's currency, once parsed (for the money metrics).
+    pub currency: Option<Currency>,
+}
+
+/// The refund flow, over the idempotency store and the provider connectors.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The idempotency records.
+    store: IdempotencyStore,
+    /// The connectors.
+    providers: Providers,
+    /// Step timings.
+    metrics: Metrics,
+    /// Redis readiness, lowered while a result waits to be recorded.
+    health: Arc<Health>,
+}
+
+impl Pipeline {
+    /// A pipeline over these parts.
+    pub fn new(
+        store: IdempotencyStore,
+        providers: Providers,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            store,
+            providers,
+            metrics,
+            health,
+        }
+    }
+
+    /// The idempotency records this pipeline uses.
+    pub fn store(&self) -> &IdempotencyStore {
+        &self.store
+    }
+
+    /// Processes one delivery of one job to its outcome.
+    pub async fn process(&self, attempt: Attempt<'_>) -> Processed {
+        let job = match RefundJob::parse(attempt.body) {
+            Ok(job) => job,
+            Err(error) => {
+                return Processed {
+                    outcome: Outcome::DeadLetter {
+                        class: FailureClass::Invalid,
+                        provider: None,
+                        why: error.to_string(),
+                    },
+                    date: attempt.envelope.keyed_date,
+                    currency: None,
+                };
+            }
+        };
+        let keyed = job
+            .date
+            .or(attempt.envelope.keyed_date)
+            .or_else(|| attempt.envelope.timestamp.and_then(JobDate::from_unix));
+        let Some(date) = keyed else {
+            let today = JobDate::today();
+            return Processed {
+                outcome: Outcome::Rekey { date: today },
+                date: Some(today),
+                currency: Some(job.currency),
+            };
+        };
+        let outcome = self.process_job(&job, date, attempt).await;
+        Processed {
+            outcome,
+            date: Some(date),
+            currency: Some(job.currency),
+        }
+    }
+
+    async fn process_job(&self, job: &RefundJob, date: JobDate, attempt: Attempt<'_>) -> Outcome {
+        if job.is_governed() {
+            return Outcome::DeadLetter {
+                class: FailureClass::Verification,
+                provider: job.provider,
+                why: "governed refunds (jobs with order_id) need ERP verification, which this worker does not run yet".into(),
+            };
+        }
+        // A bulk job always names both (RefundJob::from_object checks it).
+        let (Some(provider_name), Some(payment_id)) = (job.provider, job.payment_id.clone()) else {
+            unreachable!("a validated bulk job names its provider and payment");
+        };
+        let Some(provider) = self.providers.get(provider_name).cloned() else {
+            return Outcome::DeadLetter {
+                class: FailureClass::Permanent,
+                provider: Some(provider_name),
+                why: format!("no {provider_name} connector is configured on this worker"),
+            };
+        };
+        let request = RefundRequest {
+            key: job.idempotency_key(date),
+            payment_id,
+            amount: job.amount,
+            currency: job.currency,
+            reason: job.reason,
+            description: job.description.clone(),
+            job_id: attempt.envelope.job_id.clone(),
+        };
+        refund::run(self, provider.as_ref(), &request, attempt).await
+    }
+}

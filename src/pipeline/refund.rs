@@ -1,0 +1,284 @@
+//! One attempt at one refund, under its idempotency claim.
+//!
+//! Claim first. Then, by what the claim says: sync a pending refund's status, reconcile an
+//! uncertain earlier attempt (find the refund at the provider and adopt it), or send the
+//! refund. Then record the answer. A refund the provider confirmed is recorded before
+//! anything else happens, waiting for Redis if it must: that record is what makes the next
+//! copy of the job a no-op.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{Attempt, Pipeline};
+use crate::{
+    metrics::Health,
+    outcome::{FailureClass, Outcome},
+    providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
+    store::{Claim, ClaimTicket, RefundRecord, Settle, StoreError},
+};
+
+/// Runs one attempt at `request` on `provider`.
+pub(super) async fn run(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    attempt: Attempt<'_>,
+) -> Outcome {
+    let name = provider.name();
+    let fingerprint = format!(
+        "{name}|{}|{}|{}",
+        request.payment_id, request.amount, request.currency
+    );
+    let started = Instant::now();
+    let claim = pipeline
+        .store
+        .claim(&request.key, attempt.owner, &fingerprint, &request.job_id)
+        .await;
+    pipeline.observe_step("claim", started);
+    let ticket = match claim {
+        Ok(Claim::Claimed(ticket)) => ticket,
+        Ok(Claim::Done(_)) => return Outcome::Duplicate,
+        Ok(Claim::Busy { retry_in }) => {
+            return Outcome::Retry {
+                provider: Some(name),
+                why: format!(
+                    "another worker holds the claim on {} for {retry_in:?} more",
+                    request.key
+                ),
+                after: retry_in,
+                counts: false,
+            };
+        }
+        Ok(Claim::Conflict { existing }) => {
+            return Outcome::DeadLetter {
+                class: FailureClass::Permanent,
+                provider: Some(name),
+                why: format!(
+                    "idempotency key {} was already used for a different refund ({existing}, this one is {fingerprint}); \
+                     a second refund of one payment on one day needs its own idempotency_key",
+                    request.key
+                ),
+            };
+        }
+        Err(StoreError::Unavailable(why)) => return Outcome::Suspend { why },
+        Err(StoreError::Corrupt(why)) => {
+            return Outcome::DeadLetter {
+                class: FailureClass::Permanent,
+                provider: Some(name),
+                why: format!(
+                    "cannot read the idempotency record of {}: {why}",
+                    request.key
+                ),
+            };
+        }
+    };
+
+    let started = Instant::now();
+    let (answer, adopted) = call_provider(pipeline, provider, request, &ticket).await;
+    pipeline.observe_step("provider", started);
+    let started = Instant::now();
+    let outcome = match answer {
+        Ok(refund) => {
+            record_refund(
+                pipeline, provider, request, &ticket, refund, adopted, attempt,
+            )
+            .await
+        }
+        Err(error) => record_failure(pipeline, provider, request, &ticket, error).await,
+    };
+    pipeline.observe_step("record", started);
+    outcome
+}
+
+/// Asks the provider what the claim calls for: a status check, a look-up, or the refund.
+/// Returns the provider's answer and whether it is a refund found rather than created.
+async fn call_provider(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+) -> (Result<ProviderRefund, ProviderError>, bool) {
+    if let Some(pending) = &ticket.pending {
+        return (
+            provider.status(request, &pending.refund.refund_id).await,
+            true,
+        );
+    }
+    if ticket.uncertain {
+        match provider.find(request).await {
+            Ok(Some(found)) => {
+                info!(job_id = %request.job_id, key = %request.key, refund_id = %found.refund_id,
+                      "adopting the refund an earlier attempt made");
+                return (Ok(found), true);
+            }
+            Ok(None) => {
+                // Nothing there: the earlier attempt never executed. Make sure the claim is
+                // still ours (the look-up took time) before sending.
+                match pipeline.store.renew(&request.key, ticket).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return (
+                            Err(ProviderError::transient(
+                                "the claim was taken over during reconciliation",
+                            )),
+                            false,
+                        );
+                    }
+                    Err(e) => {
+                        return (
+                            Err(ProviderError::unknown(format!(
+                                "cannot renew the claim: {e}"
+                            ))),
+                            false,
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                // Still uncertain: keep it that way for the next attempt.
+                return (Err(ProviderError::unknown(error.to_string())), false);
+            }
+        }
+    }
+    (provider.refund(request).await, false)
+}
+
+async fn record_refund(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+    refund: ProviderRefund,
+    adopted: bool,
+    attempt: Attempt<'_>,
+) -> Outcome {
+    let name = provider.name();
+    let record = RefundRecord {
+        provider: name,
+        refund: refund.clone(),
+    };
+    let (settle, reason) = match &refund.status {
+        RefundStatus::Succeeded => (Settle::Done, String::new()),
+        RefundStatus::Pending => (Settle::Pending, String::new()),
+        RefundStatus::Failed { reason } => (Settle::Failed, reason.clone()),
+    };
+    let stored = (settle != Settle::Failed).then_some(&record);
+    if let Err(why) =
+        settle_durably(pipeline, request, ticket, settle, stored, &reason, attempt).await
+    {
+        return Outcome::HandBack { why };
+    }
+    match refund.status {
+        RefundStatus::Succeeded => Outcome::Refunded {
+            provider: name,
+            refund_id: refund.refund_id,
+            amount: refund.amount,
+            adopted,
+        },
+        RefundStatus::Pending => Outcome::Pending {
+            provider: name,
+            refund_id: refund.refund_id,
+        },
+        RefundStatus::Failed { reason } => Outcome::DeadLetter {
+            class: FailureClass::Permanent,
+            provider: Some(name),
+            why: reason,
+        },
+    }
+}
+
+async fn record_failure(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+    error: ProviderError,
+) -> Outcome {
+    let name = provider.name();
+    // A pending refund stays pending whatever its status check did: the refund exists.
+    let (settle, record) = match (&error, &ticket.pending) {
+        (ProviderError::Permanent { .. }, None) => (Settle::Failed, None),
+        (_, Some(pending)) => (Settle::Pending, Some(pending)),
+        (ProviderError::Unknown { .. }, None) => (Settle::Released { uncertain: true }, None),
+        (ProviderError::Transient { .. }, None) => (Settle::Released { uncertain: false }, None),
+    };
+    // If this write fails the claim simply stays ours until its lease ends; the next
+    // attempt then takes it over as uncertain and reconciles first. Safe either way.
+    if let Err(e) = pipeline
+        .store
+        .settle(&request.key, ticket, settle, record, &error.to_string())
+        .await
+    {
+        warn!(job_id = %request.job_id, key = %request.key, error = %e,
+              "could not record the failed attempt; the claim will expire and be reconciled");
+    }
+    match error {
+        ProviderError::Permanent { why, .. } if ticket.pending.is_none() => Outcome::DeadLetter {
+            class: FailureClass::Permanent,
+            provider: Some(name),
+            why,
+        },
+        ProviderError::Transient { why, retry_after } => Outcome::Retry {
+            provider: Some(name),
+            why,
+            after: retry_after.unwrap_or(Duration::ZERO),
+            counts: true,
+        },
+        ProviderError::Permanent { why, .. } | ProviderError::Unknown { why } => Outcome::Retry {
+            provider: Some(name),
+            why,
+            after: Duration::ZERO,
+            counts: true,
+        },
+    }
+}
+
+/// Writes a provider-confirmed result, retrying until Redis takes it or the worker stops.
+/// Giving up early would let a later copy of the job pay again on a provider without
+/// idempotency keys, so the only way out without the write is handing the message back,
+/// whose redelivery then reconciles.
+async fn settle_durably(
+    pipeline: &Pipeline,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+    settle: Settle,
+    record: Option<&RefundRecord>,
+    reason: &str,
+    attempt: Attempt<'_>,
+) -> Result<(), String> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match pipeline
+            .store
+            .settle(&request.key, ticket, settle, record, reason)
+            .await
+        {
+            Ok(()) => {
+                Health::set(&pipeline.health.redis, true);
+                return Ok(());
+            }
+            Err(e) => {
+                Health::set(&pipeline.health.redis, false);
+                warn!(job_id = %request.job_id, key = %request.key, error = %e,
+                      "refund confirmed by the provider but not yet recorded; holding it until Redis answers");
+                tokio::select! {
+                    () = attempt.shutdown.cancelled() => {
+                        return Err(format!("stopping before the result of {} was recorded: {e}", request.key));
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    fn observe_step(&self, step: &str, started: Instant) {
+        self.metrics
+            .step_duration
+            .with_label_values(&[step])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

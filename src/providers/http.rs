@@ -1,0 +1,69 @@
+//! HTTP plumbing shared by the connectors: one pooled client, and the one rule for what a
+//! transport failure means for money.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+use super::ProviderError;
+use crate::config::ProvidersSettings;
+
+/// The pooled client every connector shares (connections are reused across jobs).
+pub(crate) fn client(settings: &ProvidersSettings) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .pool_max_idle_per_host(1024)
+        .user_agent(concat!("refund-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Classifies a transport error: a failed connect sent nothing (transient); anything after
+/// the request may have left (timeout, reset, unreadable answer) is an unknown outcome.
+pub(crate) fn transport_error(provider: &str, error: &reqwest::Error) -> ProviderError {
+    if error.is_connect() {
+        return ProviderError::transient(format!(
+            "{provider}: cannot connect: {}",
+            root_cause(error)
+        ));
+    }
+    if error.is_timeout() {
+        return ProviderError::unknown(format!(
+            "{provider}: no answer in time (the refund may have been executed)"
+        ));
+    }
+    ProviderError::unknown(format!(
+        "{provider}: connection failed after sending: {} (the refund may have been executed)",
+        root_cause(error)
+    ))
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A provider's hint of when to come back: `Retry-After` in seconds, or a rate-limit reset
+/// header (`RateLimit-Reset`, `x-ratelimit-reset`) in seconds.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    ["retry-after", "ratelimit-reset", "x-ratelimit-reset"]
+        .iter()
+        .find_map(|name| {
+            headers
+                .get(*name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(Duration::from_secs)
+}
+
+/// The start of a response body, for an error message.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    crate::job::truncate(&String::from_utf8_lossy(body), 200)
+}

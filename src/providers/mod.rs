@@ -1,0 +1,167 @@
+//! Payment providers: one trait, one connector per rail.
+//!
+//! A connector owns its HTTP plumbing and its wire types, and classifies every failure once,
+//! in its own file, into [`ProviderError`]: `Transient` (nothing happened, send again),
+//! `Permanent` (no retry can fix it) or `Unknown` (it may have happened: look before sending
+//! again). Provider statuses become a [`RefundStatus`] there too; nothing outside a connector
+//! compares provider strings. Adding a provider touches no core code beyond [`Providers`].
+
+mod http;
+pub mod stripe;
+
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Settings,
+    job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
+};
+
+/// What the worker asks a provider to do: refund `amount` of `payment_id`, once, under `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundRequest {
+    /// Sent as the provider's idempotency key (or mapped into the refund id it lets us choose).
+    pub key: IdempotencyKey,
+    /// The provider's id of the original payment.
+    pub payment_id: Token,
+    /// How much to refund.
+    pub amount: Amount,
+    /// The currency of `amount`.
+    pub currency: Currency,
+    /// Why.
+    pub reason: Reason,
+    /// Free text, passed on where the provider has a field for it.
+    pub description: Option<String>,
+    /// Our job id, attached as metadata where the provider keeps it.
+    pub job_id: String,
+}
+
+/// A provider's refund status, in our words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Accepted; the money has not settled yet.
+    Pending,
+    /// Done: the money is on its way back.
+    Succeeded,
+    /// The provider gave up on it; `reason` is the provider's own.
+    Failed {
+        /// The provider's reason, for the dead letter.
+        reason: String,
+    },
+}
+
+/// A refund as a provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRefund {
+    /// The provider's id of the refund (`re_…` on Stripe).
+    pub refund_id: String,
+    /// Where it stands.
+    pub status: RefundStatus,
+    /// The amount the provider says it refunded, in minor units.
+    pub amount: u64,
+}
+
+/// A failed provider call, classified once by the connector that made it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Nothing was executed (connection refused, 5xx before execution, 429, 409 in flight):
+    /// sending again with the same key is safe.
+    #[error("{why}")]
+    Transient {
+        /// What happened, for logs and the retry header.
+        why: String,
+        /// The provider's own hint (`Retry-After`, rate-limit reset).
+        retry_after: Option<Duration>,
+    },
+    /// No retry can fix it (declined, over-refund, unknown payment, bad credential).
+    #[error("{why}")]
+    Permanent {
+        /// The provider's error code, when it gave one.
+        code: Option<String>,
+        /// What the provider said.
+        why: String,
+    },
+    /// The request may have executed (timeout, connection dropped after sending, an
+    /// unreadable success): look it up before any resend.
+    #[error("{why}")]
+    Unknown {
+        /// What happened.
+        why: String,
+    },
+}
+
+impl ProviderError {
+    /// A transient error without a hint.
+    pub fn transient(why: impl Into<String>) -> Self {
+        Self::Transient {
+            why: why.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent error without a code.
+    pub fn permanent(why: impl Into<String>) -> Self {
+        Self::Permanent {
+            code: None,
+            why: why.into(),
+        }
+    }
+
+    /// An unknown outcome.
+    pub fn unknown(why: impl Into<String>) -> Self {
+        Self::Unknown { why: why.into() }
+    }
+}
+
+/// One payment rail's refund API.
+#[async_trait::async_trait]
+pub trait RefundProvider: Send + Sync + fmt::Debug {
+    /// Which rail this is.
+    fn name(&self) -> ProviderName;
+
+    /// Asks for the refund, sending `request.key` as the idempotency key.
+    async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError>;
+
+    /// Looks for a refund already made for this request (after an unknown outcome or a
+    /// takeover), by idempotency key or by reading the payment's refunds.
+    async fn find(&self, request: &RefundRequest) -> Result<Option<ProviderRefund>, ProviderError>;
+
+    /// Reads the current status of a refund this request created (status sync).
+    async fn status(
+        &self,
+        request: &RefundRequest,
+        refund_id: &str,
+    ) -> Result<ProviderRefund, ProviderError>;
+}
+
+/// The connectors this worker can use, by rail.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    /// One connector per configured rail.
+    by_name: HashMap<ProviderName, Arc<dyn RefundProvider>>,
+}
+
+impl Providers {
+    /// Builds every configured connector, sharing one HTTP connection pool.
+    pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
+        let client = http::client(&settings.providers)?;
+        let mut providers = Self::default();
+        providers.insert(Arc::new(stripe::Stripe::new(
+            client,
+            &settings.providers.stripe,
+        )));
+        Ok(providers)
+    }
+
+    /// Adds or replaces a connector.
+    pub fn insert(&mut self, provider: Arc<dyn RefundProvider>) {
+        self.by_name.insert(provider.name(), provider);
+    }
+
+    /// The connector for a rail, if this worker has one.
+    pub fn get(&self, name: ProviderName) -> Option<&Arc<dyn RefundProvider>> {
+        self.by_name.get(&name)
+    }
+}

@@ -1,0 +1,359 @@
+//! The sandbox: faithful fakes of the providers' refund APIs, each under its own path prefix
+//! (`/stripe`, …), with a ledger of every refund executed (`GET /_sandbox/refunds`) so tests
+//! can prove nothing was paid twice. It is the only fake in the project.
+//!
+//! Like a real provider, a refund that started executing finishes even if the client hangs
+//! up: handlers run the execution in their own task.
+
+mod faults;
+mod stripe;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use faults::{FaultOptions, Magic};
+
+use crate::job::ProviderName;
+
+/// The settled amount of a payment first seen without a fixture: generous, so bulk jobs work.
+pub const DEFAULT_SETTLED: u64 = 1_000_000_000_000;
+/// How many recorded requests are kept (oldest dropped first).
+const JOURNAL_LIMIT: usize = 10_000;
+
+/// One refund the sandbox executed (SPEC §9): `amount` in minor units whatever the provider's
+/// own unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The rail.
+    pub provider: String,
+    /// The original payment.
+    pub payment_id: String,
+    /// The refund's id at the provider.
+    pub refund_id: String,
+    /// Minor units.
+    pub amount: u64,
+    /// The idempotency key (or client-chosen id) the request carried, if any.
+    pub idempotency_key: Option<String>,
+    /// When it executed (RFC 3339).
+    pub created_at: String,
+}
+
+/// A request a fake received, for tests that assert the wire format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path, including the provider prefix.
+    pub path: String,
+    /// Raw query string.
+    pub query: Option<String>,
+    /// Headers, names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// Body as text.
+    pub body: String,
+}
+
+/// A payment the fakes know: how much settled and how much went back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Settled amount, minor units.
+    pub settled: u64,
+    /// Refunded so far, minor units.
+    pub refunded: u64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// Why a fake refused before executing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// Over the rate limit: come back after this long.
+    RateLimited(Duration),
+    /// A transient outage (`--fail-rate`, `_flakyN`).
+    Unavailable,
+}
+
+/// Why a refund could not execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RefundBlocked {
+    /// `_declined`.
+    Declined,
+    /// More than what is left; `left` is what is still refundable.
+    TooLarge {
+        /// Minor units still refundable.
+        left: u64,
+    },
+}
+
+/// A running sandbox's state; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    faults: FaultOptions,
+    fault_state: Mutex<faults::FaultState>,
+    ledger: Mutex<Vec<LedgerEntry>>,
+    payments: Mutex<HashMap<(ProviderName, String), Payment>>,
+    /// Refund calls per payment, for `_flakyN` and `_timeout`.
+    calls: Mutex<HashMap<(ProviderName, String), u32>>,
+    journal: Mutex<VecDeque<RecordedRequest>>,
+    stripe: Mutex<stripe::StripeState>,
+}
+
+/// Locks a mutex, recovering from a poisoned one (a panicking handler must not wedge the fake).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Sandbox {
+    /// A sandbox with these faults.
+    pub fn new(faults: FaultOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                fault_state: Mutex::new(faults::FaultState::new(&faults)),
+                faults,
+                ledger: Mutex::default(),
+                payments: Mutex::default(),
+                calls: Mutex::default(),
+                journal: Mutex::default(),
+                stripe: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Every route: the fakes, and the `/_sandbox` inspection endpoints.
+    pub fn router(&self) -> Router {
+        let providers = Router::new()
+            .merge(stripe::routes())
+            .layer(middleware::from_fn_with_state(self.clone(), journal));
+        Router::new()
+            .merge(providers)
+            .route("/_sandbox/refunds", get(ledger))
+            .route("/_sandbox/requests", get(requests))
+            .route("/_sandbox/payments", post(seed_payment))
+            .route("/_sandbox/healthz", get(|| async { "ok\n" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+
+    /// Every refund executed so far.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        lock(&self.inner.ledger).clone()
+    }
+
+    /// Every request recorded so far (the newest 10,000).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.inner.journal).iter().cloned().collect()
+    }
+
+    /// Sets a payment's settled amount (tests of the refundable-amount rules).
+    pub fn seed_payment(
+        &self,
+        provider: ProviderName,
+        payment_id: &str,
+        settled: u64,
+        currency: &str,
+    ) {
+        lock(&self.inner.payments).insert(
+            (provider, payment_id.to_owned()),
+            Payment {
+                settled,
+                refunded: 0,
+                currency: currency.to_owned(),
+            },
+        );
+    }
+
+    /// The on-demand faults before a refund executes: rate limit, latency, outages, and
+    /// `_flakyN`. Only refund-creating calls count toward `_flakyN`.
+    pub(crate) async fn gate(
+        &self,
+        provider: ProviderName,
+        payment_id: &str,
+        creates: bool,
+    ) -> Result<(), Refusal> {
+        let latency = {
+            let mut state = lock(&self.inner.fault_state);
+            state.admit().map_err(Refusal::RateLimited)?;
+            state.latency(&self.inner.faults)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if creates {
+            let calls = {
+                let mut calls = lock(&self.inner.calls);
+                let n = calls.entry((provider, payment_id.to_owned())).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if let Magic::Flaky(n) = Magic::of(payment_id)
+                && calls <= n
+            {
+                return Err(Refusal::Unavailable);
+            }
+        }
+        if lock(&self.inner.fault_state).roll(self.inner.faults.fail_rate) {
+            return Err(Refusal::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// Executes a refund: checks what is refundable, records it in the ledger. Atomic with
+    /// respect to other refunds of the same payment.
+    pub(crate) fn execute(
+        &self,
+        provider: ProviderName,
+        payment_id: &str,
+        amount: u64,
+        idempotency_key: Option<&str>,
+        refund_id: &str,
+    ) -> Result<(), RefundBlocked> {
+        if Magic::of(payment_id) == Magic::Declined {
+            return Err(RefundBlocked::Declined);
+        }
+        let mut payments = lock(&self.inner.payments);
+        let payment = payments
+            .entry((provider, payment_id.to_owned()))
+            .or_insert_with(|| Payment {
+                settled: DEFAULT_SETTLED,
+                refunded: 0,
+                currency: "BRL".into(),
+            });
+        let left = payment.settled - payment.refunded;
+        if amount > left {
+            return Err(RefundBlocked::TooLarge { left });
+        }
+        payment.refunded += amount;
+        lock(&self.inner.ledger).push(LedgerEntry {
+            provider: provider.to_string(),
+            payment_id: payment_id.to_owned(),
+            refund_id: refund_id.to_owned(),
+            amount,
+            idempotency_key: idempotency_key.map(str::to_owned),
+            created_at: crate::broker::envelope::now_rfc3339(),
+        });
+        Ok(())
+    }
+
+    /// The payment as the fake knows it (created on first sight).
+    pub(crate) fn payment(&self, provider: ProviderName, payment_id: &str) -> Payment {
+        lock(&self.inner.payments)
+            .entry((provider, payment_id.to_owned()))
+            .or_insert_with(|| Payment {
+                settled: DEFAULT_SETTLED,
+                refunded: 0,
+                currency: "BRL".into(),
+            })
+            .clone()
+    }
+
+    /// Whether the answer to an executed refund should be lost (`_timeout` on its first call,
+    /// or `--timeout-rate`); the caller then holds it back past any client's patience.
+    pub(crate) fn loses_answer(&self, provider: ProviderName, payment_id: &str) -> bool {
+        let first_call = lock(&self.inner.calls)
+            .get(&(provider, payment_id.to_owned()))
+            .is_none_or(|n| *n <= 1);
+        (Magic::of(payment_id) == Magic::Timeout && first_call)
+            || lock(&self.inner.fault_state).roll(self.inner.faults.timeout_rate)
+    }
+
+    /// How long a lost answer is held back.
+    pub(crate) fn timeout_hold(&self) -> Duration {
+        self.inner.faults.timeout_hold
+    }
+}
+
+/// Records every provider request in the journal.
+async fn journal(State(sandbox): State<Sandbox>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    let recorded = RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    {
+        let mut journal = lock(&sandbox.inner.journal);
+        if journal.len() >= JOURNAL_LIMIT {
+            journal.pop_front();
+        }
+        journal.push_back(recorded);
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn ledger(State(sandbox): State<Sandbox>) -> Json<Vec<LedgerEntry>> {
+    Json(sandbox.ledger())
+}
+
+async fn requests(State(sandbox): State<Sandbox>) -> Json<Vec<RecordedRequest>> {
+    Json(sandbox.requests())
+}
+
+#[derive(Deserialize)]
+struct SeedPayment {
+    provider: String,
+    payment_id: String,
+    amount: u64,
+    #[serde(default = "brl")]
+    currency: String,
+}
+
+fn brl() -> String {
+    "BRL".into()
+}
+
+async fn seed_payment(State(sandbox): State<Sandbox>, Json(seed): Json<SeedPayment>) -> Response {
+    match ProviderName::parse(&seed.provider) {
+        Ok(provider) => {
+            sandbox.seed_payment(provider, &seed.payment_id, seed.amount, &seed.currency);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(rule) => (StatusCode::BAD_REQUEST, format!("provider {rule}")).into_response(),
+    }
+}

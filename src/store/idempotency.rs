@@ -1,0 +1,319 @@
+//! The idempotency records: one Redis hash per idempotency key, moved through its states only
+//! by the Lua scripts beside this file, so every transition is atomic and timed by the Redis
+//! server's clock.
+//!
+//! ```text
+//!   (none) ──claim──▶ claimed ──settle──▶ done      (the refund exists; later copies dedupe)
+//!                       │  ▲   ├─settle─▶ pending   (accepted, not settled: next copy syncs)
+//!      lease expired ───┘  │   ├─settle─▶ released  (transient: next copy sends again)
+//!      (takeover, marks    │   └─settle─▶ failed    (permanent: a fixed copy may try again)
+//!       it uncertain)      └──────claim── pending | released | failed
+//! ```
+//!
+//! Each attempt holds an owner token. A call whose answer is lost (a timeout on a reconnecting
+//! connection) is simply repeated: claiming with one's own token again returns the same claim,
+//! and settling twice changes nothing. This store never decides about money; it records.
+
+use std::time::Duration;
+
+use redis::{Script, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, redis_call};
+use crate::{
+    job::{IdempotencyKey, ProviderName},
+    providers::ProviderRefund,
+};
+
+/// What a finished or pending refund looks like in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    /// The rail it ran on.
+    pub provider: ProviderName,
+    /// The provider's answer.
+    pub refund: ProviderRefund,
+}
+
+/// This attempt's hold on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimTicket {
+    /// Proves which attempt holds the claim.
+    pub owner: String,
+    /// An earlier attempt may have reached the provider without recording its answer:
+    /// reconcile with the provider before sending anything.
+    pub uncertain: bool,
+    /// A refund accepted earlier and not yet settled: sync its status, do not send again.
+    pub pending: Option<RefundRecord>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This attempt may proceed.
+    Claimed(ClaimTicket),
+    /// The refund was already done: nothing to do.
+    Done(Option<RefundRecord>),
+    /// A live attempt holds the key; try again after `retry_in`.
+    Busy {
+        /// Time left on the holder's lease.
+        retry_in: Duration,
+    },
+    /// The key was used for a different refund (another amount, payment or provider).
+    Conflict {
+        /// The fingerprint already recorded under the key.
+        existing: String,
+    },
+}
+
+/// The state an attempt leaves a record in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The refund succeeded.
+    Done,
+    /// Accepted, settling later.
+    Pending,
+    /// Transient failure: the next attempt sends again (after reconciling, if uncertain).
+    Released {
+        /// This attempt may have reached the provider.
+        uncertain: bool,
+    },
+    /// Permanent failure.
+    Failed,
+}
+
+/// A record as stored, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    /// `claimed`, `pending`, `released`, `done` or `failed`.
+    pub state: String,
+    /// The refund, once there is one.
+    pub result: Option<RefundRecord>,
+    /// How many attempts claimed it.
+    pub claims: u32,
+    /// The reason of a permanent failure.
+    pub reason: Option<String>,
+    /// Whether an unrecorded provider call may exist.
+    pub uncertain: bool,
+}
+
+/// The idempotency records of one namespace.
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    /// The reconnecting Redis connection.
+    conn: ConnectionManager,
+    /// Every key starts with `{namespace}:idem:`, so tests and tenants never meet.
+    namespace: String,
+    /// How long a claim holds.
+    lease: Duration,
+    /// How long a record lives.
+    ttl: Duration,
+    /// The scripts, loaded once (EVALSHA after the first call).
+    scripts: &'static Scripts,
+}
+
+struct Scripts {
+    claim: Script,
+    settle: Script,
+    renew: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        claim: Script::new(include_str!("lua/claim.lua")),
+        settle: Script::new(include_str!("lua/settle.lua")),
+        renew: Script::new(include_str!("lua/renew.lua")),
+    })
+}
+
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyStore")
+            .field("namespace", &self.namespace)
+            .field("lease", &self.lease)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyStore {
+    /// A store over an open connection.
+    pub fn new(conn: ConnectionManager, namespace: &str, lease: Duration, ttl: Duration) -> Self {
+        Self {
+            conn,
+            namespace: namespace.to_owned(),
+            lease,
+            ttl,
+            scripts: scripts(),
+        }
+    }
+
+    /// The Redis key of an idempotency key.
+    pub fn redis_key(&self, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{}", self.namespace, key)
+    }
+
+    /// Claims `key` for an attempt holding `owner`. Repeating a claim with the same owner
+    /// returns the same claim, so a call whose answer was lost can simply be repeated.
+    pub async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        owner: &str,
+        fingerprint: &str,
+        job_id: &str,
+    ) -> Result<Claim, StoreError> {
+        let redis_key = self.redis_key(key);
+        let reply: Vec<String> = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.claim.key(&redis_key);
+            call.arg(owner)
+                .arg(millis(self.lease))
+                .arg(fingerprint)
+                .arg(millis(self.ttl))
+                .arg(job_id);
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+        match field(0) {
+            "claimed" => Ok(Claim::Claimed(ClaimTicket {
+                owner: owner.to_owned(),
+                uncertain: field(1) == "1",
+                pending: parse_record(field(2))?
+                    .filter(|r| r.refund.status == crate::providers::RefundStatus::Pending),
+            })),
+            "done" => Ok(Claim::Done(parse_record(field(1))?)),
+            "busy" => Ok(Claim::Busy {
+                retry_in: Duration::from_millis(field(1).parse().unwrap_or(1000)),
+            }),
+            "conflict" => Ok(Claim::Conflict {
+                existing: field(1).to_owned(),
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "claim script answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Extends the lease of a claim still held; `false` when another attempt took it over.
+    pub async fn renew(
+        &self,
+        key: &IdempotencyKey,
+        ticket: &ClaimTicket,
+    ) -> Result<bool, StoreError> {
+        let redis_key = self.redis_key(key);
+        let held: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.renew.key(&redis_key);
+            call.arg(&ticket.owner).arg(millis(self.lease));
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        Ok(held == 1)
+    }
+
+    /// Records the end of an attempt. Idempotent: settling again changes nothing.
+    pub async fn settle(
+        &self,
+        key: &IdempotencyKey,
+        ticket: &ClaimTicket,
+        settle: Settle,
+        record: Option<&RefundRecord>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let (state, uncertain) = match settle {
+            Settle::Done => ("done", false),
+            Settle::Pending => ("pending", false),
+            Settle::Released { uncertain } => ("released", uncertain),
+            Settle::Failed => ("failed", false),
+        };
+        let result = match record {
+            Some(r) => serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => String::new(),
+        };
+        let redis_key = self.redis_key(key);
+        let _: String = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.settle.key(&redis_key);
+            call.arg(&ticket.owner)
+                .arg(state)
+                .arg(&result)
+                .arg(if uncertain { "1" } else { "0" })
+                .arg(reason)
+                .arg(millis(self.ttl));
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Whether Redis answers (used to resume after an outage).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Deletes every record of this namespace (the demo's clean-up; never used on real data).
+    pub async fn delete_namespace(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.namespace);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Reads a record (operators, `dlq replay`, tests).
+    pub async fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordView>, StoreError> {
+        let redis_key = self.redis_key(key);
+        let fields: Vec<Option<String>> = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&redis_key)
+                .arg(&["state", "result", "claims", "reason", "uncertain"]);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        let Some(state) = fields.first().cloned().flatten() else {
+            return Ok(None);
+        };
+        let text = |i: usize| fields.get(i).cloned().flatten();
+        Ok(Some(RecordView {
+            state,
+            result: parse_record(text(1).as_deref().unwrap_or(""))?,
+            claims: text(2).and_then(|c| c.parse().ok()).unwrap_or(0),
+            reason: text(3).filter(|r| !r.is_empty()),
+            uncertain: text(4).as_deref() == Some("1"),
+        }))
+    }
+}
+
+fn parse_record(text: &str) -> Result<Option<RefundRecord>, StoreError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("unreadable refund record {text:?}: {e}")))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

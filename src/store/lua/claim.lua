@@ -1,0 +1,37 @@
+-- Claim an idempotency record for one attempt of a job.
+-- KEYS[1]  the record (a hash)
+-- ARGV[1]  owner token of this attempt
+-- ARGV[2]  lease in milliseconds
+-- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency)
+-- ARGV[4]  record TTL in milliseconds
+-- ARGV[5]  job id
+-- Returns {'claimed', uncertain, result}  (a result means a pending refund to sync) | {'done', result} |
+--         {'busy', ms_left} | {'conflict', fingerprint}
+-- Time comes from the Redis server, so workers' clocks never disagree about a lease.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'lease_until', 'fp', 'uncertain', 'result')
+local state, owner, lease_until, fp, uncertain, result = r[1], r[2], tonumber(r[3]), r[4], r[5], r[6]
+
+if state == 'done' then
+  if fp and fp ~= ARGV[3] then return {'conflict', fp} end
+  return {'done', result or ''}
+end
+if state and state ~= 'failed' and fp and fp ~= ARGV[3] then
+  return {'conflict', fp}
+end
+if state == 'claimed' and owner ~= ARGV[1] then
+  if lease_until and lease_until > now then
+    return {'busy', tostring(lease_until - now)}
+  end
+  -- The previous owner died holding the claim: it may have reached the provider.
+  uncertain = '1'
+end
+if state == 'failed' then uncertain = '0' end
+
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
+  'lease_until', tostring(now + tonumber(ARGV[2])), 'fp', ARGV[3],
+  'uncertain', uncertain or '0', 'job_id', ARGV[5])
+if owner ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'claims', 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {'claimed', uncertain or '0', result or ''}

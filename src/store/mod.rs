@@ -1,0 +1,77 @@
+//! Redis: the idempotency records (and, later, mandates and receipts). Lua scripts live
+//! beside the code that calls them, and every script touches a single key, so the layout
+//! works on Redis Cluster too.
+
+pub mod idempotency;
+
+use std::{future::Future, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use redis::{RedisError, aio::ConnectionManager};
+
+pub use idempotency::{Claim, ClaimTicket, IdempotencyStore, RecordView, RefundRecord, Settle};
+
+/// Why Redis could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable, timing out or refusing writes: no refund may run until it is back.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered something this code cannot read: a bug or a foreign write.
+    #[error("unexpected data in Redis: {0}")]
+    Corrupt(String),
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        use redis::ErrorKind;
+        match e.kind() {
+            ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::Parse => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Opens a reconnecting connection, failing fast with a clear message when Redis is down.
+pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url)
+        .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url}: {e}")))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot reach Redis at {}: {e}", redact(url))))
+}
+
+/// Runs one Redis call, repeating it a few times on transient errors. Only idempotent calls
+/// go through here (the scripts are written so that repeating them is harmless).
+pub(crate) async fn redis_call<T, F, Fut>(call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RedisError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(3)
+        .with_jitter();
+    call.retry(backoff)
+        .when(|e: &RedisError| !matches!(e.retry_method(), redis::RetryMethod::NoRetry))
+        .await
+        .map_err(StoreError::from)
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

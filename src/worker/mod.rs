@@ -1,0 +1,522 @@
+//! The consume loop: connect, declare, consume in chunks, run jobs in parallel under one
+//! concurrency bound, dispose of each outcome, reconnect when RabbitMQ goes away, pause while
+//! Redis is away, and stop gracefully.
+//!
+//! Acks happen only in [`dispose`], after the outcome is durable. Anything unacked when a
+//! connection dies comes back from the broker, and the idempotency records make it a no-op.
+
+mod dispose;
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::{
+    Channel, Connection,
+    message::Delivery,
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use dispose::Disposition;
+
+use crate::{
+    broker::{self, BrokerError, Envelope, Publisher, Topology},
+    config::WorkerSettings,
+    metrics::{Health, Metrics, NO_PROVIDER},
+    outcome::Outcome,
+    pipeline::{Attempt, Pipeline, Processed},
+};
+
+/// How a worker connects and consumes.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// The queues under the prefix.
+    pub topology: Topology,
+    /// Concurrency, chunks, prefetch, shutdown grace.
+    pub worker: WorkerSettings,
+    /// Attempts before `exhausted`.
+    pub max_attempts: u32,
+    /// Stop once the jobs and retry queues are empty and nothing is in flight.
+    pub exit_when_idle: bool,
+    /// The connection name shown in RabbitMQ's management UI.
+    pub connection_name: String,
+}
+
+/// One job's end, for progress bars and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    /// The job id.
+    pub job_id: String,
+    /// What the pipeline decided.
+    pub outcome: Outcome,
+    /// What happened to the message.
+    pub disposition: Disposition,
+}
+
+/// Why a run ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Asked to stop (signal).
+    Stopped,
+    /// `--exit-when-idle` and there was nothing left.
+    Idle,
+}
+
+/// State every job task shares.
+struct Shared {
+    options: WorkerOptions,
+    pipeline: Pipeline,
+    metrics: Metrics,
+    health: Arc<Health>,
+    reports: Option<mpsc::UnboundedSender<JobReport>>,
+    /// Bounds jobs running at once, across chunks.
+    concurrency: Arc<Semaphore>,
+    /// False while Redis is unreachable: the consumer stops taking messages.
+    redis_ok: watch::Sender<bool>,
+}
+
+/// A refund worker.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+enum SessionEnd {
+    Stopped,
+    Idle,
+    Lost(String),
+}
+
+struct Session {
+    connection: Connection,
+    consume: Channel,
+    publisher: Publisher,
+}
+
+impl Worker {
+    /// A worker running `pipeline` with these options.
+    pub fn new(
+        options: WorkerOptions,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Self {
+        let concurrency = Arc::new(Semaphore::new(options.worker.concurrency));
+        Self {
+            shared: Arc::new(Shared {
+                options,
+                pipeline,
+                metrics,
+                health,
+                reports: None,
+                concurrency,
+                redis_ok: watch::channel(true).0,
+            }),
+        }
+    }
+
+    /// Sends a [`JobReport`] for every delivery processed.
+    pub fn with_reports(mut self, reports: mpsc::UnboundedSender<JobReport>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("reports are attached before the worker runs")
+            .reports = Some(reports);
+        self
+    }
+
+    /// Consumes until `shutdown` (or idle, with `exit_when_idle`). Fails only if RabbitMQ
+    /// cannot be reached at start; later losses are reconnected with backoff.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<RunEnd, BrokerError> {
+        let mut connected_once = false;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(RunEnd::Stopped);
+            }
+            let session = match self.open_session().await {
+                Ok(session) => session,
+                Err(error) if !connected_once => return Err(error),
+                Err(error) => {
+                    warn!(error = %error, retry_in = ?backoff, "cannot reconnect to RabbitMQ yet");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(RunEnd::Stopped),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            if connected_once {
+                info!("reconnected to RabbitMQ");
+            }
+            connected_once = true;
+            backoff = Duration::from_millis(250);
+            match self.consume(session, &shutdown).await {
+                SessionEnd::Stopped => return Ok(RunEnd::Stopped),
+                SessionEnd::Idle => return Ok(RunEnd::Idle),
+                SessionEnd::Lost(why) => {
+                    Health::set(&self.shared.health.amqp, false);
+                    Health::set(&self.shared.health.consuming, false);
+                    warn!(%why, "lost the RabbitMQ connection; unacknowledged jobs will be redelivered");
+                }
+            }
+        }
+    }
+
+    async fn open_session(&self) -> Result<Session, BrokerError> {
+        let options = &self.shared.options;
+        let connection = broker::connect(&options.amqp_url, &options.connection_name).await?;
+        let publisher = Publisher::open(&connection).await?;
+        options.topology.declare(publisher.channel()).await?;
+        let consume = connection.create_channel().await?;
+        consume
+            .basic_qos(options.worker.prefetch, BasicQosOptions::default())
+            .await?;
+        Health::set(&self.shared.health.amqp, true);
+        Ok(Session {
+            connection,
+            consume,
+            publisher,
+        })
+    }
+
+    async fn consume(&self, session: Session, shutdown: &CancellationToken) -> SessionEnd {
+        let shared = &self.shared;
+        let options = &shared.options;
+        let tag = format!("refund-worker-{}", uuid::Uuid::new_v4().simple());
+        let mut consumer = match session
+            .consume
+            .basic_consume(
+                options.topology.jobs_queue().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        Health::set(&shared.health.consuming, true);
+        info!(queue = %options.topology.jobs_queue(), "consuming");
+
+        let mut redis_ok = shared.redis_ok.subscribe();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut idle_tick = tokio::time::interval(Duration::from_millis(200));
+        let mut idle_rounds = 0u32;
+        let mut chunk: Vec<Delivery> = Vec::with_capacity(options.worker.chunk_size);
+        let end = loop {
+            let taking = *redis_ok.borrow();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break SessionEnd::Stopped,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        error!(error = %e, "a job task ended abnormally");
+                    }
+                }
+                changed = redis_ok.changed() => {
+                    if changed.is_err() { break SessionEnd::Stopped; }
+                    let ok = *redis_ok.borrow();
+                    Health::set(&shared.health.consuming, ok);
+                    if ok { info!("Redis is back; consuming again"); } else { warn!("Redis is unreachable; pausing consumption"); }
+                }
+                next = consumer.next(), if taking => {
+                    let mut lost = None;
+                    match next {
+                        Some(Ok(delivery)) => chunk.push(delivery),
+                        Some(Err(e)) => lost = Some(e.to_string()),
+                        None => lost = Some("the broker closed the consumer".to_owned()),
+                    }
+                    // Take whatever else is already here, up to a chunk.
+                    while lost.is_none() && chunk.len() < options.worker.chunk_size {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(delivery))) => chunk.push(delivery),
+                            Some(Some(Err(e))) => lost = Some(e.to_string()),
+                            Some(None) => lost = Some("the broker closed the consumer".to_owned()),
+                            None => break,
+                        }
+                    }
+                    for delivery in chunk.drain(..) {
+                        tasks.spawn(run_job(Arc::clone(shared), session.publisher.clone(), delivery, shutdown.clone()));
+                    }
+                    idle_rounds = 0;
+                    if let Some(why) = lost {
+                        break SessionEnd::Lost(why);
+                    }
+                }
+                _ = idle_tick.tick(), if options.exit_when_idle => {
+                    if !tasks.is_empty() {
+                        idle_rounds = 0;
+                        continue;
+                    }
+                    match queues_empty(&session.publisher, &options.topology).await {
+                        Ok(true) => idle_rounds += 1,
+                        Ok(false) => idle_rounds = 0,
+                        Err(e) => break SessionEnd::Lost(e.to_string()),
+                    }
+                    // Twice in a row, so a message moving from a retry tier back to the jobs
+                    // queue, or just delivered to us, is not missed.
+                    if idle_rounds >= 2 {
+                        break SessionEnd::Idle;
+                    }
+                }
+            }
+        };
+        Health::set(&shared.health.consuming, false);
+
+        if matches!(end, SessionEnd::Stopped | SessionEnd::Idle) {
+            // Stop new deliveries; what was prefetched but not started goes back on close.
+            let _ = session
+                .consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        drop(consumer);
+        let grace = options.worker.shutdown_grace;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(
+                ?grace,
+                remaining = tasks.len(),
+                "in-flight jobs did not finish in time; handing them back"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let _ = session.consume.close(200, "worker stopping".into()).await;
+        let _ = session
+            .publisher
+            .channel()
+            .close(200, "worker stopping".into())
+            .await;
+        let _ = session
+            .connection
+            .close(200, "worker stopping".into())
+            .await;
+        end
+    }
+}
+
+/// Whether the jobs queue and every retry tier are empty (ready messages only; unacked ones
+/// are in somebody's hands, and ours are counted by the caller).
+async fn queues_empty(publisher: &Publisher, topology: &Topology) -> Result<bool, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for queue in topology.work_queues() {
+        let declared = publisher
+            .channel()
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?;
+        if declared.message_count() > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Processes one delivery to its disposition.
+async fn run_job(
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+) {
+    let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {
+        return;
+    };
+    let started = Instant::now();
+    shared.metrics.in_flight.inc();
+    let _in_flight = scopeguard(|| shared.metrics.in_flight.dec());
+    let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
+    let owner = uuid::Uuid::new_v4().to_string();
+
+    let processed = loop {
+        let attempt = Attempt {
+            body: &delivery.data,
+            envelope: &envelope,
+            owner: &owner,
+            shutdown: &shutdown,
+        };
+        let processed = match AssertUnwindSafe(shared.pipeline.process(attempt))
+            .catch_unwind()
+            .await
+        {
+            Ok(processed) => processed,
+            Err(_) => {
+                // A bug. Requeue it: if it keeps crashing, the broker's delivery limit
+                // dead-letters it as `delivery_limit` rather than letting it loop forever.
+                error!(job_id = %envelope.job_id, "processing panicked; requeueing (the delivery limit bounds repeats)");
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                let _ = delivery.acker.nack(requeue).await;
+                return;
+            }
+        };
+        if let Outcome::Suspend { why } = &processed.outcome {
+            warn!(job_id = %envelope.job_id, %why, "Redis unavailable before the refund; waiting for it");
+            if wait_for_redis(&shared, &shutdown).await {
+                continue;
+            }
+        }
+        break processed;
+    };
+
+    let disposition = dispose::dispose(&shared, &publisher, &delivery, &envelope, &processed).await;
+    record_metrics(&shared.metrics, &processed, &disposition, started);
+    log_outcome(&envelope, &processed, &disposition);
+    if let Some(reports) = &shared.reports {
+        let _ = reports.send(JobReport {
+            job_id: envelope.job_id.clone(),
+            outcome: processed.outcome,
+            disposition,
+        });
+    }
+}
+
+/// Waits until Redis answers (true) or the worker stops (false), pausing consumption meanwhile.
+async fn wait_for_redis(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    shared.redis_ok.send_replace(false);
+    Health::set(&shared.health.redis, false);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if shared.pipeline.store().ping().await.is_ok() {
+            Health::set(&shared.health.redis, true);
+            shared.redis_ok.send_replace(true);
+            return true;
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn record_metrics(
+    metrics: &Metrics,
+    processed: &Processed,
+    disposition: &Disposition,
+    started: Instant,
+) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let observe = |provider: &str, outcome: &str| {
+        metrics
+            .duration
+            .with_label_values(&[provider, outcome])
+            .observe(elapsed);
+    };
+    match (&processed.outcome, disposition) {
+        (_, Disposition::HandedBack { .. }) => {}
+        (
+            Outcome::Refunded {
+                provider, amount, ..
+            },
+            _,
+        ) => {
+            let p = provider.as_str();
+            metrics.succeeded.with_label_values(&[p]).inc();
+            let currency = processed.currency.map_or("BRL", |c| c.code());
+            metrics
+                .amount
+                .with_label_values(&[p, currency])
+                .inc_by(*amount);
+            observe(p, "succeeded");
+        }
+        (Outcome::Duplicate, _) => metrics.deduplicated.inc(),
+        (outcome, Disposition::DeadLettered { class, .. }) => {
+            let provider = provider_of(outcome);
+            metrics
+                .failed
+                .with_label_values(&[provider, class.as_str()])
+                .inc();
+            observe(provider, "dead_lettered");
+        }
+        (
+            Outcome::Retry {
+                provider,
+                counts: true,
+                ..
+            },
+            Disposition::Retried { .. },
+        ) => {
+            let p = provider.map_or(NO_PROVIDER, |p| p.as_str());
+            metrics.retried.with_label_values(&[p]).inc();
+            observe(p, "retried");
+        }
+        _ => {}
+    }
+}
+
+fn provider_of(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Refunded { provider, .. } | Outcome::Pending { provider, .. } => provider.as_str(),
+        Outcome::Retry { provider, .. } | Outcome::DeadLetter { provider, .. } => {
+            provider.map_or(NO_PROVIDER, |p| p.as_str())
+        }
+        _ => NO_PROVIDER,
+    }
+}
+
+fn log_outcome(envelope: &Envelope, processed: &Processed, disposition: &Disposition) {
+    let job_id = envelope.job_id.as_str();
+    match (&processed.outcome, disposition) {
+        (
+            Outcome::Refunded {
+                provider,
+                refund_id,
+                adopted,
+                ..
+            },
+            _,
+        ) => {
+            info!(job_id, %provider, refund_id, adopted, "refunded");
+        }
+        (Outcome::Duplicate, _) => info!(job_id, "already refunded; skipped"),
+        (_, Disposition::DeadLettered { class, why }) => {
+            warn!(job_id, class = class.as_str(), why, "dead-lettered");
+        }
+        (Outcome::Retry { why, .. }, Disposition::Retried { queue }) => {
+            info!(job_id, queue, why, "retrying later")
+        }
+        (Outcome::Pending { refund_id, .. }, Disposition::Retried { queue }) => {
+            info!(
+                job_id,
+                refund_id, queue, "refund pending; will check its status"
+            );
+        }
+        (_, Disposition::HandedBack { why }) => warn!(job_id, why, "handed back to the broker"),
+        (outcome, disposition) => info!(job_id, ?outcome, ?disposition, "processed"),
+    }
+}
+
+/// Runs `f` when dropped (the in-flight gauge must go down on every path, panics included).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
