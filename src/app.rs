@@ -65,7 +65,7 @@ pub struct App {
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
     /// Redis is not reachable.
-    #[error("{0} — is it running? see README")]
+    #[error("{0}")]
     Redis(StoreError),
     /// The HTTP client could not be built.
     #[error("cannot build the provider HTTP client: {0}")]

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod commands;
 /// Typed settings from `config/default.toml` and the environment.
 pub mod config;
+/// How failures are worded for people.
+pub mod diagnostics;
 /// The refund job schema: strict parsing and validation (pure).
 pub mod job;
 /// Prometheus metrics, health and readiness.

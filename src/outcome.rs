@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::job::{JobDate, ProviderName};
+use crate::job::ProviderName;
 
 /// Why a job was parked in the dead-letter queue (`x-refund-error-class`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,12 +94,6 @@ pub enum Outcome {
         provider: Option<ProviderName>,
         /// A reason an operator understands.
         why: String,
-    },
-    /// The message carries no date: republish it keyed under `date` before doing anything,
-    /// so a redelivery on another day can never derive another idempotency key.
-    Rekey {
-        /// The day it is keyed under from now on.
-        date: JobDate,
     },
     /// Redis is unreachable before anything happened: wait for it, then run the job again.
     Suspend {

@@ -114,9 +114,12 @@ fn header_int(table: &FieldTable, name: &str) -> Option<u32> {
     u32::try_from(value).ok()
 }
 
-/// Builds the properties of a message the worker republishes (retry, dead letter, rekey):
-/// the original properties, persistent, with the `x-refund-*` headers replaced by `set` and
-/// the broker's `x-death` bookkeeping dropped (attempts live in our own header).
+/// Builds the properties of a message the worker republishes (retry, dead letter): persistent,
+/// with the `x-refund-*` headers replaced by `set` and the broker's `x-death` bookkeeping
+/// dropped (attempts live in our own header). Fresh properties, not a copy: an upstream
+/// `expiration` would make the copy expire out of the dead-letter queue (RabbitMQ drops it
+/// when it dead-letters for the same reason), and an upstream `user_id` the broker would
+/// refuse from our connection.
 pub fn republish_properties(original: &BasicProperties, set: &[(&str, String)]) -> BasicProperties {
     let mut table = FieldTable::default();
     if let Some(existing) = original.headers() {
@@ -138,7 +141,34 @@ pub fn republish_properties(original: &BasicProperties, set: &[(&str, String)]) 
             AMQPValue::LongString(LongString::from(value.as_str())),
         );
     }
-    original.clone().with_headers(table).with_delivery_mode(2)
+    let mut properties = BasicProperties::default()
+        .with_headers(table)
+        .with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        properties = properties.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    properties
 }
 
 /// Now, as RFC 3339 UTC, for the seen headers.
@@ -183,7 +213,10 @@ mod tests {
         );
         let props = BasicProperties::default()
             .with_headers(original)
-            .with_timestamp(1_700_000_000);
+            .with_timestamp(1_700_000_000)
+            .with_expiration("600000".into())
+            .with_user_id("someone-else".into())
+            .with_reply_to("upstream.replies".into());
 
         let out = republish_properties(
             &props,
@@ -201,6 +234,16 @@ mod tests {
         assert!(!table.inner().contains_key("x-delivery-count"));
         assert!(table.inner().contains_key("x-upstream-trace"));
         assert_eq!(*out.delivery_mode(), Some(2));
+        assert_eq!(
+            *out.expiration(),
+            None,
+            "a copy must not expire out of the dead-letter queue"
+        );
+        assert_eq!(*out.user_id(), None);
+        assert_eq!(
+            out.reply_to().as_ref().map(|r| r.as_str()),
+            Some("upstream.replies")
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(BrokerError::Unreachable {
             address: address_of(url),
-            cause: root_cause(&e),
+            cause: crate::diagnostics::root_cause(&e),
         }),
         Err(_) => Err(BrokerError::Unreachable {
             address: address_of(url),
@@ -52,29 +52,9 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     }
 }
 
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    let text = cause.to_string();
-    // "Connection refused (os error 111)" reads better without the errno.
-    text.split(" (os error")
-        .next()
-        .unwrap_or(&text)
-        .to_lowercase()
-}
-
 /// `host:port` of an AMQP URL, without user and password.
 pub fn address_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host = rest.split('/').next().unwrap_or(rest);
-    if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:5672")
-    }
+    crate::diagnostics::host_port(url, 5672)
 }
 
 /// A channel in confirm mode.

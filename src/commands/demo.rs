@@ -151,9 +151,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
             CommandError::Runtime(format!("{e} (start it with: rabbitmq-server -detached)"))
         })?;
     store::connect(&connections.redis_url).await.map_err(|e| {
-        CommandError::Runtime(format!(
-            "{e} — is it running? start it with: redis-server --daemonize yes (see README)"
-        ))
+        CommandError::Runtime(format!("{e} (start it with: redis-server --daemonize yes)"))
     })?;
 
     let sandbox = Sandbox::new(FaultOptions {

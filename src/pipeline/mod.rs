@@ -16,7 +16,7 @@ use crate::{
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
-    store::IdempotencyStore,
+    store::{IdempotencyStore, StoreError},
 };
 
 /// Everything one attempt at a job needs to know about its delivery.
@@ -99,13 +99,24 @@ impl Pipeline {
             .date
             .or(attempt.envelope.keyed_date)
             .or_else(|| attempt.envelope.timestamp.and_then(JobDate::from_unix));
-        let Some(date) = keyed else {
-            let today = JobDate::today();
-            return Processed {
-                outcome: Outcome::Rekey { date: today },
-                date: Some(today),
-                currency: Some(job.currency),
-            };
+        let date = match keyed {
+            Some(date) => date,
+            // No date anywhere: pin the day of first sight to the job id, so a redelivery
+            // after midnight cannot derive a second key.
+            None => match self
+                .store
+                .pin_date(&attempt.envelope.job_id, JobDate::today())
+                .await
+            {
+                Ok(date) => date,
+                Err(e) => {
+                    return Processed {
+                        outcome: store_failure(e, job.provider),
+                        date: None,
+                        currency: Some(job.currency),
+                    };
+                }
+            },
         };
         let outcome = self.process_job(&job, date, attempt).await;
         Processed {
@@ -144,5 +155,20 @@ impl Pipeline {
             job_id: attempt.envelope.job_id.clone(),
         };
         refund::run(self, provider.as_ref(), &request, attempt).await
+    }
+}
+
+/// What a failed Redis call before any provider call means for the job: wait for Redis, or
+/// (if Redis answered something unusable) park the job for a human.
+fn store_failure(error: StoreError, provider: Option<crate::job::ProviderName>) -> Outcome {
+    match error {
+        StoreError::Corrupt(why) => Outcome::DeadLetter {
+            class: FailureClass::Permanent,
+            provider,
+            why: format!("unexpected data in Redis: {why}"),
+        },
+        outage => Outcome::Suspend {
+            why: outage.to_string(),
+        },
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     metrics::Health,
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
-    store::{Claim, ClaimTicket, RefundRecord, Settle, StoreError},
+    store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
 /// Runs one attempt at `request` on `provider`.
@@ -61,17 +61,7 @@ pub(super) async fn run(
                 ),
             };
         }
-        Err(StoreError::Unavailable(why)) => return Outcome::Suspend { why },
-        Err(StoreError::Corrupt(why)) => {
-            return Outcome::DeadLetter {
-                class: FailureClass::Permanent,
-                provider: Some(name),
-                why: format!(
-                    "cannot read the idempotency record of {}: {why}",
-                    request.key
-                ),
-            };
-        }
+        Err(e) => return super::store_failure(e, Some(name)),
     };
 
     let started = Instant::now();
@@ -158,12 +148,14 @@ async fn record_refund(
         provider: name,
         refund: refund.clone(),
     };
-    let (settle, reason) = match &refund.status {
-        RefundStatus::Succeeded => (Settle::Done, String::new()),
-        RefundStatus::Pending => (Settle::Pending, String::new()),
-        RefundStatus::Failed { reason } => (Settle::Failed, reason.clone()),
+    let (settle, reason, stored) = match &refund.status {
+        RefundStatus::Succeeded => (Settle::Done, String::new(), Some(&record)),
+        RefundStatus::Pending => (Settle::Pending, String::new(), Some(&record)),
+        // The provider answered about this very refund: nothing is left uncertain.
+        RefundStatus::Failed { reason } => {
+            (Settle::Failed { uncertain: false }, reason.clone(), None)
+        }
     };
-    let stored = (settle != Settle::Failed).then_some(&record);
     if let Err(why) =
         settle_durably(pipeline, request, ticket, settle, stored, &reason, attempt).await
     {
@@ -197,11 +189,14 @@ async fn record_failure(
 ) -> Outcome {
     let name = provider.name();
     // A pending refund stays pending whatever its status check did: the refund exists.
+    // Uncertainty is sticky: a look-up that found nothing does not prove that an earlier
+    // request (maybe still executing at the provider) never will, so once a record is
+    // uncertain, every later attempt reconciles first.
+    let uncertain = ticket.uncertain || matches!(error, ProviderError::Unknown { .. });
     let (settle, record) = match (&error, &ticket.pending) {
-        (ProviderError::Permanent { .. }, None) => (Settle::Failed, None),
         (_, Some(pending)) => (Settle::Pending, Some(pending)),
-        (ProviderError::Unknown { .. }, None) => (Settle::Released { uncertain: true }, None),
-        (ProviderError::Transient { .. }, None) => (Settle::Released { uncertain: false }, None),
+        (ProviderError::Permanent { .. }, None) => (Settle::Failed { uncertain }, None),
+        (_, None) => (Settle::Released { uncertain }, None),
     };
     // If this write fails the claim simply stays ours until its lease ends; the next
     // attempt then takes it over as uncertain and reconciles first. Safe either way.

@@ -24,7 +24,7 @@ pub(crate) fn transport_error(provider: &str, error: &reqwest::Error) -> Provide
     if error.is_connect() {
         return ProviderError::transient(format!(
             "{provider}: cannot connect: {}",
-            root_cause(error)
+            crate::diagnostics::root_cause(error)
         ));
     }
     if error.is_timeout() {
@@ -34,16 +34,8 @@ pub(crate) fn transport_error(provider: &str, error: &reqwest::Error) -> Provide
     }
     ProviderError::unknown(format!(
         "{provider}: connection failed after sending: {} (the refund may have been executed)",
-        root_cause(error)
+        crate::diagnostics::root_cause(error)
     ))
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// A provider's hint of when to come back: `Retry-After` in seconds, or a rate-limit reset

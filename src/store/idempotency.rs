@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{StoreError, redis_call};
 use crate::{
-    job::{IdempotencyKey, ProviderName},
+    job::{IdempotencyKey, JobDate, ProviderName},
     providers::ProviderRefund,
 };
 
@@ -78,7 +78,10 @@ pub enum Settle {
         uncertain: bool,
     },
     /// Permanent failure.
-    Failed,
+    Failed {
+        /// An earlier attempt may still have reached the provider: stays marked.
+        uncertain: bool,
+    },
 }
 
 /// A record as stored, for operators and tests.
@@ -115,6 +118,7 @@ struct Scripts {
     claim: Script,
     settle: Script,
     renew: Script,
+    pin_date: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -123,6 +127,7 @@ fn scripts() -> &'static Scripts {
         claim: Script::new(include_str!("lua/claim.lua")),
         settle: Script::new(include_str!("lua/settle.lua")),
         renew: Script::new(include_str!("lua/renew.lua")),
+        pin_date: Script::new(include_str!("lua/pin_date.lua")),
     })
 }
 
@@ -225,7 +230,7 @@ impl IdempotencyStore {
             Settle::Done => ("done", false),
             Settle::Pending => ("pending", false),
             Settle::Released { uncertain } => ("released", uncertain),
-            Settle::Failed => ("failed", false),
+            Settle::Failed { uncertain } => ("failed", uncertain),
         };
         let result = match record {
             Some(r) => serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -247,11 +252,35 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Whether Redis answers (used to resume after an outage).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// Whether Redis takes writes again after an outage. A write, not a PING: a Redis that
+    /// is out of memory, read-only or failing to persist still answers PING.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let key = format!("{}:health", self.namespace);
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(crate::broker::envelope::now_rfc3339())
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
+    }
+
+    /// The day a job without a date of its own is keyed under: the day it was first seen,
+    /// pinned by job id, so a redelivery on a later day derives the same idempotency key.
+    pub async fn pin_date(&self, job_id: &str, today: JobDate) -> Result<JobDate, StoreError> {
+        let redis_key = format!("{}:jobdate:{job_id}", self.namespace);
+        let today = today.to_string();
+        let pinned: String = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.pin_date.key(&redis_key);
+            call.arg(&today).arg(millis(self.ttl));
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        JobDate::parse(&pinned)
+            .map_err(|e| StoreError::Corrupt(format!("pinned date of {job_id}: {e}")))
     }
 
     /// Deletes every record of this namespace (the demo's clean-up; never used on real data).

@@ -14,6 +14,14 @@ pub use idempotency::{Claim, ClaimTicket, IdempotencyStore, RecordView, RefundRe
 /// Why Redis could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// Redis could not be reached at all (start-up).
+    #[error("cannot reach Redis at {address}: {cause} — is it running? see README")]
+    Unreachable {
+        /// host:port, without credentials.
+        address: String,
+        /// The underlying error.
+        cause: String,
+    },
     /// Redis is unreachable, timing out or refusing writes: no refund may run until it is back.
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
@@ -22,11 +30,35 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Server error codes that mean "Redis cannot take writes right now": wait for it.
+const OUTAGE_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK",
+    "NOPERM",
+    "NOAUTH",
+];
+
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
         use redis::ErrorKind;
         match e.kind() {
+            // A reply this code cannot read, or a command Redis rejects for what it is
+            // (WRONGTYPE on a record, a script error): waiting will not fix it.
             ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::Parse => {
+                StoreError::Corrupt(e.to_string())
+            }
+            ErrorKind::Server(_) | ErrorKind::Extension
+                if !e.code().is_some_and(|code| OUTAGE_CODES.contains(&code)) =>
+            {
                 StoreError::Corrupt(e.to_string())
             }
             _ => StoreError::Unavailable(e.to_string()),
@@ -36,8 +68,11 @@ impl From<RedisError> for StoreError {
 
 /// Opens a reconnecting connection, failing fast with a clear message when Redis is down.
 pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url)
-        .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url}: {e}")))?;
+    let unreachable = |e: &RedisError| StoreError::Unreachable {
+        address: crate::diagnostics::host_port(url, 6379),
+        cause: crate::diagnostics::root_cause(e),
+    };
+    let client = redis::Client::open(url).map_err(|e| unreachable(&e))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -45,7 +80,7 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
         .set_max_delay(Duration::from_secs(1));
     ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot reach Redis at {}: {e}", redact(url))))
+        .map_err(|e| unreachable(&e))
 }
 
 /// Runs one Redis call, repeating it a few times on transient errors. Only idempotent calls
@@ -64,14 +99,4 @@ where
         .when(|e: &RedisError| !matches!(e.retry_method(), redis::RetryMethod::NoRetry))
         .await
         .map_err(StoreError::from)
-}
-
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }

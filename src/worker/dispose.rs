@@ -1,5 +1,5 @@
-//! The one place that turns an [`Outcome`] into broker actions: ack, retry publish, dead
-//! letter or rekey. The original message is acked only after whatever replaces it was
+//! The one place that turns an [`Outcome`] into broker actions: ack, retry publish or dead
+//! letter. The original message is acked only after whatever replaces it was
 //! confirmed by the broker, so a crash between the two leaves a duplicate (which the
 //! idempotency record absorbs), never a loss.
 
@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::{
-    broker::{BrokerError, Envelope, Publisher, ROUTING_KEY, envelope, headers},
+    broker::{BrokerError, Envelope, Publisher, envelope, headers},
     metrics::NO_PROVIDER,
     outcome::{FailureClass, Outcome},
     pipeline::Processed,
@@ -37,8 +37,6 @@ pub enum Disposition {
         /// The reason in `x-refund-error`.
         why: String,
     },
-    /// Republished keyed under a date, then acknowledged.
-    Rekeyed,
     /// Left unacknowledged or requeued: the broker will deliver it again.
     HandedBack {
         /// Why.
@@ -101,17 +99,6 @@ async fn replace_and_ack(
             // Leave it unacknowledged: the channel closes as the worker stops, and the broker
             // delivers the message again.
             return Ok(Disposition::HandedBack { why: why.clone() });
-        }
-        Outcome::Rekey { .. } => {
-            publisher
-                .publish(
-                    &topology.jobs_exchange(),
-                    ROUTING_KEY,
-                    &delivery.data,
-                    props(&set),
-                )
-                .await?;
-            Disposition::Rekeyed
         }
         Outcome::Pending { provider, .. } => {
             let syncs = envelope.syncs + 1;

@@ -40,6 +40,9 @@ use crate::{
     pipeline::{Attempt, Pipeline, Processed},
 };
 
+/// How long a channel or connection close may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a worker connects and consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -140,6 +143,18 @@ impl Worker {
     /// Consumes until `shutdown` (or idle, with `exit_when_idle`). Fails only if RabbitMQ
     /// cannot be reached at start; later losses are reconnected with backoff.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<RunEnd, BrokerError> {
+        let monitor_stop = shutdown.child_token();
+        let monitor = tokio::spawn(redis_monitor(
+            Arc::clone(&self.shared),
+            monitor_stop.clone(),
+        ));
+        let end = self.run_sessions(&shutdown).await;
+        monitor_stop.cancel();
+        let _ = monitor.await;
+        end
+    }
+
+    async fn run_sessions(&self, shutdown: &CancellationToken) -> Result<RunEnd, BrokerError> {
         let mut connected_once = false;
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -164,7 +179,7 @@ impl Worker {
             }
             connected_once = true;
             backoff = Duration::from_millis(250);
-            match self.consume(session, &shutdown).await {
+            match self.consume(session, shutdown).await {
                 SessionEnd::Stopped => return Ok(RunEnd::Stopped),
                 SessionEnd::Idle => return Ok(RunEnd::Idle),
                 SessionEnd::Lost(why) => {
@@ -214,6 +229,8 @@ impl Worker {
         info!(queue = %options.topology.jobs_queue(), "consuming");
 
         let mut redis_ok = shared.redis_ok.subscribe();
+        // Cancelled by a job that finds the publishing channel dead: the session is over.
+        let session_lost = CancellationToken::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut idle_tick = tokio::time::interval(Duration::from_millis(200));
         let mut idle_rounds = 0u32;
@@ -223,6 +240,9 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break SessionEnd::Stopped,
+                () = session_lost.cancelled() => {
+                    break SessionEnd::Lost("the publishing channel closed".to_owned());
+                }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = joined {
                         error!(error = %e, "a job task ended abnormally");
@@ -251,7 +271,13 @@ impl Worker {
                         }
                     }
                     for delivery in chunk.drain(..) {
-                        tasks.spawn(run_job(Arc::clone(shared), session.publisher.clone(), delivery, shutdown.clone()));
+                        let job = Job {
+                            shared: Arc::clone(shared),
+                            publisher: session.publisher.clone(),
+                            shutdown: shutdown.clone(),
+                            session_lost: session_lost.clone(),
+                        };
+                        tasks.spawn(job.run(delivery));
                     }
                     idle_rounds = 0;
                     if let Some(why) = lost {
@@ -278,12 +304,14 @@ impl Worker {
         };
         Health::set(&shared.health.consuming, false);
 
+        // Jobs not yet started hand their message back instead of starting now.
+        session_lost.cancel();
         if matches!(end, SessionEnd::Stopped | SessionEnd::Idle) {
             // Stop new deliveries; what was prefetched but not started goes back on close.
-            let _ = session
+            let cancel = session
                 .consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
         }
         drop(consumer);
         let grace = options.worker.shutdown_grace;
@@ -298,16 +326,12 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        let _ = session.consume.close(200, "worker stopping".into()).await;
-        let _ = session
-            .publisher
-            .channel()
-            .close(200, "worker stopping".into())
+        // Bounded: a half-dead TCP connection must not hold the shutdown hostage.
+        let bye = || "worker stopping".into();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.consume.close(200, bye())).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.publisher.channel().close(200, bye()))
             .await;
-        let _ = session
-            .connection
-            .close(200, "worker stopping".into())
-            .await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.connection.close(200, bye())).await;
         end
     }
 }
@@ -331,83 +355,141 @@ async fn queues_empty(publisher: &Publisher, topology: &Topology) -> Result<bool
     Ok(true)
 }
 
-/// Processes one delivery to its disposition.
-async fn run_job(
+/// One delivery's task and what it needs.
+struct Job {
     shared: Arc<Shared>,
     publisher: Publisher,
-    delivery: Delivery,
     shutdown: CancellationToken,
-) {
-    let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {
-        return;
-    };
-    let started = Instant::now();
-    shared.metrics.in_flight.inc();
-    let _in_flight = scopeguard(|| shared.metrics.in_flight.dec());
-    let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
-    let owner = uuid::Uuid::new_v4().to_string();
+    /// Set when this session is over (connection or publishing channel lost, stopping).
+    session_lost: CancellationToken,
+}
 
-    let processed = loop {
-        let attempt = Attempt {
-            body: &delivery.data,
-            envelope: &envelope,
-            owner: &owner,
-            shutdown: &shutdown,
+impl Job {
+    /// Processes one delivery to its disposition.
+    async fn run(self, delivery: Delivery) {
+        let shared = &self.shared;
+        let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {
+            return;
         };
-        let processed = match AssertUnwindSafe(shared.pipeline.process(attempt))
-            .catch_unwind()
-            .await
+        // Waiting for a permit can outlast the session or the worker: a job that has not
+        // started yet must not start now. Its message goes back to the broker unacked.
+        if self.shutdown.is_cancelled()
+            || self.session_lost.is_cancelled()
+            || !delivery.acker.usable()
         {
-            Ok(processed) => processed,
-            Err(_) => {
-                // A bug. Requeue it: if it keeps crashing, the broker's delivery limit
-                // dead-letters it as `delivery_limit` rather than letting it loop forever.
-                error!(job_id = %envelope.job_id, "processing panicked; requeueing (the delivery limit bounds repeats)");
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                let _ = delivery.acker.nack(requeue).await;
-                return;
-            }
-        };
-        if let Outcome::Suspend { why } = &processed.outcome {
-            warn!(job_id = %envelope.job_id, %why, "Redis unavailable before the refund; waiting for it");
-            if wait_for_redis(&shared, &shutdown).await {
-                continue;
-            }
+            return;
         }
-        break processed;
-    };
+        let started = Instant::now();
+        shared.metrics.in_flight.inc();
+        let _in_flight = scopeguard(|| shared.metrics.in_flight.dec());
+        let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
+        let owner = uuid::Uuid::new_v4().to_string();
 
-    let disposition = dispose::dispose(&shared, &publisher, &delivery, &envelope, &processed).await;
-    record_metrics(&shared.metrics, &processed, &disposition, started);
-    log_outcome(&envelope, &processed, &disposition);
-    if let Some(reports) = &shared.reports {
-        let _ = reports.send(JobReport {
-            job_id: envelope.job_id.clone(),
-            outcome: processed.outcome,
-            disposition,
-        });
+        let processed = loop {
+            let attempt = Attempt {
+                body: &delivery.data,
+                envelope: &envelope,
+                owner: &owner,
+                shutdown: &self.shutdown,
+            };
+            let processed = match AssertUnwindSafe(shared.pipeline.process(attempt))
+                .catch_unwind()
+                .await
+            {
+                Ok(processed) => processed,
+                Err(_) => {
+                    // A bug. Requeue it: if it keeps crashing, the broker's delivery limit
+                    // dead-letters it as `delivery_limit` rather than letting it loop forever.
+                    error!(job_id = %envelope.job_id, "processing panicked; requeueing (the delivery limit bounds repeats)");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
+                    let _ = delivery.acker.nack(requeue).await;
+                    return;
+                }
+            };
+            if let Outcome::Suspend { why } = &processed.outcome {
+                warn!(job_id = %envelope.job_id, %why, "Redis unavailable before the refund; waiting for it");
+                if wait_for_redis(shared, &self.shutdown).await {
+                    continue;
+                }
+            }
+            break processed;
+        };
+
+        let disposition =
+            dispose::dispose(shared, &self.publisher, &delivery, &envelope, &processed).await;
+        if matches!(disposition, Disposition::HandedBack { .. })
+            && !self.publisher.channel().status().connected()
+        {
+            // Nothing can be republished on this session any more: end it and reconnect
+            // (which also redeclares a topology someone deleted).
+            self.session_lost.cancel();
+        }
+        record_metrics(&shared.metrics, &processed, &disposition, started);
+        log_outcome(&envelope, &processed, &disposition);
+        if let Some(reports) = &shared.reports {
+            let _ = reports.send(JobReport {
+                job_id: envelope.job_id.clone(),
+                outcome: processed.outcome,
+                disposition,
+            });
+        }
     }
 }
 
-/// Waits until Redis answers (true) or the worker stops (false), pausing consumption meanwhile.
+/// Marks Redis down (pausing consumption) and waits until the monitor sees it take writes
+/// again (true) or the worker stops (false).
 async fn wait_for_redis(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let mut ok = shared.redis_ok.subscribe();
     shared.redis_ok.send_replace(false);
     Health::set(&shared.health.redis, false);
-    let mut wait = Duration::from_millis(200);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(wait) => {}
+            changed = ok.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                if *ok.borrow_and_update() {
+                    return true;
+                }
+            }
         }
-        if shared.pipeline.store().ping().await.is_ok() {
-            Health::set(&shared.health.redis, true);
-            shared.redis_ok.send_replace(true);
-            return true;
+    }
+}
+
+/// The one task that brings consumption back after a Redis outage: whenever `redis_ok` goes
+/// false it probes Redis with a write until one succeeds, then sets it true. Jobs only ever
+/// set it false, so no interleaving can leave it false with nobody probing.
+async fn redis_monitor(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ok = shared.redis_ok.subscribe();
+    loop {
+        while *ok.borrow_and_update() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = ok.changed() => if changed.is_err() { return; },
+            }
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
+        let mut wait = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match shared.pipeline.store().probe_write().await {
+                Ok(()) => {
+                    Health::set(&shared.health.redis, true);
+                    shared.redis_ok.send_replace(true);
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?wait, "Redis still not taking writes");
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 }
 

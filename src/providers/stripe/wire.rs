@@ -111,9 +111,11 @@ struct ErrorObject {
     message: Option<String>,
 }
 
-/// Classifies a non-2xx answer the way stripe-node does: `Stripe-Should-Retry` first, then
-/// 409 and 429 retry, 503 is refused before execution, other 5xx are indeterminate (Stripe
-/// may have executed the refund), and any other 4xx is final.
+/// Classifies a non-2xx answer. Rate limiting (429) happens before Stripe's idempotency
+/// layer, so nothing ran: transient. A 409 means a request with this key is executing right
+/// now, and any 5xx is indeterminate (Stripe may have executed the refund), whatever
+/// `Stripe-Should-Retry` says: both are unknown outcomes, reconciled before a resend. Other
+/// 4xx are final unless Stripe says `Stripe-Should-Retry: true`.
 pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed = serde_json::from_slice::<ErrorBody>(body)
         .ok()
@@ -130,17 +132,15 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Provide
         code.as_deref().unwrap_or("error")
     );
     let retry_after = http::retry_after(headers);
-    match headers
+    let should_retry = headers
         .get("stripe-should-retry")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("true") => return ProviderError::Transient { why, retry_after },
-        Some("false") => return ProviderError::Permanent { code, why },
-        _ => {}
-    }
+        .and_then(|v| v.to_str().ok());
     match status {
-        409 | 429 | 503 => ProviderError::Transient { why, retry_after },
-        500..=599 => ProviderError::unknown(format!("{why} (the refund may have been executed)")),
+        429 => ProviderError::Transient { why, retry_after },
+        409 | 500..=599 => {
+            ProviderError::unknown(format!("{why} (the refund may have been executed)"))
+        }
+        _ if should_retry == Some("true") => ProviderError::Transient { why, retry_after },
         _ => ProviderError::Permanent { code, why },
     }
 }
@@ -201,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_classified_like_stripe_node() {
+    fn errors_are_classified_safely_for_money() {
         let none = HeaderMap::new();
         let body = br#"{"error":{"type":"invalid_request_error","code":"charge_already_refunded","message":"Charge ch_1 has already been refunded."}}"#;
         let err = classify(400, &none, body);
@@ -213,11 +213,11 @@ mod tests {
 
         assert!(matches!(
             classify(409, &none, b"{}"),
-            ProviderError::Transient { .. }
+            ProviderError::Unknown { .. }
         ));
         assert!(matches!(
             classify(503, &none, b""),
-            ProviderError::Transient { .. }
+            ProviderError::Unknown { .. }
         ));
         assert!(matches!(
             classify(500, &none, b""),
@@ -241,9 +241,15 @@ mod tests {
 
         let mut never = HeaderMap::new();
         never.insert("stripe-should-retry", "false".parse().unwrap());
+        assert!(
+            matches!(classify(503, &never, b""), ProviderError::Unknown { .. }),
+            "a 5xx stays indeterminate even when Stripe says not to retry"
+        );
+        let mut retry = HeaderMap::new();
+        retry.insert("stripe-should-retry", "true".parse().unwrap());
         assert!(matches!(
-            classify(503, &never, b""),
-            ProviderError::Permanent { .. }
+            classify(400, &retry, b""),
+            ProviderError::Transient { .. }
         ));
     }
 }

@@ -27,7 +27,6 @@ if state == 'claimed' and owner ~= ARGV[1] then
   -- The previous owner died holding the claim: it may have reached the provider.
   uncertain = '1'
 end
-if state == 'failed' then uncertain = '0' end
 
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
   'lease_until', tostring(now + tonumber(ARGV[2])), 'fp', ARGV[3],

@@ -1,0 +1,64 @@
+//! `/metrics`, `/healthz` and `/readyz` over HTTP.
+
+use std::sync::Arc;
+
+use refund_worker::metrics::{self, Health, Metrics};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let metrics = Metrics::new();
+    metrics.succeeded.with_label_values(&["stripe"]).inc_by(3);
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(metrics::serve(
+        listener,
+        metrics,
+        Arc::clone(&health),
+        stop.clone(),
+    ));
+
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"refunds_succeeded_total{provider="stripe"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("payment_id"), "no payment ids in labels");
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+
+    let not_ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(not_ready.status().as_u16(), 503);
+    assert!(
+        not_ready
+            .text()
+            .await
+            .unwrap()
+            .contains("Redis unavailable")
+    );
+    Health::set(&health.amqp, true);
+    Health::set(&health.redis, true);
+    Health::set(&health.consuming, true);
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    stop.cancel();
+}
