@@ -8,9 +8,14 @@ use std::{fmt, path::Path, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::job::ProviderName;
+
+/// The shipped `config/default.toml`, compiled in: the built-in defaults are its contents.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
 /// Everything tunable about the worker.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Consumption: concurrency, chunks, prefetch, shutdown.
     pub worker: WorkerSettings,
@@ -18,13 +23,13 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// The Redis idempotency records.
     pub idempotency: IdempotencySettings,
-    /// Provider connectors: endpoints, credentials, timeouts.
+    /// Provider connectors: endpoints, credentials, timeouts, limits.
     pub providers: ProvidersSettings,
 }
 
 /// How jobs are consumed.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Jobs processed at the same time, across all chunks.
     pub concurrency: usize,
@@ -39,21 +44,9 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
 }
 
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 256,
-            chunk_size: 50,
-            prefetch: 512,
-            delivery_limit: 20,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
 /// How transient failures are retried.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts before a job is dead-lettered as `exhausted`.
     pub max_attempts: u32,
@@ -62,18 +55,9 @@ pub struct RetrySettings {
     pub delays: Vec<Duration>,
 }
 
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            max_attempts: 6,
-            delays: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
-        }
-    }
-}
-
 /// The Redis idempotency records.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
     /// How long a finished job's record (and so its protection) lives.
     #[serde(deserialize_with = "duration")]
@@ -83,18 +67,9 @@ pub struct IdempotencySettings {
     pub lease: Duration,
 }
 
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(30 * 24 * 3600),
-            lease: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Provider connectors.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ProvidersSettings {
     /// Whole-request timeout of a provider call; must stay well under the lease.
     #[serde(deserialize_with = "duration")]
@@ -102,31 +77,64 @@ pub struct ProvidersSettings {
     /// TCP connect timeout; a connect failure means nothing was sent.
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// Consecutive failed calls that open a provider's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open before one probe call.
+    #[serde(deserialize_with = "duration")]
+    pub circuit_open_for: Duration,
     /// Stripe.
     pub stripe: ProviderSettings,
+    /// Mercado Pago.
+    pub mercadopago: ProviderSettings,
+    /// Asaas.
+    pub asaas: ProviderSettings,
+    /// Pix (the PSP's BCB API Pix).
+    pub pix: ProviderSettings,
+    /// Rinne.
+    pub rinne: ProviderSettings,
 }
 
-impl Default for ProvidersSettings {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(2),
-            stripe: ProviderSettings {
-                base_url: "https://api.stripe.com".into(),
-                api_key: Secret::new("sk_test_sandbox"),
-            },
+impl ProvidersSettings {
+    /// One provider's settings.
+    pub fn get(&self, provider: ProviderName) -> &ProviderSettings {
+        match provider {
+            ProviderName::Stripe => &self.stripe,
+            ProviderName::Mercadopago => &self.mercadopago,
+            ProviderName::Asaas => &self.asaas,
+            ProviderName::Pix => &self.pix,
+            ProviderName::Rinne => &self.rinne,
+        }
+    }
+
+    fn get_mut(&mut self, provider: ProviderName) -> &mut ProviderSettings {
+        match provider {
+            ProviderName::Stripe => &mut self.stripe,
+            ProviderName::Mercadopago => &mut self.mercadopago,
+            ProviderName::Asaas => &mut self.asaas,
+            ProviderName::Pix => &mut self.pix,
+            ProviderName::Rinne => &mut self.rinne,
         }
     }
 }
 
-/// One provider's endpoint and credential.
+/// One provider's endpoint, credential and client-side limits.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
     /// Where the provider's API lives (no trailing slash).
     pub base_url: String,
-    /// The credential the provider expects (API key, token).
+    /// The credential the provider expects (API key, access token, OAuth2 client secret).
     pub api_key: Secret,
+    /// OAuth2 client id (Pix).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Merchant id in request paths (Rinne).
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    /// Calls in flight at once (0 = no limit).
+    pub concurrency: usize,
+    /// Calls per second (0 = no limit).
+    pub rate_limit: u32,
 }
 
 /// A credential: usable, but never printed.
@@ -149,6 +157,14 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")
+    }
+}
+
+impl Default for Settings {
+    /// The built-in defaults: the embedded `config/default.toml`, with no environment.
+    fn default() -> Self {
+        Self::load_from(Path::new(""), false, std::collections::HashMap::new())
+            .expect("the embedded config/default.toml is valid (a unit test loads it)")
     }
 }
 
@@ -181,12 +197,12 @@ impl Settings {
         if required && !path.exists() {
             return Err(ConfigError::Missing(path.display().to_string()));
         }
-        let built = config::Config::builder()
-            .add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(false),
-            )
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if path.is_file() {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let built = builder
             .add_source(
                 config::Environment::with_prefix("REFUND")
                     .prefix_separator("_")
@@ -228,7 +244,9 @@ impl Settings {
     /// Points every provider at one sandbox: `{url}/{provider}` (SPEC §7 `--providers-url`).
     pub fn point_providers_at(&mut self, url: &str) {
         let url = url.trim_end_matches('/');
-        self.providers.stripe.base_url = format!("{url}/stripe");
+        for provider in ProviderName::ALL {
+            self.providers.get_mut(provider).base_url = format!("{url}/{provider}");
+        }
     }
 }
 
@@ -269,9 +287,61 @@ mod tests {
     }
 
     #[test]
-    fn shipped_file_equals_built_in_defaults() {
-        let loaded = Settings::load_from(shipped(), true, HashMap::new()).unwrap();
-        assert_eq!(loaded, Settings::default());
+    fn built_in_defaults_are_the_spec_defaults() {
+        let s = Settings::default();
+        assert_eq!(
+            s,
+            Settings::load_from(shipped(), true, HashMap::new()).unwrap()
+        );
+        assert_eq!(s.retry.max_attempts, 6);
+        assert_eq!(
+            s.retry.delays,
+            [1, 5, 30, 120, 600].map(Duration::from_secs)
+        );
+        assert_eq!(s.worker.chunk_size, 50);
+        assert_eq!(s.idempotency.ttl, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(s.idempotency.lease, Duration::from_secs(30));
+        for provider in ProviderName::ALL {
+            assert!(
+                s.providers.get(provider).base_url.starts_with("https://"),
+                "{provider}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_environment_variable_overrides_one_key_without_a_file() {
+        let env = HashMap::from([(
+            "REFUND_PROVIDERS__STRIPE__API_KEY".to_owned(),
+            "sk_live_x".to_owned(),
+        )]);
+        let s = Settings::load_from(Path::new("/nonexistent.toml"), false, env).unwrap();
+        assert_eq!(s.providers.stripe.api_key.expose(), "sk_live_x");
+        assert_eq!(s.providers.stripe.base_url, "https://api.stripe.com");
+    }
+
+    #[test]
+    fn a_typo_in_a_file_is_refused() {
+        let path =
+            std::env::temp_dir().join(format!("refund-worker-typo-{}.toml", std::process::id()));
+        std::fs::write(&path, "[retry]\nmax_attemps = 3\n").unwrap();
+        let err = Settings::load_from(&path, true, HashMap::new())
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("max_attemps"), "{err}");
+    }
+
+    #[test]
+    fn providers_url_points_every_provider_at_the_sandbox() {
+        let mut s = Settings::default();
+        s.point_providers_at("http://127.0.0.1:8099/");
+        for provider in ProviderName::ALL {
+            assert_eq!(
+                s.providers.get(provider).base_url,
+                format!("http://127.0.0.1:8099/{provider}")
+            );
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ async fn call_provider(
         );
     }
     if ticket.uncertain {
-        match provider.find(request).await {
+        match provider.find(request, ticket.snapshot.as_deref()).await {
             Ok(Some(found)) => {
                 info!(job_id = %request.job_id, key = %request.key, refund_id = %found.refund_id,
                       "adopting the refund an earlier attempt made");
@@ -130,8 +130,42 @@ async fn call_provider(
                 return (Err(ProviderError::unknown(error.to_string())), false);
             }
         }
+    } else if let Err(error) = record_snapshot(pipeline, provider, request, ticket).await {
+        return (Err(error), false);
     }
     (provider.refund(request).await, false)
+}
+
+/// Before a send that no earlier attempt can have made uncertain, records what the payment
+/// looks like at the provider (for providers that need it to reconcile later). An uncertain
+/// record keeps its first snapshot: that is the one a late-executing earlier send is
+/// measured against.
+async fn record_snapshot(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+) -> Result<(), ProviderError> {
+    let snapshot = match provider.snapshot(request).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return Ok(()),
+        // Only a read failed: nothing was sent.
+        Err(ProviderError::Unknown { why }) => return Err(ProviderError::transient(why)),
+        Err(other) => return Err(other),
+    };
+    match pipeline
+        .store
+        .save_snapshot(&request.key, ticket, &snapshot)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ProviderError::transient(
+            "the claim was taken over before sending",
+        )),
+        Err(e) => Err(ProviderError::transient(format!(
+            "cannot record the pre-send snapshot: {e}"
+        ))),
+    }
 }
 
 async fn record_refund(

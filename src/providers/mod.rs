@@ -6,7 +6,11 @@
 //! again). Provider statuses become a [`RefundStatus`] there too; nothing outside a connector
 //! compares provider strings. Adding a provider touches no core code beyond [`Providers`].
 
+pub mod asaas;
 mod http;
+pub mod mercadopago;
+pub mod pix;
+pub mod rinne;
 pub mod stripe;
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
@@ -121,12 +125,27 @@ pub trait RefundProvider: Send + Sync + fmt::Debug {
     /// Which rail this is.
     fn name(&self) -> ProviderName;
 
-    /// Asks for the refund, sending `request.key` as the idempotency key.
+    /// Asks for the refund, sending `request.key` as the idempotency key (or deriving from it
+    /// the refund id the provider lets us choose).
     async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError>;
 
-    /// Looks for a refund already made for this request (after an unknown outcome or a
-    /// takeover), by idempotency key or by reading the payment's refunds.
-    async fn find(&self, request: &RefundRequest) -> Result<Option<ProviderRefund>, ProviderError>;
+    /// For providers that cannot be asked about a refund by our key: what the payment looks
+    /// like just before a send (its refunds, its refunded amount), in the connector's own
+    /// words. The pipeline stores it durably in the claim *before* sending and hands it back
+    /// to [`find`](Self::find) after an unknown outcome. Default: nothing to record.
+    async fn snapshot(&self, _request: &RefundRequest) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Looks for a refund an earlier attempt of this request made (after an unknown outcome
+    /// or a takeover): by idempotency key, by the refund id we chose, or by reading the
+    /// payment's refunds against `snapshot`, the payment as it was before the first uncertain
+    /// send. `Ok(None)` must mean "certainly not there", so a resend is safe.
+    async fn find(
+        &self,
+        request: &RefundRequest,
+        snapshot: Option<&str>,
+    ) -> Result<Option<ProviderRefund>, ProviderError>;
 
     /// Reads the current status of a refund this request created (status sync).
     async fn status(
@@ -147,11 +166,16 @@ impl Providers {
     /// Builds every configured connector, sharing one HTTP connection pool.
     pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
         let client = http::client(&settings.providers)?;
+        let p = &settings.providers;
         let mut providers = Self::default();
-        providers.insert(Arc::new(stripe::Stripe::new(
-            client,
-            &settings.providers.stripe,
+        providers.insert(Arc::new(stripe::Stripe::new(client.clone(), &p.stripe)));
+        providers.insert(Arc::new(mercadopago::MercadoPago::new(
+            client.clone(),
+            &p.mercadopago,
         )));
+        providers.insert(Arc::new(asaas::Asaas::new(client.clone(), &p.asaas)));
+        providers.insert(Arc::new(pix::Pix::new(client.clone(), &p.pix)));
+        providers.insert(Arc::new(rinne::Rinne::new(client, &p.rinne)));
         Ok(providers)
     }
 

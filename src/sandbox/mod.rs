@@ -5,7 +5,11 @@
 //! Like a real provider, a refund that started executing finishes even if the client hangs
 //! up: handlers run the execution in their own task.
 
+mod asaas;
 mod faults;
+mod mercadopago;
+mod pix;
+mod rinne;
 mod stripe;
 
 use std::{
@@ -116,6 +120,14 @@ struct Inner {
     calls: Mutex<HashMap<(ProviderName, String), u32>>,
     journal: Mutex<VecDeque<RecordedRequest>>,
     stripe: Mutex<stripe::StripeState>,
+    #[allow(dead_code)] // until the mercadopago twin lands
+    mercadopago: Mutex<mercadopago::State>,
+    #[allow(dead_code)] // until the asaas twin lands
+    asaas: Mutex<asaas::State>,
+    #[allow(dead_code)] // until the pix twin lands
+    pix: Mutex<pix::State>,
+    #[allow(dead_code)] // until the rinne twin lands
+    rinne: Mutex<rinne::State>,
 }
 
 /// Locks a mutex, recovering from a poisoned one (a panicking handler must not wedge the fake).
@@ -137,6 +149,10 @@ impl Sandbox {
                 calls: Mutex::default(),
                 journal: Mutex::default(),
                 stripe: Mutex::default(),
+                mercadopago: Mutex::default(),
+                asaas: Mutex::default(),
+                pix: Mutex::default(),
+                rinne: Mutex::default(),
             }),
         }
     }
@@ -145,6 +161,10 @@ impl Sandbox {
     pub fn router(&self) -> Router {
         let providers = Router::new()
             .merge(stripe::routes())
+            .merge(mercadopago::routes())
+            .merge(asaas::routes())
+            .merge(pix::routes())
+            .merge(rinne::routes())
             .layer(middleware::from_fn_with_state(self.clone(), journal));
         Router::new()
             .merge(providers)

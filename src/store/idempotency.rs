@@ -44,6 +44,9 @@ pub struct ClaimTicket {
     pub uncertain: bool,
     /// A refund accepted earlier and not yet settled: sync its status, do not send again.
     pub pending: Option<RefundRecord>,
+    /// The payment as the provider showed it before an earlier send (providers that cannot
+    /// be asked by our key compare against it to find that send's refund).
+    pub snapshot: Option<String>,
 }
 
 /// The answer to a claim.
@@ -119,6 +122,7 @@ struct Scripts {
     settle: Script,
     renew: Script,
     pin_date: Script,
+    snapshot: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -128,6 +132,7 @@ fn scripts() -> &'static Scripts {
         settle: Script::new(include_str!("lua/settle.lua")),
         renew: Script::new(include_str!("lua/renew.lua")),
         pin_date: Script::new(include_str!("lua/pin_date.lua")),
+        snapshot: Script::new(include_str!("lua/snapshot.lua")),
     })
 }
 
@@ -186,6 +191,7 @@ impl IdempotencyStore {
                 uncertain: field(1) == "1",
                 pending: parse_record(field(2))?
                     .filter(|r| r.refund.status == crate::providers::RefundStatus::Pending),
+                snapshot: Some(field(3)).filter(|s| !s.is_empty()).map(str::to_owned),
             })),
             "done" => Ok(Claim::Done(parse_record(field(1))?)),
             "busy" => Ok(Claim::Busy {
@@ -211,6 +217,25 @@ impl IdempotencyStore {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.renew.key(&redis_key);
             call.arg(&ticket.owner).arg(millis(self.lease));
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        Ok(held == 1)
+    }
+
+    /// Stores the provider's snapshot of the payment before this attempt sends; `false` when
+    /// the claim is no longer this attempt's (then it must not send).
+    pub async fn save_snapshot(
+        &self,
+        key: &IdempotencyKey,
+        ticket: &ClaimTicket,
+        snapshot: &str,
+    ) -> Result<bool, StoreError> {
+        let redis_key = self.redis_key(key);
+        let held: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.snapshot.key(&redis_key);
+            call.arg(&ticket.owner).arg(snapshot);
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;

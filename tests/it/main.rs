@@ -6,4 +6,8 @@ mod helpers;
 mod metrics;
 mod pipeline;
 mod processes;
+mod provider_asaas;
+mod provider_mercadopago;
+mod provider_pix;
+mod provider_rinne;
 mod sandbox;

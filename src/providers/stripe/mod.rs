@@ -108,7 +108,11 @@ impl RefundProvider for Stripe {
         Ok(refund.into_refund())
     }
 
-    async fn find(&self, request: &RefundRequest) -> Result<Option<ProviderRefund>, ProviderError> {
+    async fn find(
+        &self,
+        request: &RefundRequest,
+        _snapshot: Option<&str>,
+    ) -> Result<Option<ProviderRefund>, ProviderError> {
         let param = wire::payment_param(request.payment_id.as_str());
         let mut after: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {

@@ -5,13 +5,14 @@
 -- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency)
 -- ARGV[4]  record TTL in milliseconds
 -- ARGV[5]  job id
--- Returns {'claimed', uncertain, result}  (a result means a pending refund to sync) | {'done', result} |
+-- Returns {'claimed', uncertain, result, snapshot}  (a result means a pending refund to sync;
+--         a snapshot is the payment as the provider showed it before an earlier send) | {'done', result} |
 --         {'busy', ms_left} | {'conflict', fingerprint}
 -- Time comes from the Redis server, so workers' clocks never disagree about a lease.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'lease_until', 'fp', 'uncertain', 'result')
-local state, owner, lease_until, fp, uncertain, result = r[1], r[2], tonumber(r[3]), r[4], r[5], r[6]
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'lease_until', 'fp', 'uncertain', 'result', 'snapshot')
+local state, owner, lease_until, fp, uncertain, result, snapshot = r[1], r[2], tonumber(r[3]), r[4], r[5], r[6], r[7]
 
 if state == 'done' then
   if fp and fp ~= ARGV[3] then return {'conflict', fp} end
@@ -33,4 +34,4 @@ redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
   'uncertain', uncertain or '0', 'job_id', ARGV[5])
 if owner ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'claims', 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'claimed', uncertain or '0', result or ''}
+return {'claimed', uncertain or '0', result or '', snapshot or ''}

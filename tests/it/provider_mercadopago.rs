@@ -1,0 +1,1 @@
+//! The mercadopago connector and its sandbox twin, end to end (filled in with the connector).
