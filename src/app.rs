@@ -87,7 +87,7 @@ pub async fn assemble(
         .await
         .map_err(AssembleError::Redis)?;
     Health::set(&health.redis, true);
-    let providers = Providers::from_settings(settings)?;
+    let providers = Providers::from_settings(settings, &metrics)?;
     let pipeline = Pipeline::new(
         store.clone(),
         providers,

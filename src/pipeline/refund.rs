@@ -254,6 +254,13 @@ async fn record_failure(
             after: retry_after.unwrap_or(Duration::ZERO),
             counts: true,
         },
+        // The provider was never called: wait without spending an attempt.
+        ProviderError::Skipped { why, retry_after } => Outcome::Retry {
+            provider: Some(name),
+            why,
+            after: retry_after.unwrap_or(Duration::from_secs(1)),
+            counts: false,
+        },
         ProviderError::Permanent { why, .. } | ProviderError::Unknown { why } => Outcome::Retry {
             provider: Some(name),
             why,

@@ -7,6 +7,7 @@
 //! compares provider strings. Adding a provider touches no core code beyond [`Providers`].
 
 pub mod asaas;
+pub mod guard;
 mod http;
 pub mod mercadopago;
 pub mod pix;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Settings,
     job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
+    metrics::Metrics,
 };
 
 /// What the worker asks a provider to do: refund `amount` of `payment_id`, once, under `key`.
@@ -94,6 +96,15 @@ pub enum ProviderError {
         /// What happened.
         why: String,
     },
+    /// Not sent at all: the provider's guard held it back (circuit open, rate limit, the
+    /// provider's own `Retry-After`, no free call slot). Costs the job no attempt.
+    #[error("{why}")]
+    Skipped {
+        /// Why it was held back.
+        why: String,
+        /// When it is worth trying again.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ProviderError {
@@ -163,19 +174,34 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Builds every configured connector, sharing one HTTP connection pool.
-    pub fn from_settings(settings: &Settings) -> Result<Self, reqwest::Error> {
+    /// Builds every connector, sharing one HTTP connection pool, each behind its guard
+    /// (limits and circuit breaker from its settings).
+    pub fn from_settings(settings: &Settings, metrics: &Metrics) -> Result<Self, reqwest::Error> {
         let client = http::client(&settings.providers)?;
         let p = &settings.providers;
+        let connectors: [Arc<dyn RefundProvider>; 5] = [
+            Arc::new(stripe::Stripe::new(client.clone(), &p.stripe)),
+            Arc::new(mercadopago::MercadoPago::new(
+                client.clone(),
+                &p.mercadopago,
+            )),
+            Arc::new(asaas::Asaas::new(client.clone(), &p.asaas)),
+            Arc::new(pix::Pix::new(client.clone(), &p.pix)),
+            Arc::new(rinne::Rinne::new(client, &p.rinne)),
+        ];
         let mut providers = Self::default();
-        providers.insert(Arc::new(stripe::Stripe::new(client.clone(), &p.stripe)));
-        providers.insert(Arc::new(mercadopago::MercadoPago::new(
-            client.clone(),
-            &p.mercadopago,
-        )));
-        providers.insert(Arc::new(asaas::Asaas::new(client.clone(), &p.asaas)));
-        providers.insert(Arc::new(pix::Pix::new(client.clone(), &p.pix)));
-        providers.insert(Arc::new(rinne::Rinne::new(client, &p.rinne)));
+        for connector in connectors {
+            let name = connector.name();
+            let own = p.get(name);
+            let limits = guard::Limits {
+                concurrency: own.concurrency,
+                rate_limit: own.rate_limit,
+                circuit_failures: p.circuit_failures,
+                circuit_open_for: p.circuit_open_for,
+            };
+            let gauge = metrics.circuit_open.with_label_values(&[name.as_str()]);
+            providers.insert(Arc::new(guard::Guarded::new(connector, limits, gauge)));
+        }
         Ok(providers)
     }
 

@@ -2,9 +2,11 @@
 //! and the deterministic ones keyed by payment id (`_declined`, `_flakyN`, `_timeout`,
 //! `_pending`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+use crate::providers::guard::TokenBucket;
 
 /// The on-demand faults a sandbox injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,38 +115,6 @@ impl FaultState {
         match &mut self.bucket {
             None => Ok(()),
             Some(bucket) => bucket.take(),
-        }
-    }
-}
-
-/// A token bucket refilled at `rate` per second, holding at most `rate`.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
-        Self {
-            rate,
-            tokens: rate,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> Result<(), Duration> {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
 }

@@ -155,8 +155,9 @@ impl TestEnv {
         tokio::spawn(sandbox.clone().serve(listener, stop_sandbox.clone()));
 
         let mut settings = test_settings();
-        tweak(&mut settings);
         settings.point_providers_at(&sandbox_url);
+        // After pointing, so a test can send one provider elsewhere.
+        tweak(&mut settings);
         let connections = Connections {
             amqp_url: AMQP_URL.into(),
             redis_url: redis_url.into(),
