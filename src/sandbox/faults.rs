@@ -52,6 +52,9 @@ pub enum Magic {
     Timeout,
     /// `…_pending`: accepted as pending, settled at the first look-up a second later.
     Pending,
+    /// `…_pendingfail`: accepted as pending, failed (the provider's own reason) at the first
+    /// look-up a second later.
+    PendingFail,
     /// Nothing special.
     Plain,
 }
@@ -68,6 +71,9 @@ impl Magic {
         }
         if lower.ends_with("_pending") {
             return Magic::Pending;
+        }
+        if lower.ends_with("_pendingfail") {
+            return Magic::PendingFail;
         }
         if let Some(pos) = lower.rfind("_flaky")
             && let Ok(n) = lower[pos + 6..].parse::<u32>()
@@ -129,6 +135,7 @@ mod tests {
         assert_eq!(Magic::of("pi_1_flaky3"), Magic::Flaky(3));
         assert_eq!(Magic::of("pi_1_timeout"), Magic::Timeout);
         assert_eq!(Magic::of("pi_1_pending"), Magic::Pending);
+        assert_eq!(Magic::of("pi_1_pendingfail"), Magic::PendingFail);
         assert_eq!(Magic::of("pi_1"), Magic::Plain);
         assert_eq!(Magic::of("pi_flakyx"), Magic::Plain);
     }

@@ -286,6 +286,22 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Takes back a refund that failed after it was accepted (`_pendingfail`): it leaves the
+    /// ledger, and its amount is refundable again, as when a provider's refund fails.
+    pub(crate) fn reverse(&self, provider: ProviderName, refund_id: &str) {
+        let mut ledger = lock(&self.inner.ledger);
+        let Some(index) = ledger
+            .iter()
+            .position(|e| e.refund_id == refund_id && e.provider == provider.as_str())
+        else {
+            return;
+        };
+        let entry = ledger.remove(index);
+        if let Some(payment) = lock(&self.inner.payments).get_mut(&(provider, entry.payment_id)) {
+            payment.refunded -= entry.amount;
+        }
+    }
+
     /// The payment as the fake knows it (created on first sight).
     pub(crate) fn payment(&self, provider: ProviderName, payment_id: &str) -> Payment {
         lock(&self.inner.payments)

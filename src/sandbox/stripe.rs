@@ -67,6 +67,8 @@ enum Saved {
 struct StoredRefund {
     object: Value,
     created: Instant,
+    /// `_pendingfail`: the pending refund fails instead of settling.
+    fails: bool,
 }
 
 pub(super) fn routes() -> Router<Sandbox> {
@@ -425,7 +427,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: Option<&str>) -> (Stat
             Some("amount"),
         ),
         Ok(()) => {
-            let pending = Magic::of(&params.payment_id) == Magic::Pending;
+            let magic = Magic::of(&params.payment_id);
+            let pending = matches!(magic, Magic::Pending | Magic::PendingFail);
             let charge = if params.payment_param == "charge" {
                 params.payment_id.clone()
             } else {
@@ -454,6 +457,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: Option<&str>) -> (Stat
                 StoredRefund {
                     object: object.clone(),
                     created: Instant::now(),
+                    fails: magic == Magic::PendingFail,
                 },
             );
             state
@@ -466,12 +470,18 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: Option<&str>) -> (Stat
     }
 }
 
-/// A refund as a look-up sees it: a pending one settles at the first look-up a second after
-/// its creation.
-fn look_up(state: &mut StripeState, id: &str) -> Option<Value> {
+/// A refund as a look-up sees it: a pending one settles (or, for `_pendingfail`, fails and
+/// leaves the ledger) at the first look-up a second after its creation.
+fn look_up(sandbox: &Sandbox, state: &mut StripeState, id: &str) -> Option<Value> {
     let stored = state.refunds.get_mut(id)?;
     if stored.object["status"] == "pending" && stored.created.elapsed() >= Duration::from_secs(1) {
-        stored.object["status"] = json!("succeeded");
+        if stored.fails {
+            stored.object["status"] = json!("failed");
+            stored.object["failure_reason"] = json!("expired_or_canceled_card");
+            sandbox.reverse(ProviderName::Stripe, id);
+        } else {
+            stored.object["status"] = json!("succeeded");
+        }
     }
     Some(stored.object.clone())
 }
@@ -487,7 +497,7 @@ async fn retrieve(
     if let Err(refusal) = sandbox.gate(ProviderName::Stripe, &id, false).await {
         return refused(refusal);
     }
-    match look_up(&mut lock(&sandbox.inner.stripe), &id) {
+    match look_up(&sandbox, &mut lock(&sandbox.inner.stripe), &id) {
         Some(object) => respond((StatusCode::OK, object)),
         None => respond(error(
             StatusCode::NOT_FOUND,
@@ -534,7 +544,7 @@ async fn list(
     let page: Vec<Value> = ids[start..]
         .iter()
         .take(limit)
-        .filter_map(|id| look_up(&mut state, id))
+        .filter_map(|id| look_up(&sandbox, &mut state, id))
         .collect();
     let has_more = ids.len() > start + page.len();
     respond((

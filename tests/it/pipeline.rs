@@ -336,6 +336,38 @@ async fn pending_refund_is_synced_until_it_settles() {
 }
 
 #[tokio::test]
+async fn pending_refund_that_fails_at_the_provider_is_dead_lettered_with_its_reason() {
+    let env = TestEnv::start("pendingfail").await;
+    env.publish_json(&[stripe_job("pi_card_pendingfail", 3000)])
+        .await;
+
+    let run = env.run_until_idle().await;
+
+    assert!(
+        run.reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Pending { .. }))
+    );
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
+    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
+    assert!(letters[0].headers["x-refund-error"].contains("expired_or_canceled_card"));
+    assert!(env.ledger().is_empty(), "the failed refund paid nothing");
+    assert_eq!(
+        env.refund_posts(),
+        1,
+        "a failed refund is not sent again by itself"
+    );
+    let record = env
+        .record(&format!("pi_card_pendingfail:{}", today()))
+        .await
+        .unwrap();
+    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert!(record.reason.unwrap().contains("expired_or_canceled_card"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_job_without_date_or_timestamp_is_keyed_by_the_day_it_was_first_seen() {
     let env = TestEnv::start("undated").await;
     let body = br#"{"payment_id":"pi_undated","amount":4400,"provider":"stripe"}"#;
