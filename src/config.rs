@@ -48,6 +48,11 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
+    /// Quick retries inside one attempt before it goes to a retry tier.
+    pub in_process: u32,
+    /// The first in-process backoff (doubling, with jitter, up to 2 s).
+    #[serde(deserialize_with = "duration")]
+    pub in_process_delay: Duration,
     /// Attempts before a job is dead-lettered as `exhausted`.
     pub max_attempts: u32,
     /// The delayed retry tiers: one TTL queue each, used in order.

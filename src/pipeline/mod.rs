@@ -56,6 +56,30 @@ pub struct Pipeline {
     metrics: Metrics,
     /// Redis readiness, lowered while a result waits to be recorded.
     health: Arc<Health>,
+    /// In-process retries of one attempt.
+    retry: InProcessRetry,
+}
+
+/// How one attempt retries transient failures before handing the job to a retry tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InProcessRetry {
+    /// Retries after the first call.
+    pub times: u32,
+    /// The first backoff; it doubles, with jitter, up to `max_delay`.
+    pub first_delay: std::time::Duration,
+    /// The longest backoff; a provider asking for more goes to the retry tiers instead.
+    pub max_delay: std::time::Duration,
+}
+
+impl InProcessRetry {
+    /// From the `[retry]` settings.
+    pub fn from_settings(retry: &crate::config::RetrySettings) -> Self {
+        Self {
+            times: retry.in_process,
+            first_delay: retry.in_process_delay,
+            max_delay: std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 impl Pipeline {
@@ -65,12 +89,14 @@ impl Pipeline {
         providers: Providers,
         metrics: Metrics,
         health: Arc<Health>,
+        retry: InProcessRetry,
     ) -> Self {
         Self {
             store,
             providers,
             metrics,
             health,
+            retry,
         }
     }
 

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::{debug, info, warn};
 
 use super::{Attempt, Pipeline};
 use crate::{
@@ -64,21 +65,79 @@ pub(super) async fn run(
         Err(e) => return super::store_failure(e, Some(name)),
     };
 
-    let started = Instant::now();
-    let (answer, adopted) = call_provider(pipeline, provider, request, &ticket).await;
-    pipeline.observe_step("provider", started);
-    let started = Instant::now();
-    let outcome = match answer {
-        Ok(refund) => {
-            record_refund(
-                pipeline, provider, request, &ticket, refund, adopted, attempt,
-            )
-            .await
+    let mut ticket = ticket;
+    // Whether a call of this attempt reached the provider and failed: then the attempt
+    // counts, even if a later retry in it was held back by the guard.
+    let mut failed_call = false;
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(pipeline.retry.first_delay)
+        .with_max_delay(pipeline.retry.max_delay)
+        .with_max_times(pipeline.retry.times as usize)
+        .with_jitter()
+        .build();
+    loop {
+        let started = Instant::now();
+        let (answer, adopted) = call_provider(pipeline, provider, request, &ticket).await;
+        pipeline.observe_step("provider", started);
+        let error = match answer {
+            Ok(refund) => {
+                let started = Instant::now();
+                let outcome = record_refund(
+                    pipeline, provider, request, &ticket, refund, adopted, attempt,
+                )
+                .await;
+                pipeline.observe_step("record", started);
+                return outcome;
+            }
+            Err(error) => error,
+        };
+        // A quick retry in this attempt, if the error allows one and the budget lasts.
+        let wait = match (&error, delays.next()) {
+            (ProviderError::Transient { retry_after, .. }, Some(backoff)) => {
+                Some(retry_after.map_or(backoff, |hint| hint.max(backoff)))
+            }
+            (ProviderError::Unknown { .. }, Some(backoff)) => Some(backoff),
+            _ => None,
         }
-        Err(error) => record_failure(pipeline, provider, request, &ticket, error).await,
-    };
-    pipeline.observe_step("record", started);
-    outcome
+        .filter(|wait| *wait <= pipeline.retry.max_delay);
+        let Some(wait) = wait else {
+            let started = Instant::now();
+            let mut outcome = record_failure(pipeline, provider, request, &ticket, error).await;
+            if let Outcome::Retry { counts, .. } = &mut outcome {
+                *counts |= failed_call;
+            }
+            pipeline.observe_step("record", started);
+            return outcome;
+        };
+        failed_call = true;
+        debug!(job_id = %request.job_id, key = %request.key, error = %error, ?wait, "retrying in-process");
+        pipeline
+            .metrics
+            .retried
+            .with_label_values(&[name.as_str()])
+            .inc();
+        // After an unknown outcome the next call must look before it sends.
+        ticket.uncertain |= matches!(error, ProviderError::Unknown { .. });
+        tokio::select! {
+            () = attempt.shutdown.cancelled() => {
+                return record_failure(pipeline, provider, request, &ticket, error).await;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        match pipeline.store.renew(&request.key, &ticket).await {
+            Ok(true) => {}
+            // The claim expired and another worker has the job now: it reconciles; stop here.
+            Ok(false) => {
+                return Outcome::Retry {
+                    provider: Some(name),
+                    why: format!("the claim on {} was taken over while retrying", request.key),
+                    after: Duration::ZERO,
+                    counts: false,
+                };
+            }
+            Err(_) => return record_failure(pipeline, provider, request, &ticket, error).await,
+        }
+    }
 }
 
 /// Asks the provider what the claim calls for: a status check, a look-up, or the refund.
@@ -125,6 +184,8 @@ async fn call_provider(
                     }
                 }
             }
+            // Not asked at all (circuit open, rate limit): nothing changed.
+            Err(skipped @ ProviderError::Skipped { .. }) => return (Err(skipped), false),
             Err(error) => {
                 // Still uncertain: keep it that way for the next attempt.
                 return (Err(ProviderError::unknown(error.to_string())), false);

@@ -30,6 +30,9 @@ pub fn test_settings() -> Settings {
     let mut s = Settings::default();
     s.retry.delays = vec![Duration::from_millis(200), Duration::from_millis(500)];
     s.retry.max_attempts = 4;
+    s.retry.in_process = 2;
+    s.retry.in_process_delay = Duration::from_millis(20);
+    s.providers.circuit_open_for = Duration::from_secs(1);
     s.providers.timeout = Duration::from_secs(1);
     s.providers.connect_timeout = Duration::from_millis(500);
     s.idempotency.lease = Duration::from_secs(3);

@@ -158,31 +158,51 @@ async fn invalid_job_is_dead_lettered_with_the_field_name_and_its_body_untouched
 }
 
 #[tokio::test]
-async fn provider_5xx_is_retried_through_the_delay_queues_until_it_succeeds() {
+async fn a_job_failing_transiently_n_times_succeeds_on_attempt_n_plus_1_with_n_retries_counted() {
     let env = TestEnv::start("flaky").await;
+    // Three 5xx: two quick in-process retries, then one trip through a delay queue.
+    env.publish_json(&[stripe_job("pi_retry_flaky3", 700)])
+        .await;
+
+    let run = env.run_until_idle().await;
+
+    let tier_retries: Vec<_> = run
+        .reports
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Retry { counts: true, .. }))
+        .collect();
+    assert_eq!(
+        tier_retries.len(),
+        1,
+        "one trip through the delay queues: {:#?}",
+        run.reports
+    );
+    assert!(
+        matches!(&tier_retries[0].disposition, Disposition::Retried { queue } if queue.ends_with(".retry.200ms"))
+    );
+    assert!(refunded(&run.reports.last().unwrap().outcome));
+    assert_eq!(env.ledger().len(), 1);
+    assert_eq!(env.refund_posts(), 4, "succeeded on the 4th call");
+    let metrics = run.metrics.render();
+    assert!(
+        metrics.contains(r#"refunds_retried_total{provider="stripe"} 3"#),
+        "{metrics}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_short_outage_is_absorbed_by_in_process_retries_without_a_delay_queue() {
+    let env = TestEnv::start("flaky2").await;
     env.publish_json(&[stripe_job("pi_retry_flaky2", 700)])
         .await;
 
     let run = env.run_until_idle().await;
 
-    let retries = run
-        .reports
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Retry { counts: true, .. }))
-        .count();
-    assert_eq!(
-        retries, 2,
-        "two transient failures, two retries: {:#?}",
-        run.reports
-    );
-    assert!(refunded(&run.reports.last().unwrap().outcome));
-    assert_eq!(env.ledger().len(), 1);
+    assert_eq!(run.reports.len(), 1, "{:#?}", run.reports);
+    assert!(refunded(&run.reports[0].outcome));
     assert_eq!(env.refund_posts(), 3);
-    assert!(
-        run.metrics
-            .render()
-            .contains(r#"refunds_retried_total{provider="stripe"} 2"#)
-    );
+    assert_eq!(env.ledger().len(), 1);
     env.cleanup().await;
 }
 
@@ -192,7 +212,12 @@ async fn provider_that_keeps_failing_is_dead_lettered_exhausted_not_lost() {
         fail_rate: 1.0,
         ..FaultOptions::default()
     };
-    let env = TestEnv::with("exhausted", faults, |s| s.retry.max_attempts = 3).await;
+    let env = TestEnv::with("exhausted", faults, |s| {
+        s.retry.max_attempts = 3;
+        // Every call reaches the provider (the circuit breaker has its own tests).
+        s.providers.circuit_failures = 0;
+    })
+    .await;
     env.publish_json(&[stripe_job("pi_always_down", 900)]).await;
 
     let run = env.run_until_idle().await;
@@ -209,8 +234,9 @@ async fn provider_that_keeps_failing_is_dead_lettered_exhausted_not_lost() {
         headers["x-refund-error"].contains("stripe 503"),
         "{headers:?}"
     );
-    // A 5xx leaves the outcome uncertain, so every later attempt must look the refund up
-    // first; those look-ups fail too, so the refund is never sent a second time.
+    // A 5xx leaves the outcome uncertain, so every later call must look the refund up first;
+    // those look-ups fail too, so the refund is never sent a second time. Three attempts of
+    // three calls each: one POST, then only look-ups.
     assert_eq!(env.refund_posts(), 1);
     let lookups = env
         .sandbox
@@ -219,8 +245,8 @@ async fn provider_that_keeps_failing_is_dead_lettered_exhausted_not_lost() {
         .filter(|r| r.method == "GET")
         .count();
     assert_eq!(
-        lookups, 2,
-        "attempts 2 and 3 reconciled before anything else"
+        lookups, 8,
+        "every call after the first reconciled before anything else"
     );
     let record = env
         .record(&format!("pi_always_down:{}", today()))
