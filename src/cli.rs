@@ -84,11 +84,33 @@ pub struct RunArgs {
 /// `publish`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// JSON Lines file of jobs, or - for standard input.
+    /// Jobs file: JSON Lines, or CSV with a header row of job field names; - for stdin.
     pub file: String,
+    /// The file's format (by default: CSV if the name ends in .csv or the first line is not
+    /// a JSON object, else JSON Lines).
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormat>,
     /// Publish the valid rows even if some rows are invalid (they are reported, not sent).
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Wait for every job's outcome and print a per-job result table; exit 1 if any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: print the results as JSON.
+    #[arg(long, requires = "wait")]
+    pub json: bool,
+    /// With --wait: give up waiting after this long (e.g. 10m).
+    #[arg(long, default_value = "30m", value_parser = parse_duration, requires = "wait")]
+    pub wait_timeout: std::time::Duration,
+}
+
+/// A jobs file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// A header row of field names, then one job per row.
+    Csv,
 }
 
 /// `sandbox`.
@@ -132,6 +154,11 @@ pub struct DemoArgs {
     /// Keep the demo's queues and Redis keys afterwards (to inspect them with --prefix).
     #[arg(long)]
     pub keep: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 10m: {e}"))
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {

@@ -51,6 +51,10 @@ pub struct Envelope {
     pub redelivered: bool,
     /// Set when the broker itself dead-lettered the message (`x-first-death-reason`).
     pub death_reason: Option<String>,
+    /// Where the publisher wants this job's outcome event (AMQP `reply_to`).
+    pub reply_to: Option<String>,
+    /// The publisher's correlation id, echoed on the reply.
+    pub correlation_id: Option<String>,
 }
 
 impl Envelope {
@@ -76,6 +80,12 @@ impl Envelope {
             timestamp: *properties.timestamp(),
             redelivered,
             death_reason: text("x-first-death-reason"),
+            reply_to: properties
+                .reply_to()
+                .as_ref()
+                .map(|r| r.to_string())
+                .filter(|r| !r.is_empty()),
+            correlation_id: properties.correlation_id().as_ref().map(|c| c.to_string()),
         }
     }
 

@@ -4,6 +4,7 @@
 //! unroutable; anything else is an error the caller must act on (never a silent drop).
 
 pub mod envelope;
+pub mod events;
 mod outgoing;
 pub mod topology;
 
@@ -79,7 +80,8 @@ impl Publisher {
         &self.channel
     }
 
-    /// Sends one message without waiting; await the returned confirm with [`confirmed`].
+    /// Sends one message that must be routed (a returned message is an error), without
+    /// waiting; await the returned confirm with [`confirmed`].
     pub async fn send(
         &self,
         exchange: &str,
@@ -87,8 +89,35 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PublisherConfirm, BrokerError> {
+        self.send_with(true, exchange, routing_key, body, properties)
+            .await
+    }
+
+    /// Publishes a notification nobody may be listening to (outcome events, replies): the
+    /// broker must confirm it, but no queue has to take it.
+    pub async fn notify(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .send_with(false, exchange, routing_key, body, properties)
+            .await?;
+        confirmed(confirm).await
+    }
+
+    async fn send_with(
+        &self,
+        mandatory: bool,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm, BrokerError> {
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..Default::default()
         };
         Ok(self

@@ -26,15 +26,23 @@ impl OutgoingJob {
     }
 }
 
-/// The properties of a published job: persistent JSON, with its id and publish time.
-pub fn job_properties(job_id: &str) -> BasicProperties {
+/// The properties of a published job: persistent JSON, with its id and publish time, and,
+/// when the publisher waits for outcomes, where to send them (`reply_to`, with the job id as
+/// `correlation_id`).
+pub fn job_properties(job_id: &str, reply_to: Option<&str>) -> BasicProperties {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_message_id(job_id.into())
         .with_timestamp(u64::try_from(now).unwrap_or(0))
-        .with_app_id("refund-worker".into())
+        .with_app_id("refund-worker".into());
+    match reply_to {
+        Some(queue) => properties
+            .with_reply_to(queue.into())
+            .with_correlation_id(job_id.into()),
+        None => properties,
+    }
 }
 
 /// Publishes `jobs` in pipelined batches and waits for every confirm. Returns one result per
@@ -43,6 +51,7 @@ pub async fn publish_jobs(
     publisher: &Publisher,
     topology: &Topology,
     jobs: &[OutgoingJob],
+    reply_to: Option<&str>,
     mut progress: impl FnMut(u64),
 ) -> Vec<Result<(), BrokerError>> {
     let exchange = topology.jobs_exchange();
@@ -56,7 +65,7 @@ pub async fn publish_jobs(
                         &exchange,
                         ROUTING_KEY,
                         &job.body,
-                        job_properties(&job.job_id),
+                        job_properties(&job.job_id, reply_to),
                     )
                     .await,
             );

@@ -179,7 +179,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
         .declare(publisher.channel())
         .await
         .map_err(runtime)?;
-    let results = broker::publish_jobs(&publisher, &topology, &batch.jobs, |_| {}).await;
+    let results = broker::publish_jobs(&publisher, &topology, &batch.jobs, None, |_| {}).await;
     let unconfirmed = results.iter().filter(|r| r.is_err()).count();
     if unconfirmed > 0 {
         return Err(CommandError::Runtime(format!(

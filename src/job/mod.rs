@@ -75,7 +75,8 @@ impl JobError {
     }
 }
 
-const FIELDS: &[&str] = &[
+/// The field names of schema version 1.
+pub const FIELDS: &[&str] = &[
     "payment_id",
     "amount",
     "currency",

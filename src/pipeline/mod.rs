@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Envelope,
-    job::{Currency, JobDate, RefundJob},
+    job::{Currency, JobDate, ProviderName, RefundJob},
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
-    store::{IdempotencyStore, StoreError},
+    store::{IdempotencyStore, RefundRecord, StoreError},
 };
 
 /// Everything one attempt at a job needs to know about its delivery.
@@ -41,8 +41,37 @@ pub struct Processed {
     /// The day the job is keyed under, once known; it travels in `x-refund-date` on every
     /// republish so the idempotency key never changes.
     pub date: Option<JobDate>,
-    /// The job's currency, once parsed (for the money metrics).
-    pub currency: Option<Currency>,
+    /// What the job asked for, once it parsed (for events and metrics).
+    pub job: Option<JobFacts>,
+    /// For a duplicate: the refund an earlier copy made.
+    pub existing: Option<RefundRecord>,
+}
+
+/// The facts of a parsed job that outcome events and metrics report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFacts {
+    /// The payment, when the job names one.
+    pub payment_id: Option<String>,
+    /// The order, for governed jobs.
+    pub order_id: Option<String>,
+    /// The rail, when the job names one.
+    pub provider: Option<ProviderName>,
+    /// Minor units asked for.
+    pub amount: u64,
+    /// Its currency.
+    pub currency: Currency,
+}
+
+impl JobFacts {
+    fn of(job: &RefundJob) -> Self {
+        Self {
+            payment_id: job.payment_id.as_ref().map(|p| p.to_string()),
+            order_id: job.order_id.as_ref().map(|o| o.to_string()),
+            provider: job.provider,
+            amount: job.amount.minor(),
+            currency: job.currency,
+        }
+    }
 }
 
 /// The refund flow, over the idempotency store and the provider connectors.
@@ -110,17 +139,20 @@ impl Pipeline {
         let job = match RefundJob::parse(attempt.body) {
             Ok(job) => job,
             Err(error) => {
+                let outcome = Outcome::DeadLetter {
+                    class: FailureClass::Invalid,
+                    provider: None,
+                    why: error.to_string(),
+                };
                 return Processed {
-                    outcome: Outcome::DeadLetter {
-                        class: FailureClass::Invalid,
-                        provider: None,
-                        why: error.to_string(),
-                    },
+                    outcome,
                     date: attempt.envelope.keyed_date,
-                    currency: None,
+                    job: None,
+                    existing: None,
                 };
             }
         };
+        let facts = Some(JobFacts::of(&job));
         let keyed = job
             .date
             .or(attempt.envelope.keyed_date)
@@ -139,37 +171,47 @@ impl Pipeline {
                     return Processed {
                         outcome: store_failure(e, job.provider),
                         date: None,
-                        currency: Some(job.currency),
+                        job: facts,
+                        existing: None,
                     };
                 }
             },
         };
-        let outcome = self.process_job(&job, date, attempt).await;
+        let (outcome, existing) = self.process_job(&job, date, attempt).await;
         Processed {
             outcome,
             date: Some(date),
-            currency: Some(job.currency),
+            job: facts,
+            existing,
         }
     }
 
-    async fn process_job(&self, job: &RefundJob, date: JobDate, attempt: Attempt<'_>) -> Outcome {
+    async fn process_job(
+        &self,
+        job: &RefundJob,
+        date: JobDate,
+        attempt: Attempt<'_>,
+    ) -> (Outcome, Option<RefundRecord>) {
         if job.is_governed() {
-            return Outcome::DeadLetter {
+            let why = "governed refunds (jobs with order_id) need ERP verification, which this worker does not run yet";
+            let outcome = Outcome::DeadLetter {
                 class: FailureClass::Verification,
                 provider: job.provider,
-                why: "governed refunds (jobs with order_id) need ERP verification, which this worker does not run yet".into(),
+                why: why.into(),
             };
+            return (outcome, None);
         }
         // A bulk job always names both (RefundJob::from_object checks it).
         let (Some(provider_name), Some(payment_id)) = (job.provider, job.payment_id.clone()) else {
             unreachable!("a validated bulk job names its provider and payment");
         };
         let Some(provider) = self.providers.get(provider_name).cloned() else {
-            return Outcome::DeadLetter {
+            let outcome = Outcome::DeadLetter {
                 class: FailureClass::Permanent,
                 provider: Some(provider_name),
                 why: format!("no {provider_name} connector is configured on this worker"),
             };
+            return (outcome, None);
         };
         let request = RefundRequest {
             key: job.idempotency_key(date),

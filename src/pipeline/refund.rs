@@ -25,7 +25,7 @@ pub(super) async fn run(
     provider: &dyn RefundProvider,
     request: &RefundRequest,
     attempt: Attempt<'_>,
-) -> Outcome {
+) -> (Outcome, Option<RefundRecord>) {
     let name = provider.name();
     let fingerprint = format!(
         "{name}|{}|{}|{}",
@@ -39,9 +39,9 @@ pub(super) async fn run(
     pipeline.observe_step("claim", started);
     let ticket = match claim {
         Ok(Claim::Claimed(ticket)) => ticket,
-        Ok(Claim::Done(_)) => return Outcome::Duplicate,
+        Ok(Claim::Done(existing)) => return (Outcome::Duplicate, existing),
         Ok(Claim::Busy { retry_in }) => {
-            return Outcome::Retry {
+            let outcome = Outcome::Retry {
                 provider: Some(name),
                 why: format!(
                     "another worker holds the claim on {} for {retry_in:?} more",
@@ -50,9 +50,10 @@ pub(super) async fn run(
                 after: retry_in,
                 counts: false,
             };
+            return (outcome, None);
         }
         Ok(Claim::Conflict { existing }) => {
-            return Outcome::DeadLetter {
+            let outcome = Outcome::DeadLetter {
                 class: FailureClass::Permanent,
                 provider: Some(name),
                 why: format!(
@@ -61,10 +62,27 @@ pub(super) async fn run(
                     request.key
                 ),
             };
+            return (outcome, None);
         }
-        Err(e) => return super::store_failure(e, Some(name)),
+        Err(e) => return (super::store_failure(e, Some(name)), None),
     };
 
+    (
+        with_claim(pipeline, provider, request, ticket, attempt).await,
+        None,
+    )
+}
+
+/// The rest of an attempt, under a held claim: call the provider (retrying in-process a few
+/// times), then record the answer.
+async fn with_claim(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: ClaimTicket,
+    attempt: Attempt<'_>,
+) -> Outcome {
+    let name = provider.name();
     let mut ticket = ticket;
     // Whether a call of this attempt reached the provider and failed: then the attempt
     // counts, even if a later retry in it was held back by the guard.
@@ -186,6 +204,9 @@ async fn call_provider(
             }
             // Not asked at all (circuit open, rate limit): nothing changed.
             Err(skipped @ ProviderError::Skipped { .. }) => return (Err(skipped), false),
+            // The provider says reconciliation is impossible (e.g. two candidate refunds):
+            // a human decides; the record stays uncertain.
+            Err(refused @ ProviderError::Permanent { .. }) => return (Err(refused), false),
             Err(error) => {
                 // Still uncertain: keep it that way for the next attempt.
                 return (Err(ProviderError::unknown(error.to_string())), false);

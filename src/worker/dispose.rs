@@ -1,7 +1,13 @@
-//! The one place that turns an [`Outcome`] into broker actions: ack, retry publish or dead
-//! letter. The original message is acked only after whatever replaces it was
-//! confirmed by the broker, so a crash between the two leaves a duplicate (which the
-//! idempotency record absorbs), never a loss.
+//! The one place that turns an [`Outcome`] into broker actions: an outcome event, a retry
+//! publish or a dead letter, then the ack.
+//!
+//! Order, for every delivery: plan what replaces the message; publish the outcome event
+//! (terminal outcomes); publish the replacement (retry tier or dead-letter queue); ack. Each
+//! publish is confirmed before the next step, so a crash anywhere leaves the original unacked
+//! and the broker delivers it again: at worst a repeated event (consumers key on `job_id`) or
+//! a repeated retry copy (the idempotency record absorbs it), never a lost job. The event goes
+//! before the dead letter so that a failed event cannot leave a second copy in the
+//! dead-letter queue.
 
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::{
-    broker::{BrokerError, Envelope, Publisher, envelope, headers},
+    broker::{BrokerError, Envelope, Publisher, envelope, events::OutcomeEvent, headers},
     metrics::NO_PROVIDER,
     outcome::{FailureClass, Outcome},
     pipeline::Processed,
@@ -44,6 +50,13 @@ pub enum Disposition {
     },
 }
 
+/// A message that replaces the delivery: where it goes and its `x-refund-*` headers.
+struct Replacement {
+    exchange: String,
+    routing_key: String,
+    headers: Vec<(&'static str, String)>,
+}
+
 /// Applies an outcome to its delivery.
 pub(super) async fn dispose(
     shared: &Shared,
@@ -52,11 +65,28 @@ pub(super) async fn dispose(
     envelope: &Envelope,
     processed: &Processed,
 ) -> Disposition {
-    match replace_and_ack(shared, publisher, delivery, envelope, processed).await {
-        Ok(disposition) => disposition,
+    let (disposition, replacement) = plan(shared, envelope, processed);
+    if matches!(disposition, Disposition::HandedBack { .. }) {
+        // Left unacknowledged: the channel closes as the worker stops, and the broker
+        // delivers the message again.
+        return disposition;
+    }
+    let events = shared.options.topology.events_exchange();
+    match carry_out(
+        publisher,
+        &events,
+        delivery,
+        envelope,
+        processed,
+        &disposition,
+        replacement,
+    )
+    .await
+    {
+        Ok(()) => disposition,
         Err(error) => {
-            // The replacement was not confirmed: keep the original. A short pause keeps a
-            // broker in trouble from spinning us; the requeued copy is processed again.
+            // Something was not confirmed: keep the original. A short pause keeps a broker in
+            // trouble from spinning us; the requeued copy is processed again.
             warn!(job_id = %envelope.job_id, error = %error, "could not republish; requeueing the original");
             tokio::time::sleep(Duration::from_millis(500)).await;
             let requeue = BasicNackOptions {
@@ -73,43 +103,58 @@ pub(super) async fn dispose(
     }
 }
 
-async fn replace_and_ack(
+/// Decides what becomes of the delivery, without doing anything yet.
+fn plan(
     shared: &Shared,
-    publisher: &Publisher,
-    delivery: &Delivery,
     envelope: &Envelope,
     processed: &Processed,
-) -> Result<Disposition, BrokerError> {
+) -> (Disposition, Option<Replacement>) {
     let topology = &shared.options.topology;
     let now = envelope::now_rfc3339();
-    let first_seen = envelope.first_seen.clone().unwrap_or_else(|| now.clone());
-    let mut set: Vec<(&str, String)> = vec![
+    let mut headers: Vec<(&'static str, String)> = vec![
         (headers::JOB_ID, envelope.job_id.clone()),
-        (headers::FIRST_SEEN, first_seen),
+        (
+            headers::FIRST_SEEN,
+            envelope.first_seen.clone().unwrap_or_else(|| now.clone()),
+        ),
         (headers::LAST_SEEN, now),
     ];
     if let Some(date) = processed.date {
-        set.push((headers::DATE, date.to_string()));
+        headers.push((headers::DATE, date.to_string()));
     }
-    let props = |set: &[(&str, String)]| envelope::republish_properties(&delivery.properties, set);
+    let provider_label =
+        |p: &Option<crate::job::ProviderName>| p.map_or(NO_PROVIDER.to_owned(), |p| p.to_string());
+    let retry = |queue: String, headers| {
+        let replacement = Replacement {
+            exchange: String::new(),
+            routing_key: queue.clone(),
+            headers,
+        };
+        (Disposition::Retried { queue }, Some(replacement))
+    };
+    let dead = |class: FailureClass, why: String, mut headers: Vec<(&'static str, String)>| {
+        headers.retain(|(k, _)| *k != headers::ERROR);
+        headers.push((headers::ERROR, why.clone()));
+        headers.push((headers::ERROR_CLASS, class.as_str().to_owned()));
+        let replacement = Replacement {
+            exchange: topology.dead_exchange(),
+            routing_key: String::new(),
+            headers,
+        };
+        (Disposition::DeadLettered { class, why }, Some(replacement))
+    };
 
-    let disposition = match &processed.outcome {
-        Outcome::Refunded { .. } | Outcome::Duplicate => Disposition::Acked,
+    match &processed.outcome {
+        Outcome::Refunded { .. } | Outcome::Duplicate => (Disposition::Acked, None),
         Outcome::HandBack { why } | Outcome::Suspend { why } => {
-            // Leave it unacknowledged: the channel closes as the worker stops, and the broker
-            // delivers the message again.
-            return Ok(Disposition::HandedBack { why: why.clone() });
+            (Disposition::HandedBack { why: why.clone() }, None)
         }
         Outcome::Pending { provider, .. } => {
             let syncs = envelope.syncs + 1;
-            let (queue, _) = topology.retry_tier(syncs);
-            set.push((headers::SYNCS, syncs.to_string()));
-            set.push((headers::PROVIDER, provider.to_string()));
-            set.push((headers::ATTEMPTS, envelope.attempts.to_string()));
-            publisher
-                .publish("", &queue, &delivery.data, props(&set))
-                .await?;
-            Disposition::Retried { queue }
+            headers.push((headers::SYNCS, syncs.to_string()));
+            headers.push((headers::PROVIDER, provider.to_string()));
+            headers.push((headers::ATTEMPTS, envelope.attempts.to_string()));
+            retry(topology.retry_tier(syncs).0, headers)
         }
         Outcome::Retry {
             provider,
@@ -118,83 +163,99 @@ async fn replace_and_ack(
             counts,
         } => {
             let attempts = envelope.attempts + u32::from(*counts);
-            let provider_label = provider.map_or(NO_PROVIDER.to_owned(), |p| p.to_string());
-            set.push((headers::PROVIDER, provider_label));
-            set.push((headers::ATTEMPTS, attempts.to_string()));
-            set.push((headers::ERROR, why.clone()));
+            headers.push((headers::PROVIDER, provider_label(provider)));
+            headers.push((headers::ATTEMPTS, attempts.to_string()));
+            headers.push((headers::ERROR, why.clone()));
             if *counts && attempts >= shared.options.max_attempts {
                 let why = format!("gave up after {attempts} attempts; last error: {why}");
-                dead_letter(
-                    publisher,
-                    topology.dead_exchange(),
-                    delivery,
-                    set,
-                    FailureClass::Exhausted,
-                    &why,
-                )
-                .await?;
-                Disposition::DeadLettered {
-                    class: FailureClass::Exhausted,
-                    why,
-                }
-            } else {
-                let (mut queue, tier) = if *counts {
-                    topology.retry_tier(attempts)
-                } else {
-                    topology.retry_tier_at_least(*after)
-                };
-                if *after > tier {
-                    queue = topology.retry_tier_at_least(*after).0;
-                }
-                publisher
-                    .publish("", &queue, &delivery.data, props(&set))
-                    .await?;
-                Disposition::Retried { queue }
+                return dead(FailureClass::Exhausted, why, headers);
             }
+            let (queue, tier) = if *counts {
+                topology.retry_tier(attempts)
+            } else {
+                topology.retry_tier_at_least(*after)
+            };
+            let queue = if *after > tier {
+                topology.retry_tier_at_least(*after).0
+            } else {
+                queue
+            };
+            retry(queue, headers)
         }
         Outcome::DeadLetter {
             class,
             provider,
             why,
         } => {
-            let provider_label = provider.map_or(NO_PROVIDER.to_owned(), |p| p.to_string());
-            set.push((headers::PROVIDER, provider_label));
-            set.push((headers::ATTEMPTS, envelope.attempts.to_string()));
-            dead_letter(
-                publisher,
-                topology.dead_exchange(),
-                delivery,
-                set,
-                *class,
-                why,
+            headers.push((headers::PROVIDER, provider_label(provider)));
+            headers.push((headers::ATTEMPTS, envelope.attempts.to_string()));
+            dead(*class, why.clone(), headers)
+        }
+    }
+}
+
+/// Publishes the event and the replacement, each confirmed, then acks.
+async fn carry_out(
+    publisher: &Publisher,
+    events_exchange: &str,
+    delivery: &Delivery,
+    envelope: &Envelope,
+    processed: &Processed,
+    disposition: &Disposition,
+    replacement: Option<Replacement>,
+) -> Result<(), BrokerError> {
+    if let Some(event) = OutcomeEvent::of(envelope, processed, disposition) {
+        publish_event(publisher, events_exchange, envelope, &event).await?;
+    }
+    if let Some(replacement) = replacement {
+        let properties: BasicProperties =
+            envelope::republish_properties(&delivery.properties, &replacement.headers);
+        publisher
+            .publish(
+                &replacement.exchange,
+                &replacement.routing_key,
+                &delivery.data,
+                properties,
             )
             .await?;
-            Disposition::DeadLettered {
-                class: *class,
-                why: why.clone(),
-            }
-        }
-    };
+    }
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         // The outcome is durable already; the message comes back and dedupes.
         info!(job_id = %envelope.job_id, error = %e, "ack failed after the outcome was recorded; the redelivery will be a no-op");
     }
-    Ok(disposition)
+    Ok(())
 }
 
-async fn dead_letter(
+/// The event on the events exchange, and to the job's `reply_to` if it asked for one.
+async fn publish_event(
     publisher: &Publisher,
-    exchange: String,
-    delivery: &Delivery,
-    mut set: Vec<(&str, String)>,
-    class: FailureClass,
-    why: &str,
+    exchange: &str,
+    envelope: &Envelope,
+    event: &OutcomeEvent,
 ) -> Result<(), BrokerError> {
-    set.retain(|(k, _)| *k != headers::ERROR);
-    set.push((headers::ERROR, why.to_owned()));
-    set.push((headers::ERROR_CLASS, class.as_str().to_owned()));
-    let props: BasicProperties = envelope::republish_properties(&delivery.properties, &set);
+    let body = serde_json::to_vec(event)
+        .map_err(|e| BrokerError::NotConfirmed(format!("event not serializable: {e}")))?;
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.job_id.as_str().into())
+        .with_type(event.status.routing_key().into())
+        .with_timestamp(
+            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0),
+        );
+    if let Some(correlation) = &envelope.correlation_id {
+        properties = properties.with_correlation_id(correlation.as_str().into());
+    }
     publisher
-        .publish(&exchange, "", &delivery.data, props)
-        .await
+        .notify(
+            exchange,
+            event.status.routing_key(),
+            &body,
+            properties.clone(),
+        )
+        .await?;
+    if let Some(reply_to) = &envelope.reply_to {
+        publisher.notify("", reply_to, &body, properties).await?;
+    }
+    Ok(())
 }

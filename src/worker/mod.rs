@@ -516,7 +516,7 @@ fn record_metrics(
         ) => {
             let p = provider.as_str();
             metrics.succeeded.with_label_values(&[p]).inc();
-            let currency = processed.currency.map_or("BRL", |c| c.code());
+            let currency = processed.job.as_ref().map_or("BRL", |j| j.currency.code());
             metrics
                 .amount
                 .with_label_values(&[p, currency])

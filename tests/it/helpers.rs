@@ -204,7 +204,8 @@ impl TestEnv {
     }
 
     pub async fn publish_jobs(&self, jobs: &[OutgoingJob]) {
-        let results = broker::publish_jobs(&self.publisher, &self.topology, jobs, |_| {}).await;
+        let results =
+            broker::publish_jobs(&self.publisher, &self.topology, jobs, None, |_| {}).await;
         assert!(
             results.iter().all(Result::is_ok),
             "every publish confirmed: {results:?}"
