@@ -120,7 +120,6 @@ struct Inner {
     calls: Mutex<HashMap<(ProviderName, String), u32>>,
     journal: Mutex<VecDeque<RecordedRequest>>,
     stripe: Mutex<stripe::StripeState>,
-    #[allow(dead_code)] // until the mercadopago twin lands
     mercadopago: Mutex<mercadopago::State>,
     #[allow(dead_code)] // until the asaas twin lands
     asaas: Mutex<asaas::State>,
