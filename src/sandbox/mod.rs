@@ -122,7 +122,6 @@ struct Inner {
     stripe: Mutex<stripe::StripeState>,
     #[allow(dead_code)] // until the mercadopago twin lands
     mercadopago: Mutex<mercadopago::State>,
-    #[allow(dead_code)] // until the asaas twin lands
     asaas: Mutex<asaas::State>,
     #[allow(dead_code)] // until the pix twin lands
     pix: Mutex<pix::State>,
