@@ -121,7 +121,6 @@ struct Inner {
     journal: Mutex<VecDeque<RecordedRequest>>,
     stripe: Mutex<stripe::StripeState>,
     mercadopago: Mutex<mercadopago::State>,
-    #[allow(dead_code)] // until the asaas twin lands
     asaas: Mutex<asaas::State>,
     #[allow(dead_code)] // until the pix twin lands
     pix: Mutex<pix::State>,
