@@ -124,7 +124,6 @@ struct Inner {
     mercadopago: Mutex<mercadopago::State>,
     #[allow(dead_code)] // until the asaas twin lands
     asaas: Mutex<asaas::State>,
-    #[allow(dead_code)] // until the pix twin lands
     pix: Mutex<pix::State>,
     #[allow(dead_code)] // until the rinne twin lands
     rinne: Mutex<rinne::State>,
