@@ -122,7 +122,6 @@ struct Inner {
     stripe: Mutex<stripe::StripeState>,
     mercadopago: Mutex<mercadopago::State>,
     asaas: Mutex<asaas::State>,
-    #[allow(dead_code)] // until the pix twin lands
     pix: Mutex<pix::State>,
     #[allow(dead_code)] // until the rinne twin lands
     rinne: Mutex<rinne::State>,
