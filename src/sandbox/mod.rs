@@ -126,7 +126,6 @@ struct Inner {
     asaas: Mutex<asaas::State>,
     #[allow(dead_code)] // until the pix twin lands
     pix: Mutex<pix::State>,
-    #[allow(dead_code)] // until the rinne twin lands
     rinne: Mutex<rinne::State>,
 }
 
