@@ -123,7 +123,6 @@ struct Inner {
     mercadopago: Mutex<mercadopago::State>,
     asaas: Mutex<asaas::State>,
     pix: Mutex<pix::State>,
-    #[allow(dead_code)] // until the rinne twin lands
     rinne: Mutex<rinne::State>,
 }
 
