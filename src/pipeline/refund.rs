@@ -95,7 +95,7 @@ async fn with_claim(
         .build();
     loop {
         let started = Instant::now();
-        let (answer, adopted) = call_provider(pipeline, provider, request, &ticket).await;
+        let (answer, adopted) = call_provider(pipeline, provider, request, &mut ticket).await;
         pipeline.observe_step("provider", started);
         let error = match answer {
             Ok(refund) => {
@@ -164,7 +164,7 @@ async fn call_provider(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
-    ticket: &ClaimTicket,
+    ticket: &mut ClaimTicket,
 ) -> (Result<ProviderRefund, ProviderError>, bool) {
     if let Some(pending) = &ticket.pending {
         return (
@@ -185,20 +185,12 @@ async fn call_provider(
                 match pipeline.store.renew(&request.key, ticket).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        return (
-                            Err(ProviderError::transient(
-                                "the claim was taken over during reconciliation",
-                            )),
-                            false,
-                        );
+                        let why = "the claim was taken over during reconciliation";
+                        return (Err(ProviderError::transient(why)), false);
                     }
                     Err(e) => {
-                        return (
-                            Err(ProviderError::unknown(format!(
-                                "cannot renew the claim: {e}"
-                            ))),
-                            false,
-                        );
+                        let why = format!("cannot renew the claim: {e}");
+                        return (Err(ProviderError::unknown(why)), false);
                     }
                 }
             }
@@ -212,25 +204,30 @@ async fn call_provider(
                 return (Err(ProviderError::unknown(error.to_string())), false);
             }
         }
-    } else if let Err(error) = record_snapshot(pipeline, provider, request, ticket).await {
-        return (Err(error), false);
+    }
+    // Every send is preceded by a stored snapshot (for the providers that take one), so
+    // "no snapshot" always means "never sent". An uncertain record keeps its first one:
+    // that is what a late-executing earlier send is measured against.
+    if provider.needs_snapshot() && ticket.snapshot.is_none() {
+        match record_snapshot(pipeline, provider, request, ticket).await {
+            Ok(snapshot) => ticket.snapshot = snapshot,
+            Err(error) => return (Err(error), false),
+        }
     }
     (provider.refund(request).await, false)
 }
 
-/// Before a send that no earlier attempt can have made uncertain, records what the payment
-/// looks like at the provider (for providers that need it to reconcile later). An uncertain
-/// record keeps its first snapshot: that is the one a late-executing earlier send is
-/// measured against.
+/// Records what the payment looks like at the provider before a send (for providers that
+/// need it to reconcile later), and returns it.
 async fn record_snapshot(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
     ticket: &ClaimTicket,
-) -> Result<(), ProviderError> {
+) -> Result<Option<String>, ProviderError> {
     let snapshot = match provider.snapshot(request).await {
         Ok(Some(snapshot)) => snapshot,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(None),
         // Only a read failed: nothing was sent.
         Err(ProviderError::Unknown { why }) => return Err(ProviderError::transient(why)),
         Err(other) => return Err(other),
@@ -240,7 +237,7 @@ async fn record_snapshot(
         .save_snapshot(&request.key, ticket, &snapshot)
         .await
     {
-        Ok(true) => Ok(()),
+        Ok(true) => Ok(Some(snapshot)),
         Ok(false) => Err(ProviderError::transient(
             "the claim was taken over before sending",
         )),

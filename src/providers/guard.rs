@@ -240,6 +240,10 @@ impl RefundProvider for Guarded {
         self.call(self.inner.refund(request)).await
     }
 
+    fn needs_snapshot(&self) -> bool {
+        self.inner.needs_snapshot()
+    }
+
     async fn snapshot(&self, request: &RefundRequest) -> Result<Option<String>, ProviderError> {
         self.call(self.inner.snapshot(request)).await
     }

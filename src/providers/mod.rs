@@ -140,6 +140,11 @@ pub trait RefundProvider: Send + Sync + fmt::Debug {
     /// the refund id the provider lets us choose).
     async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError>;
 
+    /// Whether this provider takes a [`snapshot`](Self::snapshot) before each send.
+    fn needs_snapshot(&self) -> bool {
+        false
+    }
+
     /// For providers that cannot be asked about a refund by our key: what the payment looks
     /// like just before a send (its refunds, its refunded amount), in the connector's own
     /// words. The pipeline stores it durably in the claim *before* sending and hands it back

@@ -249,12 +249,13 @@ async fn flaky_refund_is_retried_and_refunded_once() {
 
     let run = env.run_until_idle().await;
 
-    let retries = run
-        .reports
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Retry { counts: true, .. }))
-        .count();
-    assert_eq!(retries, 2, "{:#?}", run.reports);
+    // Two 5xx, absorbed by the in-process retries of the first attempt.
+    let metrics = run.metrics.render();
+    assert!(
+        metrics.contains("refunds_retried_total{provider=\"mercadopago\"} 2"),
+        "{metrics}"
+    );
+
     assert!(refunded(&run.reports.last().unwrap().outcome));
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(creates(&env), 3);

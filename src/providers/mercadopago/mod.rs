@@ -125,6 +125,10 @@ impl RefundProvider for MercadoPago {
 
     /// The ids of the payment's refunds just before a send. Also refuses, before anything is
     /// sent, a job this connector will not send.
+    fn needs_snapshot(&self) -> bool {
+        true
+    }
+
     async fn snapshot(&self, request: &RefundRequest) -> Result<Option<String>, ProviderError> {
         wire::check(request)?;
         let refunds = self.refunds(request).await?;

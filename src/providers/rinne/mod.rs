@@ -170,6 +170,10 @@ impl RefundProvider for Rinne {
         wire::created(&tx, request)
     }
 
+    fn needs_snapshot(&self) -> bool {
+        true
+    }
+
     async fn snapshot(&self, request: &RefundRequest) -> Result<Option<String>, ProviderError> {
         require_brl(request)?;
         let tx = self.transaction(request).await?;
@@ -181,22 +185,11 @@ impl RefundProvider for Rinne {
         request: &RefundRequest,
         snapshot: Option<&str>,
     ) -> Result<Option<ProviderRefund>, ProviderError> {
-        // Without a baseline there is nothing to measure against, and "not found" could pay
-        // twice. The pipeline stores a snapshot before every send it makes from a clean
-        // record, but after an uncertain record is reconciled it sends without taking a new
-        // one; so a record with no snapshot (a worker that died between claiming and storing
-        // it) may have sent since. It stays unknown until a human looks.
+        // The pipeline stores a snapshot before every send to a provider that takes one
+        // (from a clean record, and after an uncertain record reconciles to "not there"), so
+        // a record without one never sent anything: "not there" is the truth.
         let Some(snapshot) = snapshot else {
-            return Err(ProviderError::Permanent {
-                code: None,
-                why: format!(
-                    "rinne: cannot reconcile {}: an earlier attempt may have sent this refund \
-                     but no pre-send snapshot of transaction {} was recorded; check its \
-                     refunded_amount at Rinne, then discard the job or replay it under a new \
-                     idempotency_key",
-                    request.key, request.payment_id
-                ),
-            });
+            return Ok(None);
         };
         let snapshot = wire::Snapshot::parse(snapshot).ok_or_else(|| {
             ProviderError::permanent(format!(
