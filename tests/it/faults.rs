@@ -4,9 +4,14 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use lapin::BasicProperties;
-use refund_worker::{outcome::Outcome, sandbox::FaultOptions};
+use refund_worker::{
+    job::ProviderName,
+    outcome::Outcome,
+    sandbox::{FaultOptions, Sandbox},
+};
+use serde_json::json;
 
-use crate::helpers::{PrivateRedis, TestEnv, eventually, stripe_job};
+use crate::helpers::{PrivateRedis, TestEnv, eventually, stripe_job, today};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_mid_batch_pauses_refunds_and_resumes_by_itself() {
@@ -146,5 +151,87 @@ async fn an_upstream_expiration_does_not_expire_the_dead_letter() {
         "the dead letter outlived the upstream TTL"
     );
     assert_eq!(letters[0].message_id.as_deref(), Some("short-lived"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_its_circuit_open_does_not_stall_the_others() {
+    // Stripe lives on a sandbox that fails every call; Mercado Pago on a healthy one.
+    let down = Sandbox::new(FaultOptions {
+        fail_rate: 1.0,
+        ..FaultOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down_url = format!("http://{}", listener.local_addr().unwrap());
+    let stop_down = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(down.clone().serve(listener, stop_down.clone()));
+    let env = TestEnv::with("circuit", FaultOptions::default(), |s| {
+        s.providers.stripe.base_url = format!("{down_url}/stripe");
+        s.providers.circuit_failures = 3;
+        s.providers.circuit_open_for = Duration::from_secs(60);
+        s.retry.max_attempts = 50;
+    })
+    .await;
+    let mut worker = env.spawn_worker().await;
+
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.push(stripe_job(&format!("pi_down_{i}"), 100 + i));
+        jobs.push(
+            json!({ "payment_id": format!("88{i:04}"), "amount": 200 + i, "provider": "mercadopago",
+                          "date": today().to_string() }),
+        );
+    }
+    env.publish_json(&jobs).await;
+
+    let started = std::time::Instant::now();
+    worker
+        .collect_until(Duration::from_secs(20), |seen| {
+            seen.iter()
+                .filter(|r| {
+                    matches!(
+                        r.outcome,
+                        Outcome::Refunded {
+                            provider: ProviderName::Mercadopago,
+                            ..
+                        }
+                    )
+                })
+                .count()
+                == 10
+        })
+        .await;
+    let healthy_took = started.elapsed();
+    // Let the broken provider's jobs cycle through the retry tiers for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = worker.metrics.render();
+    worker.stop().await;
+
+    assert!(
+        healthy_took < Duration::from_secs(10),
+        "Mercado Pago waited {healthy_took:?}"
+    );
+    assert_eq!(env.ledger().len(), 10, "every Mercado Pago job refunded");
+    assert!(
+        metrics.contains(r#"refunds_provider_circuit_open{provider="stripe"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"refunds_provider_circuit_open{provider="mercadopago"} 0"#),
+        "{metrics}"
+    );
+    // Only the calls already in flight when the circuit opened reached the broken provider;
+    // a few seconds of 10 jobs retrying without a breaker would have sent many more.
+    let calls = down.requests().len();
+    assert!(
+        calls <= 15,
+        "{calls} calls reached the provider with an open circuit"
+    );
+    assert!(down.ledger().is_empty());
+    assert!(
+        env.dead_letters().await.is_empty(),
+        "waiting on an open circuit spends no attempts"
+    );
+    stop_down.cancel();
     env.cleanup().await;
 }
