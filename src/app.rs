@@ -7,7 +7,7 @@ use crate::{
     broker::Topology,
     config::Settings,
     metrics::{Health, Metrics},
-    pipeline::{InProcessRetry, Pipeline},
+    pipeline::{Pipeline, PipelineOptions},
     providers::Providers,
     store::{self, IdempotencyStore, StoreError},
     worker::{Worker, WorkerOptions},
@@ -93,7 +93,7 @@ pub async fn assemble(
         providers,
         metrics.clone(),
         Arc::clone(&health),
-        InProcessRetry::from_settings(&settings.retry),
+        PipelineOptions::from_settings(settings),
     );
     let options = WorkerOptions {
         amqp_url: connections.amqp_url.clone(),

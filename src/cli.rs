@@ -65,6 +65,88 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// The whole loop on localhost in one command: sandbox, publish, process, summary.
     Demo(DemoArgs),
+    /// Operate the dead-letter queue: list, show, replay, purge, export.
+    Dlq(DlqArgs),
+}
+
+/// `dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+/// The dead-letter operations.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Group dead letters by class and cause, with counts, providers, age and money stuck.
+    List {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one dead letter: body, headers, reason, history.
+    Show {
+        /// Its `x-refund-job-id`.
+        job_id: String,
+    },
+    /// Re-publish dead letters under their original idempotency key, skipping (and removing)
+    /// any already refunded; a dead letter leaves the queue only after its replacement is
+    /// confirmed.
+    Replay {
+        /// Job ids to replay (`x-refund-job-id`).
+        job_ids: Vec<String>,
+        /// Which dead letters, when not by id.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Show what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Fix a field while replaying, as field=value (a JSON value, or text); repeatable.
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+    },
+    /// Delete dead letters for good (export them first if they matter).
+    Purge {
+        /// Job ids to delete.
+        job_ids: Vec<String>,
+        /// Which dead letters, when not by id.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write every dead letter as JSON Lines (body, headers, reason), leaving them queued.
+    Export {
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// Filters shared by the dead-letter commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DlqFilter {
+    /// Only this class: invalid, permanent, exhausted, mandate, verification, delivery_limit.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only this provider.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only dead letters older than this (e.g. 1h, 2d).
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// `run`.

@@ -37,8 +37,12 @@ pub struct WorkerSettings {
     pub chunk_size: usize,
     /// Unacknowledged deliveries the broker may hand this worker (AMQP prefetch).
     pub prefetch: u16,
-    /// Deliveries of one message before the broker dead-letters it as `delivery_limit`.
+    /// Deliveries of one message before the broker dead-letters it as `delivery_limit` (and
+    /// takeovers of its claim before the worker does).
     pub delivery_limit: u32,
+    /// How long a job may run before it counts as hung and is handed back.
+    #[serde(deserialize_with = "duration")]
+    pub job_timeout: Duration,
     /// How long a stopping worker waits for in-flight jobs before handing them back.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,

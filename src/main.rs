@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Publish(_) | Command::Dlq(_)) {
+        restore_sigpipe();
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,6 +32,17 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
+    }
+}
+
+/// Reporting commands end quietly when their reader goes away (`dlq list | head`), like any
+/// Unix tool, instead of failing on a broken pipe. The long-running commands keep Rust's
+/// default (SIGPIPE ignored), so a peer closing a socket can never kill a worker.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -57,6 +71,7 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Publish(args) => commands::publish::run(&ctx, args).await,
         Command::Sandbox(args) => commands::sandbox::run(args).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
+        Command::Dlq(args) => commands::dlq::run(&ctx, args).await,
     }
 }
 
@@ -64,7 +79,7 @@ fn init_logging(cli: &Cli) {
     // Interactive commands keep the terminal for their own output; services log at info.
     let default = match cli.command {
         Command::Run(_) | Command::Sandbox(_) => "info",
-        Command::Publish(_) => "warn",
+        Command::Publish(_) | Command::Dlq(_) => "warn",
         // The demo's dead letters are expected; its summary reports them.
         Command::Demo(_) => "error",
     };

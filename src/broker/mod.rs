@@ -3,6 +3,7 @@
 //! A publish is a success only when the broker confirmed it and did not return it as
 //! unroutable; anything else is an error the caller must act on (never a silent drop).
 
+pub mod dead_letters;
 pub mod envelope;
 pub mod events;
 mod outgoing;

@@ -2,6 +2,7 @@
 //! maps to an exit code (1 runtime failure, 2 bad usage or configuration).
 
 pub mod demo;
+pub mod dlq;
 pub mod publish;
 pub mod run;
 pub mod sandbox;

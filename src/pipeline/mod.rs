@@ -85,8 +85,28 @@ pub struct Pipeline {
     metrics: Metrics,
     /// Redis readiness, lowered while a result waits to be recorded.
     health: Arc<Health>,
+    /// In-process retries and the poison limit.
+    options: PipelineOptions,
+}
+
+/// How the pipeline retries and when it gives up on a job that kills its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineOptions {
     /// In-process retries of one attempt.
-    retry: InProcessRetry,
+    pub retry: InProcessRetry,
+    /// Claims taken over from dead workers before the job is dead-lettered as
+    /// `delivery_limit` (0: never).
+    pub max_takeovers: u32,
+}
+
+impl PipelineOptions {
+    /// From the settings: `[retry]`, and `[worker] delivery_limit` for takeovers.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            retry: InProcessRetry::from_settings(&settings.retry),
+            max_takeovers: settings.worker.delivery_limit,
+        }
+    }
 }
 
 /// How one attempt retries transient failures before handing the job to a retry tier.
@@ -118,14 +138,14 @@ impl Pipeline {
         providers: Providers,
         metrics: Metrics,
         health: Arc<Health>,
-        retry: InProcessRetry,
+        options: PipelineOptions,
     ) -> Self {
         Self {
             store,
             providers,
             metrics,
             health,
-            retry,
+            options,
         }
     }
 

@@ -88,9 +88,9 @@ async fn with_claim(
     // counts, even if a later retry in it was held back by the guard.
     let mut failed_call = false;
     let mut delays = ExponentialBuilder::default()
-        .with_min_delay(pipeline.retry.first_delay)
-        .with_max_delay(pipeline.retry.max_delay)
-        .with_max_times(pipeline.retry.times as usize)
+        .with_min_delay(pipeline.options.retry.first_delay)
+        .with_max_delay(pipeline.options.retry.max_delay)
+        .with_max_times(pipeline.options.retry.times as usize)
         .with_jitter()
         .build();
     loop {
@@ -117,7 +117,7 @@ async fn with_claim(
             (ProviderError::Unknown { .. }, Some(backoff)) => Some(backoff),
             _ => None,
         }
-        .filter(|wait| *wait <= pipeline.retry.max_delay);
+        .filter(|wait| *wait <= pipeline.options.retry.max_delay);
         let Some(wait) = wait else {
             let started = Instant::now();
             let mut outcome = record_failure(pipeline, provider, request, &ticket, error).await;

@@ -47,6 +47,9 @@ pub struct ClaimTicket {
     /// The payment as the provider showed it before an earlier send (providers that cannot
     /// be asked by our key compare against it to find that send's refund).
     pub snapshot: Option<String>,
+    /// How many times the claim was taken from a worker that died (or hung) holding it: a
+    /// job that keeps killing its workers is a poison message.
+    pub takeovers: u32,
 }
 
 /// The answer to a claim.
@@ -192,6 +195,7 @@ impl IdempotencyStore {
                 pending: parse_record(field(2))?
                     .filter(|r| r.refund.status == crate::providers::RefundStatus::Pending),
                 snapshot: Some(field(3)).filter(|s| !s.is_empty()).map(str::to_owned),
+                takeovers: field(4).parse().unwrap_or(0),
             })),
             "done" => Ok(Claim::Done(parse_record(field(1))?)),
             "busy" => Ok(Claim::Busy {
@@ -332,6 +336,20 @@ impl IdempotencyStore {
             }
             cursor = next;
         }
+    }
+
+    /// Forgets the takeovers of a key: an operator replaying a poison message gives it a fresh
+    /// start (its uncertainty stays, so the next attempt still reconciles first).
+    pub async fn reset_takeovers(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
+        let redis_key = self.redis_key(key);
+        let _: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(&redis_key).arg("takeovers");
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Reads a record (operators, `dlq replay`, tests).

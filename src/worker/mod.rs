@@ -392,12 +392,24 @@ impl Job {
                 owner: &owner,
                 shutdown: &self.shutdown,
             };
-            let processed = match AssertUnwindSafe(shared.pipeline.process(attempt))
-                .catch_unwind()
+            let running = AssertUnwindSafe(shared.pipeline.process(attempt)).catch_unwind();
+            let processed = match tokio::time::timeout(shared.options.worker.job_timeout, running)
                 .await
             {
-                Ok(processed) => processed,
+                Ok(Ok(processed)) => processed,
                 Err(_) => {
+                    // Hung. Hand it back: its claim expires, and if it hangs every worker,
+                    // the takeover count dead-letters it as `delivery_limit`.
+                    let limit = shared.options.worker.job_timeout;
+                    error!(job_id = %envelope.job_id, ?limit, "job still running after the job timeout; handing it back");
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
+                    let _ = delivery.acker.nack(requeue).await;
+                    return;
+                }
+                Ok(Err(_)) => {
                     // A bug. Requeue it: if it keeps crashing, the broker's delivery limit
                     // dead-letters it as `delivery_limit` rather than letting it loop forever.
                     error!(job_id = %envelope.job_id, "processing panicked; requeueing (the delivery limit bounds repeats)");

@@ -5,8 +5,9 @@
 -- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency)
 -- ARGV[4]  record TTL in milliseconds
 -- ARGV[5]  job id
--- Returns {'claimed', uncertain, result, snapshot}  (a result means a pending refund to sync;
---         a snapshot is the payment as the provider showed it before an earlier send) | {'done', result} |
+-- Returns {'claimed', uncertain, result, snapshot, takeovers}  (a result means a pending
+--         refund to sync; a snapshot is the payment as the provider showed it before an
+--         earlier send; takeovers counts claims taken from workers that died holding them) | {'done', result} |
 --         {'busy', ms_left} | {'conflict', fingerprint}
 -- Time comes from the Redis server, so workers' clocks never disagree about a lease.
 local t = redis.call('TIME')
@@ -27,6 +28,7 @@ if state == 'claimed' and owner ~= ARGV[1] then
   end
   -- The previous owner died holding the claim: it may have reached the provider.
   uncertain = '1'
+  redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
 end
 
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
@@ -34,4 +36,5 @@ redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
   'uncertain', uncertain or '0', 'job_id', ARGV[5])
 if owner ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'claims', 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'claimed', uncertain or '0', result or '', snapshot or ''}
+return {'claimed', uncertain or '0', result or '', snapshot or '',
+  redis.call('HGET', KEYS[1], 'takeovers') or '0'}

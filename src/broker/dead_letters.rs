@@ -1,0 +1,227 @@
+//! Reading the dead-letter queue for operators.
+//!
+//! Letters are fetched unacknowledged: nothing leaves the queue unless the caller acks it
+//! (after its replacement was confirmed, or an explicit purge); closing the channel returns
+//! everything else to the queue untouched.
+
+use std::collections::BTreeMap;
+
+use lapin::{
+    Acker, BasicProperties, Channel, Connection,
+    options::{BasicAckOptions, BasicGetOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::Value;
+
+use super::{BrokerError, Envelope, Topology, headers};
+use crate::outcome::FailureClass;
+
+/// One dead letter, read but not removed.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The job id (`x-refund-job-id`, else the message id, else a digest of the body).
+    pub job_id: String,
+    /// The original body, byte for byte.
+    pub body: Vec<u8>,
+    /// The message's properties as stored.
+    pub properties: BasicProperties,
+    /// Why it is here (`x-refund-error-class`, or the broker's own reason).
+    pub class: Option<FailureClass>,
+    /// The reason, in words.
+    pub error: String,
+    /// The rail, when known.
+    pub provider: Option<String>,
+    /// The job's amount and currency, when the body says (for "money stuck").
+    pub amount: Option<(u64, String)>,
+    /// The payment, when the body says.
+    pub payment_id: Option<String>,
+    /// When it was last handled (RFC 3339), for age filters.
+    pub last_seen: Option<String>,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// Every header, as text.
+    pub headers: BTreeMap<String, String>,
+    /// Acks it (removes it from the queue).
+    acker: Acker,
+}
+
+impl DeadLetter {
+    /// Reads a fetched message.
+    fn read(properties: BasicProperties, body: Vec<u8>, acker: Acker) -> Self {
+        let envelope = Envelope::read(&properties, &body, false);
+        let headers: BTreeMap<String, String> = properties
+            .headers()
+            .as_ref()
+            .map(|t| {
+                t.inner()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), text(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let class = headers
+            .get(headers::ERROR_CLASS)
+            .and_then(|c| FailureClass::parse(c))
+            .or_else(|| envelope.broker_death_class());
+        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match class {
+            Some(FailureClass::DeliveryLimit) => {
+                "delivered again and again without ever being acknowledged: it crashes or hangs the worker".into()
+            }
+            _ => "no reason recorded".into(),
+        });
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let field = |name: &str| json.as_ref().and_then(|j| j.get(name)).cloned();
+        // Money stuck counts only what a valid job would have refunded.
+        let currency = match field("currency") {
+            None => Some(crate::job::Currency::BRL),
+            Some(c) => c.as_str().and_then(crate::job::Currency::parse),
+        };
+        let amount = field("amount")
+            .and_then(|a| a.as_u64())
+            .and_then(|a| crate::job::Amount::new(a).ok())
+            .zip(currency)
+            .map(|(a, c)| (a.minor(), c.code().to_owned()));
+        let provider = headers
+            .get(headers::PROVIDER)
+            .filter(|p| p.as_str() != crate::metrics::NO_PROVIDER)
+            .cloned()
+            .or_else(|| field("provider").and_then(|p| p.as_str().map(str::to_owned)));
+        Self {
+            job_id: envelope.job_id.clone(),
+            class,
+            error,
+            provider,
+            amount,
+            payment_id: field("payment_id").and_then(|p| p.as_str().map(str::to_owned)),
+            last_seen: headers
+                .get(headers::LAST_SEEN)
+                .cloned()
+                .or_else(|| death_time(&properties)),
+            attempts: envelope.attempts,
+            headers,
+            body,
+            properties,
+            acker,
+        }
+    }
+
+    /// Removes it from the dead-letter queue.
+    pub async fn remove(&self) -> Result<(), BrokerError> {
+        self.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// The envelope of the stored message (job id, date, attempts).
+    pub fn envelope(&self) -> Envelope {
+        Envelope::read(&self.properties, &self.body, false)
+    }
+}
+
+/// When the broker dead-lettered a message itself (`x-death[0].time`).
+fn death_time(properties: &BasicProperties) -> Option<String> {
+    let deaths = properties.headers().as_ref()?.inner().get("x-death")?;
+    let AMQPValue::FieldArray(deaths) = deaths else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("time")? {
+        AMQPValue::Timestamp(seconds) => {
+            let at =
+                time::OffsetDateTime::from_unix_timestamp(i64::try_from(*seconds).ok()?).ok()?;
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }
+        _ => None,
+    }
+}
+
+fn text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The dead-letter queue, opened for reading.
+pub struct DeadLetterQueue {
+    /// The channel the letters were fetched on; closing it returns what was not removed.
+    channel: Channel,
+    /// Every letter fetched, oldest first.
+    pub letters: Vec<DeadLetter>,
+}
+
+impl DeadLetterQueue {
+    /// Fetches up to `limit` dead letters, without removing any.
+    pub async fn read(
+        connection: &Connection,
+        topology: &Topology,
+        limit: usize,
+    ) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(0, BasicQosOptions::default()).await?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let Some(message) = channel
+                .basic_get(
+                    topology.dead_queue().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            letters.push(DeadLetter::read(
+                delivery.properties,
+                delivery.data,
+                delivery.acker,
+            ));
+        }
+        Ok(Self { channel, letters })
+    }
+
+    /// Gives back every letter not removed.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// The properties of a replayed job: the stored ones, with the attempts reset, the failure
+/// headers dropped, and the day it is keyed under kept.
+pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
+    let envelope = letter.envelope();
+    let mut set: Vec<(&str, String)> = vec![
+        (headers::JOB_ID, envelope.job_id.clone()),
+        (headers::ATTEMPTS, "0".into()),
+        ("x-refund-replayed-at", super::envelope::now_rfc3339()),
+    ];
+    if let Some(date) = envelope.keyed_date {
+        set.push((headers::DATE, date.to_string()));
+    }
+    if let Some(first) = envelope.first_seen {
+        set.push((headers::FIRST_SEEN, first));
+    }
+    let mut properties = super::envelope::republish_properties(&letter.properties, &set);
+    if let Some(table) = properties.headers().clone() {
+        let kept: FieldTable = table
+            .inner()
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    headers::ERROR | headers::ERROR_CLASS | headers::SYNCS
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
+        properties = properties.with_headers(kept);
+    }
+    properties
+}

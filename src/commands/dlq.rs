@@ -1,0 +1,633 @@
+//! `refund-worker dlq list|show|replay|purge|export`: the dead-letter queue for operators.
+//!
+//! Nothing leaves the queue unless it is replaced (its replay confirmed by the broker), found
+//! already refunded, or purged with `--yes`. Everything else goes back untouched when the
+//! command ends.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    time::Duration,
+};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{CommandError, Context, runtime};
+use crate::{
+    broker::{
+        self, Publisher, ROUTING_KEY,
+        dead_letters::{DeadLetter, DeadLetterQueue, replay_properties},
+    },
+    cli::{DlqArgs, DlqCommand, DlqFilter},
+    job::{self, RefundJob, format_minor},
+    outcome::FailureClass,
+};
+
+/// The most dead letters one command reads.
+const READ_LIMIT: usize = 100_000;
+
+/// A parsed `--class/--provider/--older-than` filter.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    class: Option<FailureClass>,
+    provider: Option<String>,
+    older_than: Option<Duration>,
+}
+
+impl Filter {
+    fn parse(filter: &DlqFilter) -> Result<Self, CommandError> {
+        let class = filter
+            .class
+            .as_deref()
+            .map(|c| {
+                FailureClass::parse(c).ok_or_else(|| {
+                    let names: Vec<_> = FailureClass::ALL.iter().map(|c| c.as_str()).collect();
+                    CommandError::Usage(format!(
+                        "--class must be one of {}, got {c:?}",
+                        names.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            class,
+            provider: filter.provider.clone(),
+            older_than: filter.older_than,
+        })
+    }
+
+    fn is_set(&self) -> bool {
+        self.class.is_some() || self.provider.is_some() || self.older_than.is_some()
+    }
+
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        let class_ok = self.class.is_none_or(|c| letter.class == Some(c));
+        let provider_ok = self
+            .provider
+            .as_ref()
+            .is_none_or(|p| letter.provider.as_ref() == Some(p));
+        let age_ok = self
+            .older_than
+            .is_none_or(|min| age(letter).is_none_or(|a| a >= min));
+        class_ok && provider_ok && age_ok
+    }
+}
+
+/// How long ago a letter was last handled.
+fn age(letter: &DeadLetter) -> Option<Duration> {
+    let at = time::OffsetDateTime::parse(
+        letter.last_seen.as_deref()?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    let elapsed = time::OffsetDateTime::now_utc() - at;
+    elapsed.try_into().ok()
+}
+
+/// The class label of a letter.
+fn class_of(letter: &DeadLetter) -> &'static str {
+    letter.class.map_or("unknown", |c| c.as_str())
+}
+
+/// A reason with its specifics (numbers, ids, quoted values) blanked, so letters that failed
+/// the same way group together, as ServicePulse groups failures.
+pub fn cause(error: &str) -> String {
+    let mut out = String::new();
+    let mut in_quote = false;
+    for word in error.split_inclusive(' ') {
+        let bare = word.trim_end();
+        let trailing = &word[bare.len()..];
+        if in_quote {
+            if bare.ends_with('"') {
+                in_quote = false;
+                out.push_str("\"…\"");
+                out.push_str(trailing);
+            }
+            continue;
+        }
+        if bare.starts_with('"') && !(bare.len() > 1 && bare.ends_with('"')) {
+            in_quote = true;
+            continue;
+        }
+        let shape = if bare.starts_with('"') {
+            "\"…\"".to_owned()
+        } else if bare.chars().any(|c| c.is_ascii_digit()) {
+            let tail: String = bare
+                .chars()
+                .rev()
+                .take_while(|c| matches!(c, ',' | ';' | ')' | '.'))
+                .collect();
+            format!("#{}", tail.chars().rev().collect::<String>())
+        } else {
+            bare.to_owned()
+        };
+        out.push_str(&shape);
+        out.push_str(trailing);
+    }
+    let out = out.trim().to_owned();
+    job::truncate(&out, 100)
+}
+
+/// One failure group of `dlq list`.
+#[derive(Debug, Serialize)]
+struct Group {
+    class: String,
+    cause: String,
+    count: usize,
+    providers: BTreeSet<String>,
+    oldest: Option<String>,
+    newest: Option<String>,
+    /// Money waiting, minor units per currency.
+    amount: BTreeMap<String, u64>,
+    job_ids: Vec<String>,
+}
+
+fn group(letters: &[&DeadLetter]) -> Vec<Group> {
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    for letter in letters {
+        let class = class_of(letter).to_owned();
+        let cause = cause(&letter.error);
+        let group = groups
+            .entry((class.clone(), cause.clone()))
+            .or_insert_with(|| Group {
+                class,
+                cause,
+                count: 0,
+                providers: BTreeSet::new(),
+                oldest: None,
+                newest: None,
+                amount: BTreeMap::new(),
+                job_ids: Vec::new(),
+            });
+        group.count += 1;
+        group.providers.extend(letter.provider.clone());
+        if let Some(seen) = &letter.last_seen {
+            if group.oldest.as_ref().is_none_or(|o| seen < o) {
+                group.oldest = Some(seen.clone());
+            }
+            if group.newest.as_ref().is_none_or(|n| seen > n) {
+                group.newest = Some(seen.clone());
+            }
+        }
+        if let Some((amount, currency)) = &letter.amount {
+            *group.amount.entry(currency.clone()).or_default() += amount;
+        }
+        group.job_ids.push(letter.job_id.clone());
+    }
+    let mut groups: Vec<Group> = groups.into_values().collect();
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
+    groups
+}
+
+fn money(amount: &BTreeMap<String, u64>) -> String {
+    if amount.is_empty() {
+        return "-".into();
+    }
+    amount
+        .iter()
+        .map(|(currency, minor)| {
+            let exponent = job::Currency::parse(currency).map_or(2, |c| c.exponent());
+            format!("{currency} {}", format_minor(*minor, exponent))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs a `dlq` subcommand.
+pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
+    let connection = broker::connect(&ctx.connections.amqp_url, "refund-worker dlq")
+        .await
+        .map_err(runtime)?;
+    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
+    let topology = ctx.connections.topology(&ctx.settings);
+    topology
+        .declare(publisher.channel())
+        .await
+        .map_err(runtime)?;
+    let queue = DeadLetterQueue::read(&connection, &topology, READ_LIMIT)
+        .await
+        .map_err(runtime)?;
+    if queue.letters.len() == READ_LIMIT {
+        eprintln!("note: read the first {READ_LIMIT} dead letters only");
+    }
+    let result = match args.command {
+        DlqCommand::List { filter, json } => list(&queue, &Filter::parse(&filter)?, json),
+        DlqCommand::Show { job_id } => show(&queue, &job_id),
+        DlqCommand::Export { out } => export(&queue, out.as_deref()),
+        DlqCommand::Purge {
+            job_ids,
+            filter,
+            all,
+            yes,
+        } => {
+            purge(
+                &queue,
+                &select(&queue, &job_ids, &Filter::parse(&filter)?, all)?,
+                yes,
+            )
+            .await
+        }
+        DlqCommand::Replay {
+            job_ids,
+            filter,
+            all,
+            dry_run,
+            set,
+        } => {
+            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let edits = parse_edits(&set)?;
+            let store = ctx
+                .connections
+                .idempotency_store(&ctx.settings)
+                .await
+                .map_err(runtime)?;
+            let replay = Replay {
+                publisher: &publisher,
+                exchange: topology.jobs_exchange(),
+                store: &store,
+                edits: &edits,
+                dry_run,
+            };
+            replay.run(&chosen).await
+        }
+    };
+    queue.close().await;
+    let _ = connection.close(200, "dlq done".into()).await;
+    result
+}
+
+/// The letters a replay or purge acts on: by id, by filter, or all; never by default.
+fn select<'q>(
+    queue: &'q DeadLetterQueue,
+    job_ids: &[String],
+    filter: &Filter,
+    all: bool,
+) -> Result<Vec<&'q DeadLetter>, CommandError> {
+    if job_ids.is_empty() && !filter.is_set() && !all {
+        return Err(CommandError::Usage(
+            "say which dead letters: JOB_ID…, a filter (--class, --provider, --older-than) or --all".into(),
+        ));
+    }
+    let chosen: Vec<&DeadLetter> = queue
+        .letters
+        .iter()
+        .filter(|l| job_ids.is_empty() || job_ids.contains(&l.job_id))
+        .filter(|l| filter.matches(l))
+        .collect();
+    for id in job_ids {
+        if !chosen.iter().any(|l| &l.job_id == id) {
+            eprintln!("no dead letter with job id {id} (matching the filters)");
+        }
+    }
+    Ok(chosen)
+}
+
+fn list(queue: &DeadLetterQueue, filter: &Filter, json: bool) -> Result<(), CommandError> {
+    let letters: Vec<&DeadLetter> = queue.letters.iter().filter(|l| filter.matches(l)).collect();
+    let groups = group(&letters);
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for g in &groups {
+        for (currency, minor) in &g.amount {
+            *total.entry(currency.clone()).or_default() += minor;
+        }
+    }
+    if json {
+        let out = serde_json::json!({ "total": letters.len(), "amount": total, "groups": groups });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    if letters.is_empty() {
+        println!(
+            "the dead-letter queue is empty{}",
+            if filter.is_set() {
+                " (for these filters)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<15} {:>6}  {:<22} {:<20} {:<20} {:<18} CAUSE",
+        "CLASS", "COUNT", "PROVIDERS", "OLDEST", "NEWEST", "AMOUNT"
+    );
+    for g in &groups {
+        let providers: Vec<_> = g.providers.iter().cloned().collect();
+        println!(
+            "{:<15} {:>6}  {:<22} {:<20} {:<20} {:<18} {}",
+            g.class,
+            g.count,
+            if providers.is_empty() {
+                "-".into()
+            } else {
+                providers.join(",")
+            },
+            g.oldest.as_deref().map_or("-", short_time),
+            g.newest.as_deref().map_or("-", short_time),
+            money(&g.amount),
+            g.cause
+        );
+    }
+    println!(
+        "{} dead letter(s) in {} group(s); money stuck: {}",
+        letters.len(),
+        groups.len(),
+        money(&total)
+    );
+    Ok(())
+}
+
+fn short_time(rfc3339: &str) -> &str {
+    rfc3339.get(..19).unwrap_or(rfc3339)
+}
+
+fn show(queue: &DeadLetterQueue, job_id: &str) -> Result<(), CommandError> {
+    let letter = queue
+        .letters
+        .iter()
+        .find(|l| l.job_id == job_id)
+        .ok_or_else(|| CommandError::Runtime(format!("no dead letter with job id {job_id}")))?;
+    let line = |k: &str, v: &str| println!("{k:<12} {v}");
+    line("job", &letter.job_id);
+    line("class", class_of(letter));
+    line("reason", &letter.error);
+    line("provider", letter.provider.as_deref().unwrap_or("-"));
+    line("payment", letter.payment_id.as_deref().unwrap_or("-"));
+    line(
+        "amount",
+        &letter
+            .amount
+            .as_ref()
+            .map_or("-".into(), |(a, c)| format!("{a} ({c} minor units)")),
+    );
+    line("attempts", &letter.attempts.to_string());
+    for (name, label) in [
+        ("x-refund-first-seen", "first seen"),
+        ("x-refund-last-seen", "last seen"),
+        ("x-refund-date", "keyed date"),
+    ] {
+        line(label, letter.headers.get(name).map_or("-", String::as_str));
+    }
+    println!("headers:");
+    for (k, v) in &letter.headers {
+        println!("  {k}: {v}");
+    }
+    println!("body:");
+    match serde_json::from_slice::<Value>(&letter.body) {
+        Ok(json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        ),
+        Err(_) => println!("{}", String::from_utf8_lossy(&letter.body)),
+    }
+    Ok(())
+}
+
+fn export(queue: &DeadLetterQueue, out: Option<&std::path::Path>) -> Result<(), CommandError> {
+    let mut sink: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| {
+                CommandError::Usage(format!("cannot write {}: {e}", path.display()))
+            })?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for letter in &queue.letters {
+        let mut row = serde_json::json!({
+            "job_id": letter.job_id,
+            "class": letter.class.map(|c| c.as_str()),
+            "error": letter.error,
+            "provider": letter.provider,
+            "payment_id": letter.payment_id,
+            "attempts": letter.attempts,
+            "last_seen": letter.last_seen,
+            "headers": letter.headers,
+        });
+        match std::str::from_utf8(&letter.body) {
+            Ok(text) => row["body"] = Value::String(text.to_owned()),
+            Err(_) => row["body_hex"] = Value::String(hex::encode(&letter.body)),
+        }
+        writeln!(sink, "{row}").map_err(runtime)?;
+    }
+    sink.flush().map_err(runtime)?;
+    if let Some(path) = out {
+        eprintln!(
+            "exported {} dead letter(s) to {}",
+            queue.letters.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+async fn purge(
+    queue: &DeadLetterQueue,
+    chosen: &[&DeadLetter],
+    yes: bool,
+) -> Result<(), CommandError> {
+    if !yes {
+        return Err(CommandError::Usage(format!(
+            "purge deletes {} of {} dead letter(s) for good; run `dlq export` first if they matter, then pass --yes",
+            chosen.len(),
+            queue.letters.len()
+        )));
+    }
+    for letter in chosen {
+        letter.remove().await.map_err(runtime)?;
+    }
+    println!("purged {} dead letter(s)", chosen.len());
+    Ok(())
+}
+
+/// `--set field=value` edits: the value is JSON when it parses as JSON, else text; an empty
+/// value removes the field.
+fn parse_edits(set: &[String]) -> Result<Vec<(String, Option<Value>)>, CommandError> {
+    set.iter()
+        .map(|edit| {
+            let (field, value) = edit.split_once('=').ok_or_else(|| {
+                CommandError::Usage(format!("--set takes field=value, got {edit:?}"))
+            })?;
+            if !job::FIELDS.contains(&field) {
+                return Err(CommandError::Usage(format!(
+                    "--set: {field:?} is not a job field"
+                )));
+            }
+            let value = match value {
+                "" => None,
+                text => Some(
+                    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),
+                ),
+            };
+            Ok((field.to_owned(), value))
+        })
+        .collect()
+}
+
+/// A replay run.
+struct Replay<'a> {
+    publisher: &'a Publisher,
+    exchange: String,
+    store: &'a crate::store::IdempotencyStore,
+    edits: &'a [(String, Option<Value>)],
+    dry_run: bool,
+}
+
+/// What a replay did with one letter.
+enum Replayed {
+    Republished(String),
+    AlreadyRefunded(String),
+    Skipped(String),
+}
+
+impl Replay<'_> {
+    async fn run(&self, chosen: &[&DeadLetter]) -> Result<(), CommandError> {
+        let (mut replayed, mut refunded, mut skipped) = (0, 0, 0);
+        for letter in chosen {
+            let verdict = self.one(letter).await?;
+            let (tag, text) = match &verdict {
+                Replayed::Republished(t) => {
+                    replayed += 1;
+                    (
+                        if self.dry_run {
+                            "would replay"
+                        } else {
+                            "replayed"
+                        },
+                        t,
+                    )
+                }
+                Replayed::AlreadyRefunded(t) => {
+                    refunded += 1;
+                    (
+                        if self.dry_run {
+                            "would remove"
+                        } else {
+                            "removed"
+                        },
+                        t,
+                    )
+                }
+                Replayed::Skipped(t) => {
+                    skipped += 1;
+                    ("skipped", t)
+                }
+            };
+            println!("{tag:<13} {} {text}", letter.job_id);
+        }
+        let prefix = if self.dry_run { "dry run: " } else { "" };
+        println!(
+            "{prefix}{replayed} replayed, {refunded} already refunded (removed from the queue), {skipped} skipped and left in the queue"
+        );
+        Ok(())
+    }
+
+    async fn one(&self, letter: &DeadLetter) -> Result<Replayed, CommandError> {
+        // The body as it will be replayed: the original bytes, or the edited object.
+        let body = if self.edits.is_empty() {
+            letter.body.clone()
+        } else {
+            let mut object: Map<String, Value> = match job::parse_object(&letter.body) {
+                Ok(object) => object,
+                Err(e) => {
+                    return Ok(Replayed::Skipped(format!(
+                        "the body cannot be edited ({e})"
+                    )));
+                }
+            };
+            for (field, value) in self.edits {
+                match value {
+                    Some(v) => object.insert(field.clone(), v.clone()),
+                    None => object.remove(field),
+                };
+            }
+            serde_json::to_vec(&object).map_err(runtime)?
+        };
+        let job = match RefundJob::parse(&body) {
+            Ok(job) => job,
+            Err(e) => {
+                return Ok(Replayed::Skipped(format!(
+                    "still invalid: {e}; fix it with --set field=value"
+                )));
+            }
+        };
+        let envelope = letter.envelope();
+        if let Some(date) = job.date.or(envelope.keyed_date) {
+            let key = job.idempotency_key(date);
+            let record = self.store.get(&key).await.map_err(runtime)?;
+            if let Some(record) = record.filter(|r| r.state == "done") {
+                let refund = record.result.map_or("-".into(), |r| r.refund.refund_id);
+                if !self.dry_run {
+                    letter.remove().await.map_err(runtime)?;
+                }
+                return Ok(Replayed::AlreadyRefunded(format!(
+                    "already refunded under {key} (refund {refund})"
+                )));
+            }
+            if !self.dry_run {
+                // A poison message gets a fresh start; its record stays uncertain, so the
+                // replay reconciles with the provider before it sends anything.
+                self.store.reset_takeovers(&key).await.map_err(runtime)?;
+            }
+        }
+        if self.dry_run {
+            return Ok(Replayed::Republished(format!("({})", class_of(letter))));
+        }
+        // The replacement first, confirmed; only then does the dead letter go.
+        self.publisher
+            .publish(
+                &self.exchange,
+                ROUTING_KEY,
+                &body,
+                replay_properties(letter),
+            )
+            .await
+            .map_err(runtime)?;
+        letter.remove().await.map_err(runtime)?;
+        Ok(Replayed::Republished(format!("({})", class_of(letter))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_group_alike_failures() {
+        assert_eq!(
+            cause(
+                "field `amount`: must be an integer from 1 to 1000000000000 (minor units), got 0"
+            ),
+            cause(
+                "field `amount`: must be an integer from 1 to 1000000000000 (minor units), got -5"
+            ),
+        );
+        assert_eq!(
+            cause(r#"field `provider`: must be one of stripe, got "paypal""#),
+            cause(r#"field `provider`: must be one of stripe, got "pay pal""#),
+        );
+        assert_ne!(
+            cause("field `amount`: is required"),
+            cause("field `provider`: is required")
+        );
+        assert_eq!(
+            cause("stripe 503 api_error: down"),
+            "stripe # api_error: down"
+        );
+    }
+
+    #[test]
+    fn edits_parse_json_or_text_and_empty_removes() {
+        let edits = parse_edits(&[
+            "amount=1500".into(),
+            "reason=FRAUD".into(),
+            "description=".into(),
+        ])
+        .unwrap();
+        assert_eq!(edits[0], ("amount".into(), Some(Value::from(1500))));
+        assert_eq!(edits[1], ("reason".into(), Some(Value::from("FRAUD"))));
+        assert_eq!(edits[2], ("description".into(), None));
+        assert!(parse_edits(&["ammount=1".into()]).is_err());
+        assert!(parse_edits(&["amount".into()]).is_err());
+    }
+}
