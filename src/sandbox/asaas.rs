@@ -30,7 +30,8 @@ use crate::job::{IdempotencyKey, ProviderName, format_minor, parse_decimal};
 /// description; none is documented for refunds).
 const MAX_DESCRIPTION_CHARS: usize = 500;
 
-/// How long after its creation a `_pending` refund settles, at the next look-up.
+/// How long after its creation a `_pending` refund settles (or a `_pendingfail` one is
+/// cancelled), at the next look-up.
 const PENDING_FOR: Duration = Duration::from_secs(1);
 
 /// The fake's memory.
@@ -47,7 +48,7 @@ pub(crate) struct State {
 struct StoredRefund {
     /// `yyyy-MM-dd HH:mm:ss`, as Asaas writes it.
     date_created: String,
-    /// `PENDING` or `DONE` (the twin never cancels one).
+    /// `PENDING`, `DONE`, or `CANCELLED` (only a `_pendingfail` one).
     status: &'static str,
     /// Centavos.
     value: u64,
@@ -57,6 +58,10 @@ struct StoredRefund {
     receipt: u64,
     /// When it executed, to settle a `_pending` one.
     created: Instant,
+    /// Its name in the ledger, to take a cancelled one back out.
+    refund_id: String,
+    /// `_pendingfail`: the `PENDING` refund is cancelled instead of done.
+    fails: bool,
 }
 
 pub(super) fn routes() -> Router<Sandbox> {
@@ -336,7 +341,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
     }
     state.next_receipt += 1;
     let receipt = state.next_receipt;
-    let pending = Magic::of(id) == Magic::Pending;
+    let magic = Magic::of(id);
+    let pending = matches!(magic, Magic::Pending | Magic::PendingFail);
     state
         .refunds
         .entry(id.clone())
@@ -348,6 +354,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
             description: params.description.clone(),
             receipt,
             created: Instant::now(),
+            refund_id,
+            fails: magic == Magic::PendingFail,
         });
     let payment = sandbox.payment(ProviderName::Asaas, id);
     Ok(payment_object(id, &payment, &state.refunds[id]))
@@ -375,10 +383,16 @@ async fn retrieve(
     }
     let mut state = lock(&sandbox.inner.asaas);
     let refunds = state.refunds.entry(payment_id.clone()).or_default();
-    // A `_pending` refund settles at the first look-up a second or more after it was made.
+    // A `_pending` refund settles at the first look-up a second or more after it was made; a
+    // `_pendingfail` one is cancelled then, and its money leaves the ledger.
     for refund in refunds.iter_mut() {
         if refund.status == "PENDING" && refund.created.elapsed() >= PENDING_FOR {
-            refund.status = "DONE";
+            if refund.fails {
+                refund.status = "CANCELLED";
+                sandbox.reverse(ProviderName::Asaas, &refund.refund_id);
+            } else {
+                refund.status = "DONE";
+            }
         }
     }
     let payment = sandbox.payment(ProviderName::Asaas, &payment_id);
@@ -534,6 +548,8 @@ mod tests {
             description: None,
             receipt: 1,
             created: Instant::now(),
+            refund_id: "pay_1:refund-1".into(),
+            fails: false,
         };
         assert_eq!(payment_status(&payment(0), &[]), "RECEIVED");
         assert_eq!(payment_status(&payment(500), &[refund("DONE")]), "RECEIVED");
@@ -544,6 +560,11 @@ mod tests {
         assert_eq!(
             payment_status(&payment(1000), &[refund("DONE"), refund("DONE")]),
             "REFUNDED"
+        );
+        assert_eq!(
+            payment_status(&payment(0), &[refund("CANCELLED")]),
+            "RECEIVED",
+            "a cancelled refund gave its money back"
         );
     }
 }

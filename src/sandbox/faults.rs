@@ -1,6 +1,6 @@
 //! The sandbox's faults: the on-demand ones (`--latency-ms`, `--fail-rate`, `--rate-limit`…)
 //! and the deterministic ones keyed by payment id (`_declined`, `_flakyN`, `_timeout`,
-//! `_pending`).
+//! `_pending`, `_pendingfail`).
 
 use std::time::Duration;
 

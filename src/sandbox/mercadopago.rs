@@ -13,7 +13,7 @@
 //! undocumented; the connector treats any 409 as an unknown outcome).
 //!
 //! Real payment ids are numbers; the sandbox takes any id so that the magic suffixes
-//! (`123_declined`, `123_flaky2`, `123_timeout`, `123_pending`) work. A numeric id is echoed
+//! (`123_declined`, `123_flaky2`, `123_timeout`, `123_pending`, `123_pendingfail`) work. A numeric id is echoed
 //! as a JSON number, any other as a string. Money is written and read as exact decimals
 //! (`RawValue` + integer formatting), never through `f64`.
 
@@ -69,7 +69,13 @@ enum Saved {
 struct StoredRefund {
     object: RefundJson,
     created: Instant,
+    /// `_pendingfail`: the `in_process` refund is rejected instead of approved.
+    fails: bool,
 }
+
+/// The `reason` of a `_pendingfail` refund once rejected: the collector's balance could not
+/// fund it.
+const REJECTED_REASON: &str = "insufficient_funds";
 
 /// A payment or refund id as Mercado Pago writes it: a number (or, for the sandbox's magic
 /// ids, a string).
@@ -465,7 +471,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: &str) -> (StatusCode, 
             )],
         ),
         Ok(()) => {
-            let pending = Magic::of(&params.payment_id) == Magic::Pending;
+            let magic = Magic::of(&params.payment_id);
+            let pending = matches!(magic, Magic::Pending | Magic::PendingFail);
             let object = RefundJson {
                 id,
                 payment_id: IdJson::of(&params.payment_id),
@@ -493,6 +500,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: &str) -> (StatusCode, 
                 StoredRefund {
                     object,
                     created: Instant::now(),
+                    fails: magic == Magic::PendingFail,
                 },
             );
             state
@@ -516,25 +524,33 @@ fn now_mp() -> String {
         .unwrap_or_default()
 }
 
-/// A refund as a look-up sees it: an `in_process` one is approved at the first look-up a
-/// second or more after its creation.
-fn look_up(state: &mut State, id: u64) -> Option<RefundJson> {
+/// A refund as a look-up sees it: an `in_process` one is approved (or, for `_pendingfail`,
+/// rejected and taken back out of the ledger) at the first look-up a second or more after
+/// its creation.
+fn look_up(sandbox: &Sandbox, state: &mut State, id: u64) -> Option<RefundJson> {
     let stored = state.refunds.get_mut(&id)?;
     if stored.object.status == "in_process" && stored.created.elapsed() >= Duration::from_secs(1) {
-        stored.object.status = "approved";
+        if stored.fails {
+            stored.object.status = "rejected";
+            stored.object.reason = Some(REJECTED_REASON.to_owned());
+            stored.object.amount_refunded_to_payer = reais(0);
+            sandbox.reverse(PROVIDER, &id.to_string());
+        } else {
+            stored.object.status = "approved";
+        }
     }
     Some(stored.object.clone())
 }
 
 /// The payment's refunds, oldest first, as look-ups see them.
-fn refunds_of(state: &mut State, payment_id: &str) -> Vec<RefundJson> {
+fn refunds_of(sandbox: &Sandbox, state: &mut State, payment_id: &str) -> Vec<RefundJson> {
     let ids = state
         .by_payment
         .get(payment_id)
         .cloned()
         .unwrap_or_default();
     ids.into_iter()
-        .filter_map(|id| look_up(state, id))
+        .filter_map(|id| look_up(sandbox, state, id))
         .collect()
 }
 
@@ -559,7 +575,7 @@ async fn list(
     if let Err(response) = admit_read(&sandbox, &headers, &payment_id).await {
         return response;
     }
-    let refunds = refunds_of(&mut lock(&sandbox.inner.mercadopago), &payment_id);
+    let refunds = refunds_of(&sandbox, &mut lock(&sandbox.inner.mercadopago), &payment_id);
     ok_json(&refunds)
 }
 
@@ -577,7 +593,7 @@ async fn retrieve(
             .by_payment
             .get(&payment_id)
             .is_some_and(|ids| ids.contains(&id));
-        belongs.then(|| look_up(&mut state, id)).flatten()
+        belongs.then(|| look_up(&sandbox, &mut state, id)).flatten()
     });
     match found {
         Some(refund) => ok_json(&refund),
@@ -598,8 +614,9 @@ async fn payment(
     if let Err(response) = admit_read(&sandbox, &headers, &payment_id).await {
         return response;
     }
+    // The refunds first: a look-up may take a rejected one back out of the payment.
+    let refunds = refunds_of(&sandbox, &mut lock(&sandbox.inner.mercadopago), &payment_id);
     let payment = sandbox.payment(PROVIDER, &payment_id);
-    let refunds = refunds_of(&mut lock(&sandbox.inner.mercadopago), &payment_id);
     let (status, status_detail) = if payment.refunded >= payment.settled {
         ("refunded", "refunded")
     } else if payment.refunded > 0 {

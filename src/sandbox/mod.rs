@@ -284,7 +284,11 @@ impl Sandbox {
 
     /// Takes back a refund that failed after it was accepted (`_pendingfail`): it leaves the
     /// ledger, and its amount is refundable again, as when a provider's refund fails.
+    ///
+    /// Locks payments before the ledger, in the order `execute` takes them, so a reversal
+    /// and a refund of the same payment never wait on each other.
     pub(crate) fn reverse(&self, provider: ProviderName, refund_id: &str) {
+        let mut payments = lock(&self.inner.payments);
         let mut ledger = lock(&self.inner.ledger);
         let Some(index) = ledger
             .iter()
@@ -293,8 +297,9 @@ impl Sandbox {
             return;
         };
         let entry = ledger.remove(index);
-        if let Some(payment) = lock(&self.inner.payments).get_mut(&(provider, entry.payment_id)) {
-            payment.refunded -= entry.amount;
+        if let Some(payment) = payments.get_mut(&(provider, entry.payment_id)) {
+            // Saturating: a test may re-seed the payment under a pending refund.
+            payment.refunded = payment.refunded.saturating_sub(entry.amount);
         }
     }
 

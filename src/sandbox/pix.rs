@@ -8,7 +8,8 @@
 //!
 //! An e2eid is exactly 32 alphanumerics, so it cannot carry the shared `_declined`-style
 //! suffixes; the twin reads their upper-case, underscore-free forms instead (`…DECLINED`,
-//! `…FLAKY2`, `…TIMEOUT`, `…PENDING`) and hands the shared fault machinery the usual form.
+//! `…FLAKY2`, `…TIMEOUT`, `…PENDING`, `…PENDINGFAIL`) and hands the shared fault machinery
+//! the usual form.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,6 +38,9 @@ const ISPB: &str = "99999999";
 /// What a `…DECLINED` devolução says.
 const DECLINED_MOTIVO: &str =
     "Devolução não realizada: conta transacional do usuário pagador encerrada";
+/// What a `…PENDINGFAIL` devolução says when it fails after `EM_PROCESSAMENTO`.
+const PENDINGFAIL_MOTIVO: &str =
+    "Devolução não realizada: rejeitada pelo participante do usuário pagador";
 
 /// The fake's memory.
 #[derive(Debug, Default)]
@@ -60,6 +64,8 @@ struct StoredDevolucao {
     /// The `Devolucao` object.
     object: Value,
     created: Instant,
+    /// `…PENDINGFAIL`: the devolução ends `NAO_REALIZADO` instead of `DEVOLVIDO`.
+    fails: bool,
 }
 
 /// A validated `DevolucaoSolicitada`.
@@ -77,11 +83,12 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/pix/pix/{e2eid}/devolucao/{id}", put(create).get(retrieve))
 }
 
-/// The shared magic form of an e2eid: `…PENDING` becomes `…_pending`, `…FLAKY2` becomes
-/// `…_flaky2`, and so on; a plain e2eid (never an underscore) stays as it is.
+/// The shared magic form of an e2eid: `…PENDING` becomes `…_pending`, `…PENDINGFAIL`
+/// `…_pendingfail`, `…FLAKY2` becomes `…_flaky2`, and so on; a plain e2eid (never an
+/// underscore) stays as it is.
 fn magic_id(e2eid: &str) -> String {
     let lower = e2eid.to_ascii_lowercase();
-    for suffix in ["declined", "timeout", "pending"] {
+    for suffix in ["declined", "timeout", "pendingfail", "pending"] {
         if lower.ends_with(suffix) {
             return format!("{}_{suffix}", &e2eid[..e2eid.len() - suffix.len()]);
         }
@@ -566,7 +573,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
         let slot = (e2eid.clone(), id.clone());
         if let Some(existing) = state.devolucoes.get(&slot) {
             if existing.asked == asked {
-                return created(look_up(&mut state, &slot).unwrap_or_default());
+                return created(look_up(&sandbox, &mut state, &slot).unwrap_or_default());
             }
             return devolucao_invalida(
                 "A presente requisição de devolução apresenta um id já utilizado por outra requisição de devolução para o e2eid em questão.",
@@ -615,7 +622,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
                 object["status"] = json!("NAO_REALIZADO");
                 object["motivo"] = json!(DECLINED_MOTIVO);
             }
-            Ok(Magic::Pending) => {}
+            Ok(Magic::Pending | Magic::PendingFail) => {}
             Ok(_) => settle(&mut object),
         }
         state.devolucoes.insert(
@@ -624,6 +631,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
                 asked,
                 object: object.clone(),
                 created: Instant::now(),
+                fails: outcome == Ok(Magic::PendingFail),
             },
         );
         object
@@ -652,13 +660,22 @@ fn settle(object: &mut Value) {
 }
 
 /// A devolução as a look-up sees it: a pending one settles at the first look-up a second
-/// after its creation.
-fn look_up(state: &mut State, slot: &(String, String)) -> Option<Value> {
+/// after its creation, or, for `…PENDINGFAIL`, ends `NAO_REALIZADO` with its `motivo` and
+/// leaves the ledger.
+fn look_up(sandbox: &Sandbox, state: &mut State, slot: &(String, String)) -> Option<Value> {
     let stored = state.devolucoes.get_mut(slot)?;
     if stored.object["status"] == "EM_PROCESSAMENTO"
         && stored.created.elapsed() >= Duration::from_secs(1)
     {
-        settle(&mut stored.object);
+        if stored.fails {
+            stored.object["status"] = json!("NAO_REALIZADO");
+            stored.object["motivo"] = json!(PENDINGFAIL_MOTIVO);
+            if let Some(rtr_id) = stored.object["rtrId"].as_str() {
+                sandbox.reverse(ProviderName::Pix, rtr_id);
+            }
+        } else {
+            settle(&mut stored.object);
+        }
     }
     Some(stored.object.clone())
 }
@@ -687,7 +704,11 @@ async fn retrieve(
     {
         return refused(refusal);
     }
-    match look_up(&mut lock(&sandbox.inner.pix), &(e2eid.clone(), id.clone())) {
+    match look_up(
+        &sandbox,
+        &mut lock(&sandbox.inner.pix),
+        &(e2eid.clone(), id.clone()),
+    ) {
         Some(object) => (StatusCode::OK, axum::Json(object)).into_response(),
         None => problem(
             StatusCode::NOT_FOUND,
@@ -709,6 +730,8 @@ mod tests {
             ("E99999999202611241200000DECLINED", Magic::Declined),
             ("E999999992026112412000000TIMEOUT", Magic::Timeout),
             ("E999999992026112412000000PENDING", Magic::Pending),
+            ("E99999999202611241200PENDINGFAIL", Magic::PendingFail),
+            ("E99999999202611241200pendingfail", Magic::PendingFail),
             ("E9999999920261124120000000FLAKY2", Magic::Flaky(2)),
             ("E9999999920261124120000000flaky3", Magic::Flaky(3)),
             ("E9999999920261124120000000000001", Magic::Plain),
@@ -721,6 +744,13 @@ mod tests {
             magic_id("E9999999920261124120000000FLAKY2"),
             "E9999999920261124120000000_flaky2"
         );
+        assert_eq!(
+            magic_id("E99999999202611241200PENDINGFAIL"),
+            "E99999999202611241200_pendingfail"
+        );
+        for (e2eid, _) in cases {
+            assert_eq!(e2eid.len(), 32, "{e2eid} fits the e2eid format");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Like Rinne: no refund idempotency (a second POST is a second refund), answers are the
 //! transaction object, only `APPROVED` and `PARTIALLY_REFUNDED` transactions are refundable,
-//! and a refund may stay `PENDING_REFUND` while Rinne retries it. Transactions appear on first
+//! and a refund may stay `PENDING_REFUND` while Rinne retries it (and, for `_pendingfail`,
+//! end without completing, as a cancelled one does at Rinne). Transactions appear on first
 //! sight, `APPROVED` for the sandbox's generous settled amount (or a seeded one), owned by the
 //! merchant that first named them. Errors use Rinne's body
 //! `{"error":{code,message,status,path,timestamp,requestId,details}}`; a rate-limited call gets
@@ -35,7 +36,8 @@ const REASONS: [&str; 4] = [
     "PIX_WITHDRAWAL_OR_CHANGE_ERROR",
 ];
 
-/// How long a `_pending` refund stays `PENDING_REFUND` before a look-up settles it.
+/// How long a `_pending` (or `_pendingfail`) refund stays `PENDING_REFUND` before a look-up
+/// settles (or fails) it.
 const PENDING_FOR: Duration = Duration::from_secs(1);
 
 /// The fake's memory: what Rinne knows beyond the shared payment ledger.
@@ -63,6 +65,10 @@ struct Transaction {
 struct PendingRefund {
     amount: u64,
     accepted: Instant,
+    /// Its name in the ledger, to take a failed one back out.
+    refund_id: String,
+    /// `_pendingfail`: it ends without completing instead of settling.
+    fails: bool,
 }
 
 impl Transaction {
@@ -77,15 +83,27 @@ impl Transaction {
         }
     }
 
-    /// Completes the pending refunds that have waited long enough (at a look-up).
-    fn settle_due(&mut self) {
-        let before = self.pending.len();
-        self.pending.retain(|p| p.accepted.elapsed() < PENDING_FOR);
-        if self.pending.len() != before {
-            let now = now_rfc3339();
-            self.latest_refund_at = Some(now.clone());
-            self.updated_at = now;
+    /// Ends the pending refunds that have waited long enough (at a look-up). Most complete;
+    /// a `_pendingfail` one fails, as when Rinne's pending refund is cancelled: it leaves the
+    /// ledger, `refunded_amount` does not grow, and the transaction falls back to `APPROVED`
+    /// or `PARTIALLY_REFUNDED` (its status follows from the amounts).
+    fn settle_due(&mut self, sandbox: &Sandbox) {
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.accepted.elapsed() >= PENDING_FOR);
+        self.pending = waiting;
+        if due.is_empty() {
+            return;
         }
+        let now = now_rfc3339();
+        for refund in &due {
+            if refund.fails {
+                sandbox.reverse(ProviderName::Rinne, &refund.refund_id);
+            } else {
+                self.latest_refund_at = Some(now.clone());
+            }
+        }
+        self.updated_at = now;
     }
 
     fn refunded(&self, payment: &Payment) -> u64 {
@@ -365,7 +383,7 @@ fn execute(
     let Some(transaction) = transaction(&mut state, merchant, tx) else {
         return not_found(tx, path);
     };
-    transaction.settle_due();
+    transaction.settle_due(sandbox);
     let payment = sandbox.payment(ProviderName::Rinne, tx);
     let status = transaction.status(&payment);
     if !matches!(status, "APPROVED" | "PARTIALLY_REFUNDED") {
@@ -403,10 +421,13 @@ fn execute(
         ),
         Ok(()) => {
             let now = now_rfc3339();
-            if Magic::of(tx) == Magic::Pending {
+            let magic = Magic::of(tx);
+            if matches!(magic, Magic::Pending | Magic::PendingFail) {
                 transaction.pending.push(PendingRefund {
                     amount,
                     accepted: Instant::now(),
+                    refund_id,
+                    fails: magic == Magic::PendingFail,
                 });
             } else {
                 transaction.latest_refund_at = Some(now.clone());
@@ -454,7 +475,7 @@ async fn retrieve(
     let Some(transaction) = transaction(&mut state, &merchant, &tx) else {
         return not_found(&tx, &path);
     };
-    transaction.settle_due();
+    transaction.settle_due(&sandbox);
     let payment = sandbox.payment(ProviderName::Rinne, &tx);
     (
         StatusCode::OK,

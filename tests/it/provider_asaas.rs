@@ -300,6 +300,46 @@ async fn asaas_pending_refund_ends_refunded_after_sync() {
 }
 
 #[tokio::test]
+async fn asaas_pending_refund_cancelled_by_asaas_is_dead_lettered_with_its_status() {
+    let env = TestEnv::start("asaas-pendingfail").await;
+    env.publish_json(&[asaas_job("pay_card_pendingfail", 3000)])
+        .await;
+
+    let run = env.run_until_idle().await;
+
+    assert!(
+        run.reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
+        "{:#?}",
+        run.reports
+    );
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
+    let headers = &letters[0].headers;
+    assert_eq!(headers["x-refund-error-class"], "permanent");
+    assert_eq!(headers["x-refund-provider"], "asaas");
+    assert!(
+        headers["x-refund-error"].contains("asaas refund CANCELLED"),
+        "{headers:?}"
+    );
+    assert!(env.ledger().is_empty(), "the cancelled refund paid nothing");
+    assert_eq!(
+        refund_posts(&env).len(),
+        1,
+        "a cancelled refund is not sent again by itself"
+    );
+    let record = env.record(&key_of("pay_card_pendingfail")).await.unwrap();
+    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert!(record.reason.unwrap().contains("CANCELLED"));
+    let (_, text) = Twin::new(&env).payment("pay_card_pendingfail").await;
+    let payment: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(payment["refunds"][0]["status"], "CANCELLED");
+    assert_eq!(payment["status"], "RECEIVED", "nothing was refunded");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn asaas_declined_refund_is_dead_lettered_permanent_with_asaas_reason() {
     let env = TestEnv::start("asaas-declined").await;
     env.publish_json(&[asaas_job("pay_chargeback_declined", 1200)])

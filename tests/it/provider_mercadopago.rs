@@ -220,6 +220,40 @@ async fn pending_refund_is_synced_until_mercado_pago_approves_it() {
 }
 
 #[tokio::test]
+async fn pending_refund_rejected_by_mercado_pago_is_dead_lettered_with_its_reason() {
+    let env = TestEnv::start("mp-pendingfail").await;
+    env.publish_json(&[mp_job("5252_pendingfail", 3000)]).await;
+
+    let run = env.run_until_idle().await;
+
+    assert!(
+        run.reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
+        "in_process first: {:#?}",
+        run.reports
+    );
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
+    let headers = &letters[0].headers;
+    assert_eq!(headers["x-refund-error-class"], "permanent");
+    assert_eq!(headers["x-refund-provider"], "mercadopago");
+    let why = &headers["x-refund-error"];
+    assert!(why.contains("mercadopago refund rejected"), "{why}");
+    assert!(why.contains("insufficient_funds"), "{why}");
+    assert!(env.ledger().is_empty(), "the rejected refund paid nothing");
+    assert_eq!(
+        creates(&env),
+        1,
+        "a rejected refund is not sent again by itself"
+    );
+    let record = env.record(&key_of("5252_pendingfail")).await.unwrap();
+    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert!(record.reason.unwrap().contains("insufficient_funds"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn declined_refund_is_dead_lettered_permanent_with_mercado_pagos_cause() {
     let env = TestEnv::start("mp-declined").await;
     env.publish_json(&[mp_job("6161_declined", 1200)]).await;

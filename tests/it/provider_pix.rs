@@ -369,6 +369,44 @@ async fn pix_pending_devolucao_is_synced_until_devolvido() {
 }
 
 #[tokio::test]
+async fn pix_pending_devolucao_nao_realizado_is_dead_lettered_with_the_motivo() {
+    let env = TestEnv::start("pix-pendingfail").await;
+    let e2e = e2eid("PENDINGFAIL");
+    env.publish_json(&[pix_job(&e2e, 3000)]).await;
+
+    let run = env.run_until_idle().await;
+
+    assert!(
+        run.reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
+        "EM_PROCESSAMENTO first: {:#?}",
+        run.reports
+    );
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
+    let headers = &letters[0].headers;
+    assert_eq!(headers["x-refund-error-class"], "permanent");
+    assert_eq!(headers["x-refund-provider"], "pix");
+    let why = &headers["x-refund-error"];
+    assert!(why.contains("NAO_REALIZADO"), "{why}");
+    assert!(
+        why.contains("rejeitada pelo participante do usuário pagador"),
+        "{why}"
+    );
+    assert!(env.ledger().is_empty(), "the failed devolução paid nothing");
+    assert_eq!(
+        requests(&env, "PUT").len(),
+        1,
+        "a failed devolução is not sent again by itself"
+    );
+    let record = env.record(&format!("{e2e}:{}", today())).await.unwrap();
+    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert!(record.reason.unwrap().contains("NAO_REALIZADO"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn pix_declined_devolucao_is_dead_lettered_permanent_with_the_motivo() {
     let env = TestEnv::start("pix-declined").await;
     env.publish_json(&[pix_job(&e2eid("DECLINED"), 1200)]).await;

@@ -262,6 +262,53 @@ async fn pending_refund_is_synced_until_rinne_settles_it() {
 }
 
 #[tokio::test]
+async fn pending_refund_that_fails_at_rinne_is_dead_lettered_with_the_transaction_state() {
+    let env = TestEnv::start("rinne-pendingfail").await;
+    env.publish_json(&[rinne_job("tx_card_pendingfail", 3000)])
+        .await;
+
+    let run = env.run_until_idle().await;
+
+    assert!(
+        run.reports
+            .iter()
+            .any(|r| matches!(&r.outcome, Outcome::Pending { refund_id, .. } if refund_id == "tx_card_pendingfail:3000")),
+        "{:#?}",
+        run.reports
+    );
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
+    let headers = &letters[0].headers;
+    assert_eq!(headers["x-refund-error-class"], "permanent");
+    assert_eq!(headers["x-refund-provider"], "rinne");
+    let why = &headers["x-refund-error"];
+    assert!(
+        why.contains("the transaction is APPROVED with refunded_amount 0"),
+        "{why}"
+    );
+    assert!(why.contains("status_reason PROVIDER"), "{why}");
+    assert!(env.ledger().is_empty(), "the failed refund paid nothing");
+    assert_eq!(
+        posts(&env).len(),
+        1,
+        "a failed refund is not sent again by itself"
+    );
+    let record = env
+        .record(&format!("tx_card_pendingfail:{}", today()))
+        .await
+        .unwrap();
+    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert!(record.reason.unwrap().contains("did not complete"));
+    let tx = Client::new(&env).transaction("tx_card_pendingfail").await;
+    assert_eq!(
+        tx["status"], "APPROVED",
+        "back to its status before the refund"
+    );
+    assert_eq!(tx["refunded_amount"], 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn declined_refund_is_dead_lettered_permanent_with_rinnes_reason() {
     let env = TestEnv::start("rinne-declined").await;
     env.publish_json(&[rinne_job("tx_dispute_declined", 1200)])

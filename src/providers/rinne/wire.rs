@@ -603,6 +603,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_refund_that_falls_back_short_failed_and_one_still_pending_did_not() {
+        // PENDING_REFUND after our POST: expected is refunded_amount + ours.
+        let req = request(3000, Reason::CustomerRequest, None);
+        let accepted = created(&tx("PENDING_REFUND", 10_000, 0), &req).unwrap();
+        assert_eq!(accepted.status, RefundStatus::Pending);
+        let expected = parse_refund_id(&accepted.refund_id, "tx_1").unwrap();
+        assert_eq!(expected, 3000);
+        // Slow: still PENDING_REFUND, however long it takes. Never failed.
+        assert_eq!(
+            settled(&tx("PENDING_REFUND", 10_000, 0), &req, expected)
+                .unwrap()
+                .status,
+            RefundStatus::Pending
+        );
+        // Failed or cancelled at Rinne: back to APPROVED, nothing refunded.
+        let mut fell_back = tx("APPROVED", 10_000, 0);
+        fell_back.status_reason = Some("PROVIDER".into());
+        let RefundStatus::Failed { reason } = settled(&fell_back, &req, expected).unwrap().status
+        else {
+            panic!("a pending refund that fell back to APPROVED failed");
+        };
+        assert!(
+            reason.contains("APPROVED with refunded_amount 0 (it would be at least 3000)"),
+            "{reason}"
+        );
+        assert!(reason.contains("status_reason PROVIDER"), "{reason}");
+    }
+
+    #[test]
     fn errors_are_classified_safely_for_money() {
         let none = HeaderMap::new();
         let body = br#"{"error":{"code":"VALIDATION_ERROR","message":"Validation error","status":400,"path":"/v1/merchants/m/transactions/tx_1/refund","timestamp":"2025-01-21T10:30:00.000Z","requestId":"req_1","details":{"issues":[{"field":"refund_amount","type":"INVALID_TYPE","message":"Expected integer"}]}}}"#;
