@@ -67,6 +67,91 @@ pub enum Command {
     Demo(DemoArgs),
     /// Operate the dead-letter queue: list, show, replay, purge, export.
     Dlq(DlqArgs),
+    /// Manage spend mandates: grant, revoke, show, list.
+    Mandate(MandateArgs),
+    /// Check and export the sealed receipt chain.
+    Receipts(ReceiptsArgs),
+}
+
+/// `mandate`.
+#[derive(Debug, Args)]
+pub struct MandateArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: MandateCommand,
+}
+
+/// The mandate operations (SPEC §5).
+#[derive(Debug, Subcommand)]
+pub enum MandateCommand {
+    /// Grant (or replace) a signed mandate.
+    Grant {
+        /// Mandate id, e.g. cm_support.
+        #[arg(long)]
+        id: String,
+        /// The agent it authorises.
+        #[arg(long)]
+        agent: String,
+        /// Largest single refund, in minor units.
+        #[arg(long)]
+        max_per_refund: u64,
+        /// Daily budget, in minor units.
+        #[arg(long)]
+        max_per_day: u64,
+        /// ISO 4217 currency of the caps.
+        #[arg(long, default_value = "BRL")]
+        currency: String,
+        /// When it lapses (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Revoke a mandate: refunds under it stop at once.
+    Revoke {
+        /// Mandate id.
+        id: String,
+    },
+    /// Show a mandate: caps, spent today, state.
+    Show {
+        /// Mandate id.
+        id: String,
+    },
+    /// List mandates.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `receipts`.
+#[derive(Debug, Args)]
+pub struct ReceiptsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ReceiptsCommand,
+}
+
+/// The receipt operations (SPEC §6).
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsCommand {
+    /// Check every receipt's hash, signature and chain link; name any that was edited,
+    /// inserted or deleted. Offline with --file and --public-key.
+    Verify {
+        /// A JSON Lines export to check instead of Redis.
+        #[arg(long, requires = "public_key")]
+        file: Option<std::path::PathBuf>,
+        /// The signer's public key (hex), for offline checks.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Write the receipt chain as JSON Lines, for auditors.
+    Export {
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Print the public key that verifies receipts.
+    PublicKey,
 }
 
 /// `dlq`.

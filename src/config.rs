@@ -25,6 +25,61 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     /// Provider connectors: endpoints, credentials, timeouts, limits.
     pub providers: ProvidersSettings,
+    /// The ERP, invoicing and WhatsApp services of governed refunds.
+    pub services: ServicesSettings,
+    /// Spend mandates.
+    pub mandates: MandateSettings,
+    /// Sealed receipts.
+    pub receipts: ReceiptSettings,
+}
+
+/// The services a governed refund uses besides its provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesSettings {
+    /// The ERP (Omie) that verifies orders.
+    pub erp: ServiceSettings,
+    /// The invoicing service that issues credit notes.
+    pub invoicing: ServiceSettings,
+    /// WhatsApp through Z-API.
+    pub whatsapp: ServiceSettings,
+}
+
+/// One service's endpoint and credentials.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Where its API lives (no trailing slash).
+    pub base_url: String,
+    /// Its secret: the ERP's app_secret, the invoicing key, Z-API's Client-Token.
+    pub api_key: Secret,
+    /// The ERP's app_key.
+    #[serde(default)]
+    pub app_key: Option<String>,
+    /// Z-API's instance id.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Z-API's instance token (part of the URL path).
+    #[serde(default)]
+    pub instance_token: Option<Secret>,
+}
+
+/// Spend mandates (SPEC §5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MandateSettings {
+    /// Refuse governed refunds that name no mandate.
+    pub required: bool,
+    /// Ed25519 seed (hex) that signs mandates.
+    pub signing_key: Secret,
+}
+
+/// Sealed receipts (SPEC §6).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptSettings {
+    /// Ed25519 seed (hex) that signs receipts.
+    pub signing_key: Secret,
 }
 
 /// How jobs are consumed.
@@ -256,6 +311,9 @@ impl Settings {
         for provider in ProviderName::ALL {
             self.providers.get_mut(provider).base_url = format!("{url}/{provider}");
         }
+        self.services.erp.base_url = format!("{url}/erp");
+        self.services.invoicing.base_url = format!("{url}/invoicing");
+        self.services.whatsapp.base_url = format!("{url}/whatsapp");
     }
 }
 
@@ -351,6 +409,11 @@ mod tests {
                 format!("http://127.0.0.1:8099/{provider}")
             );
         }
+        assert_eq!(s.services.erp.base_url, "http://127.0.0.1:8099/erp");
+        assert_eq!(
+            s.services.whatsapp.base_url,
+            "http://127.0.0.1:8099/whatsapp"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod commands;
 pub mod config;
 /// How failures are worded for people.
 pub mod diagnostics;
+/// Spend mandates and sealed receipts (pure).
+pub mod governance;
 /// The refund job schema: strict parsing and validation (pure).
 pub mod job;
 /// Prometheus metrics, health and readiness.
@@ -27,7 +29,11 @@ pub mod pipeline;
 pub mod providers;
 /// The sandbox: the providers' APIs, faked faithfully, with a ledger.
 pub mod sandbox;
-/// Redis: idempotency records.
+/// The ERP, invoicing and WhatsApp services of governed refunds.
+pub mod services;
+/// Ed25519 keys from configuration (mandates, receipts).
+pub mod signing;
+/// Redis: idempotency records, mandates, receipts.
 pub mod store;
 /// The consume loop: chunks, concurrency, acks, reconnects, shutdown.
 pub mod worker;

@@ -14,7 +14,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Publish(_) | Command::Dlq(_)) {
+    if matches!(
+        cli.command,
+        Command::Publish(_) | Command::Dlq(_) | Command::Mandate(_) | Command::Receipts(_)
+    ) {
         restore_sigpipe();
     }
     init_logging(&cli);
@@ -72,6 +75,8 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Sandbox(args) => commands::sandbox::run(args).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
         Command::Dlq(args) => commands::dlq::run(&ctx, args).await,
+        Command::Mandate(args) => commands::mandate::run(&ctx, args).await,
+        Command::Receipts(args) => commands::receipts::run(&ctx, args).await,
     }
 }
 
@@ -79,7 +84,9 @@ fn init_logging(cli: &Cli) {
     // Interactive commands keep the terminal for their own output; services log at info.
     let default = match cli.command {
         Command::Run(_) | Command::Sandbox(_) => "info",
-        Command::Publish(_) | Command::Dlq(_) => "warn",
+        Command::Publish(_) | Command::Dlq(_) | Command::Mandate(_) | Command::Receipts(_) => {
+            "warn"
+        }
         // The demo's dead letters are expected; its summary reports them.
         Command::Demo(_) => "error",
     };

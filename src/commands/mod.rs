@@ -3,7 +3,9 @@
 
 pub mod demo;
 pub mod dlq;
+pub mod mandate;
 pub mod publish;
+pub mod receipts;
 pub mod run;
 pub mod sandbox;
 

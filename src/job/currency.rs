@@ -90,6 +90,14 @@ impl Serialize for Currency {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        Currency::parse(&code)
+            .ok_or_else(|| serde::de::Error::custom(format!("{code:?} is not an ISO 4217 code")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

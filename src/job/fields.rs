@@ -50,6 +50,13 @@ impl Serialize for Token {
     }
 }
 
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Token::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The key that makes a refund happen once: in Redis, and as the provider's idempotency key.
 ///
 /// 1–255 characters of `[A-Za-z0-9_.:-]` (255 is Stripe's limit).

@@ -6,11 +6,14 @@
 //! up: handlers run the execution in their own task.
 
 mod asaas;
+mod erp;
 mod faults;
+mod invoicing;
 mod mercadopago;
 mod pix;
 mod rinne;
 mod stripe;
+mod whatsapp;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -124,6 +127,12 @@ struct Inner {
     asaas: Mutex<asaas::State>,
     pix: Mutex<pix::State>,
     rinne: Mutex<rinne::State>,
+    #[allow(dead_code)] // until the erp twin lands
+    erp: Mutex<erp::State>,
+    #[allow(dead_code)] // until the invoicing twin lands
+    invoicing: Mutex<invoicing::State>,
+    #[allow(dead_code)] // until the whatsapp twin lands
+    whatsapp: Mutex<whatsapp::State>,
 }
 
 /// Locks a mutex, recovering from a poisoned one (a panicking handler must not wedge the fake).
@@ -149,6 +158,9 @@ impl Sandbox {
                 asaas: Mutex::default(),
                 pix: Mutex::default(),
                 rinne: Mutex::default(),
+                erp: Mutex::default(),
+                invoicing: Mutex::default(),
+                whatsapp: Mutex::default(),
             }),
         }
     }
@@ -161,6 +173,9 @@ impl Sandbox {
             .merge(asaas::routes())
             .merge(pix::routes())
             .merge(rinne::routes())
+            .merge(erp::routes())
+            .merge(invoicing::routes())
+            .merge(whatsapp::routes())
             .layer(middleware::from_fn_with_state(self.clone(), journal));
         Router::new()
             .merge(providers)

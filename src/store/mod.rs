@@ -3,6 +3,8 @@
 //! works on Redis Cluster too.
 
 pub mod idempotency;
+pub mod mandates;
+pub mod receipts;
 
 use std::{future::Future, time::Duration};
 

@@ -2,7 +2,9 @@
 //! Each test runs under its own queue prefix and Redis namespace, with its own sandbox.
 
 mod faults;
+mod governed;
 mod helpers;
+mod mandates;
 mod metrics;
 mod pipeline;
 mod processes;
@@ -10,4 +12,6 @@ mod provider_asaas;
 mod provider_mercadopago;
 mod provider_pix;
 mod provider_rinne;
+mod receipts;
 mod sandbox;
+mod services;

@@ -1,0 +1,1 @@
+//! Spend mandates (SPEC §5). Placeholder until mandates land.

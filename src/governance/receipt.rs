@@ -1,0 +1,1 @@
+//! Sealed receipts (SPEC §6). Placeholder until receipts land.

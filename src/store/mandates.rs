@@ -1,0 +1,1 @@
+//! Mandates in Redis. Placeholder until mandates land.

@@ -1,0 +1,1 @@
+//! The receipt chain in Redis. Placeholder until receipts land.

@@ -1,0 +1,1 @@
+//! Integration tests of governed (filled in as the feature lands).

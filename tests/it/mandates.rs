@@ -1,0 +1,1 @@
+//! Integration tests of mandates (filled in as the feature lands).

@@ -1,0 +1,1 @@
+//! Integration tests of receipts (filled in as the feature lands).

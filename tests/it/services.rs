@@ -1,0 +1,1 @@
+//! Integration tests of services (filled in as the feature lands).
