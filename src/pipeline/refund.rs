@@ -68,22 +68,81 @@ pub(super) async fn run(
     };
 
     (
-        with_claim(pipeline, provider, request, ticket, attempt).await,
+        finish(pipeline, provider, request, ticket, attempt).await,
         None,
     )
 }
 
-/// The rest of an attempt, under a held claim: call the provider (retrying in-process a few
-/// times), then record the answer.
-async fn with_claim(
+/// The step name of a refund the provider confirmed.
+pub(super) const STEP_REFUNDED: &str = "refunded";
+
+/// The rest of a bulk job under its claim: the refund (unless an earlier attempt already
+/// recorded it), then the record that makes every later copy a no-op.
+async fn finish(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
-    ticket: ClaimTicket,
+    mut ticket: ClaimTicket,
     attempt: Attempt<'_>,
 ) -> Outcome {
+    let (record, adopted) = match recorded_refund(&ticket) {
+        Some(record) => (record, true),
+        None => match refund_step(pipeline, provider, request, &mut ticket, attempt).await {
+            Ok(done) => done,
+            Err(outcome) => return outcome,
+        },
+    };
+    complete(pipeline, request, &ticket, record, adopted, attempt).await
+}
+
+/// A refund an earlier attempt recorded as its `refunded` step.
+pub(super) fn recorded_refund(ticket: &ClaimTicket) -> Option<RefundRecord> {
+    serde_json::from_str(ticket.steps.get(STEP_REFUNDED)?).ok()
+}
+
+/// Records the job done with its refund: from here on every copy of it is a duplicate.
+pub(super) async fn complete(
+    pipeline: &Pipeline,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+    record: RefundRecord,
+    adopted: bool,
+    attempt: Attempt<'_>,
+) -> Outcome {
+    let started = Instant::now();
+    let settled = settle_durably(
+        pipeline,
+        request,
+        ticket,
+        Settle::Done,
+        Some(&record),
+        "",
+        attempt,
+    )
+    .await;
+    pipeline.observe_step("record", started);
+    if let Err(why) = settled {
+        return Outcome::HandBack { why };
+    }
+    Outcome::Refunded {
+        provider: record.provider,
+        refund_id: record.refund.refund_id,
+        amount: record.refund.amount,
+        adopted,
+    }
+}
+
+/// The refund step under a held claim: call the provider (retrying in-process a few times)
+/// until it confirms a refund, returned with whether it was found rather than created; or
+/// the outcome that ends this attempt (pending, retry, dead letter), already recorded.
+pub(super) async fn refund_step(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &mut ClaimTicket,
+    attempt: Attempt<'_>,
+) -> Result<(RefundRecord, bool), Outcome> {
     let name = provider.name();
-    let mut ticket = ticket;
     // Whether a call of this attempt reached the provider and failed: then the attempt
     // counts, even if a later retry in it was held back by the guard.
     let mut failed_call = false;
@@ -95,17 +154,14 @@ async fn with_claim(
         .build();
     loop {
         let started = Instant::now();
-        let (answer, adopted) = call_provider(pipeline, provider, request, &mut ticket).await;
+        let (answer, adopted) = call_provider(pipeline, provider, request, ticket).await;
         pipeline.observe_step("provider", started);
         let error = match answer {
             Ok(refund) => {
-                let started = Instant::now();
-                let outcome = record_refund(
-                    pipeline, provider, request, &ticket, refund, adopted, attempt,
+                return settle_answer(
+                    pipeline, provider, request, ticket, refund, adopted, attempt,
                 )
                 .await;
-                pipeline.observe_step("record", started);
-                return outcome;
             }
             Err(error) => error,
         };
@@ -120,12 +176,12 @@ async fn with_claim(
         .filter(|wait| *wait <= pipeline.options.retry.max_delay);
         let Some(wait) = wait else {
             let started = Instant::now();
-            let mut outcome = record_failure(pipeline, provider, request, &ticket, error).await;
+            let mut outcome = record_failure(pipeline, provider, request, ticket, error).await;
             if let Outcome::Retry { counts, .. } = &mut outcome {
                 *counts |= failed_call;
             }
             pipeline.observe_step("record", started);
-            return outcome;
+            return Err(outcome);
         };
         failed_call = true;
         debug!(job_id = %request.job_id, key = %request.key, error = %error, ?wait, "retrying in-process");
@@ -138,22 +194,22 @@ async fn with_claim(
         ticket.uncertain |= matches!(error, ProviderError::Unknown { .. });
         tokio::select! {
             () = attempt.shutdown.cancelled() => {
-                return record_failure(pipeline, provider, request, &ticket, error).await;
+                return Err(record_failure(pipeline, provider, request, ticket, error).await);
             }
             () = tokio::time::sleep(wait) => {}
         }
-        match pipeline.store.renew(&request.key, &ticket).await {
+        match pipeline.store.renew(&request.key, ticket).await {
             Ok(true) => {}
             // The claim expired and another worker has the job now: it reconciles; stop here.
             Ok(false) => {
-                return Outcome::Retry {
+                return Err(Outcome::Retry {
                     provider: Some(name),
                     why: format!("the claim on {} was taken over while retrying", request.key),
                     after: Duration::ZERO,
                     counts: false,
-                };
+                });
             }
-            Err(_) => return record_failure(pipeline, provider, request, &ticket, error).await,
+            Err(_) => return Err(record_failure(pipeline, provider, request, ticket, error).await),
         }
     }
 }
@@ -247,7 +303,10 @@ async fn record_snapshot(
     }
 }
 
-async fn record_refund(
+/// What the provider answered about the refund: a confirmed one is returned for the caller to
+/// record with the job's other steps; a pending or failed one is recorded here and ends the
+/// attempt.
+async fn settle_answer(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
@@ -255,14 +314,14 @@ async fn record_refund(
     refund: ProviderRefund,
     adopted: bool,
     attempt: Attempt<'_>,
-) -> Outcome {
+) -> Result<(RefundRecord, bool), Outcome> {
     let name = provider.name();
     let record = RefundRecord {
         provider: name,
         refund: refund.clone(),
     };
     let (settle, reason, stored) = match &refund.status {
-        RefundStatus::Succeeded => (Settle::Done, String::new(), Some(&record)),
+        RefundStatus::Succeeded => return Ok((record, adopted)),
         RefundStatus::Pending => (Settle::Pending, String::new(), Some(&record)),
         // The provider answered about this very refund: nothing is left uncertain.
         RefundStatus::Failed { reason } => {
@@ -272,25 +331,19 @@ async fn record_refund(
     if let Err(why) =
         settle_durably(pipeline, request, ticket, settle, stored, &reason, attempt).await
     {
-        return Outcome::HandBack { why };
+        return Err(Outcome::HandBack { why });
     }
-    match refund.status {
-        RefundStatus::Succeeded => Outcome::Refunded {
-            provider: name,
-            refund_id: refund.refund_id,
-            amount: refund.amount,
-            adopted,
-        },
+    Err(match refund.status {
         RefundStatus::Pending => Outcome::Pending {
             provider: name,
             refund_id: refund.refund_id,
         },
-        RefundStatus::Failed { reason } => Outcome::DeadLetter {
+        _ => Outcome::DeadLetter {
             class: FailureClass::Permanent,
             provider: Some(name),
             why: reason,
         },
-    }
+    })
 }
 
 async fn record_failure(

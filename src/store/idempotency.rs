@@ -50,6 +50,8 @@ pub struct ClaimTicket {
     /// How many times the claim was taken from a worker that died (or hung) holding it: a
     /// job that keeps killing its workers is a poison message.
     pub takeovers: u32,
+    /// The job's finished steps (name → recorded value), so a retry resumes after them.
+    pub steps: std::collections::BTreeMap<String, String>,
 }
 
 /// The answer to a claim.
@@ -126,6 +128,7 @@ struct Scripts {
     renew: Script,
     pin_date: Script,
     snapshot: Script,
+    step: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -136,6 +139,7 @@ fn scripts() -> &'static Scripts {
         renew: Script::new(include_str!("lua/renew.lua")),
         pin_date: Script::new(include_str!("lua/pin_date.lua")),
         snapshot: Script::new(include_str!("lua/snapshot.lua")),
+        step: Script::new(include_str!("lua/step.lua")),
     })
 }
 
@@ -196,6 +200,12 @@ impl IdempotencyStore {
                     .filter(|r| r.refund.status == crate::providers::RefundStatus::Pending),
                 snapshot: Some(field(3)).filter(|s| !s.is_empty()).map(str::to_owned),
                 takeovers: field(4).parse().unwrap_or(0),
+                steps: reply
+                    .get(5..)
+                    .unwrap_or_default()
+                    .chunks(2)
+                    .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())))
+                    .collect(),
             })),
             "done" => Ok(Claim::Done(parse_record(field(1))?)),
             "busy" => Ok(Claim::Busy {
@@ -240,6 +250,26 @@ impl IdempotencyStore {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.snapshot.key(&redis_key);
             call.arg(&ticket.owner).arg(snapshot);
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        Ok(held == 1)
+    }
+
+    /// Records a finished step of the job (or clears it, with an empty value); `false` when
+    /// the claim is no longer this attempt's. Repeating it is harmless.
+    pub async fn save_step(
+        &self,
+        key: &IdempotencyKey,
+        ticket: &ClaimTicket,
+        step: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let redis_key = self.redis_key(key);
+        let held: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.step.key(&redis_key);
+            call.arg(&ticket.owner).arg(step).arg(value);
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;

@@ -5,9 +5,10 @@
 -- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency)
 -- ARGV[4]  record TTL in milliseconds
 -- ARGV[5]  job id
--- Returns {'claimed', uncertain, result, snapshot, takeovers}  (a result means a pending
---         refund to sync; a snapshot is the payment as the provider showed it before an
---         earlier send; takeovers counts claims taken from workers that died holding them) | {'done', result} |
+-- Returns {'claimed', uncertain, result, snapshot, takeovers, step1, value1, step2, ...}
+--         (a result means a pending refund to sync; a snapshot is the payment as the provider
+--         showed it before an earlier send; takeovers counts claims taken from workers that
+--         died holding them; then the job's finished steps, so a retry resumes after them) | {'done', result} |
 --         {'busy', ms_left} | {'conflict', fingerprint}
 -- Time comes from the Redis server, so workers' clocks never disagree about a lease.
 local t = redis.call('TIME')
@@ -36,5 +37,13 @@ redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1],
   'uncertain', uncertain or '0', 'job_id', ARGV[5])
 if owner ~= ARGV[1] then redis.call('HINCRBY', KEYS[1], 'claims', 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'claimed', uncertain or '0', result or '', snapshot or '',
+local reply = {'claimed', uncertain or '0', result or '', snapshot or '',
   redis.call('HGET', KEYS[1], 'takeovers') or '0'}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 5) == 'step:' then
+    reply[#reply + 1] = string.sub(fields[i], 6)
+    reply[#reply + 1] = fields[i + 1]
+  end
+end
+return reply

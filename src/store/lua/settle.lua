@@ -25,6 +25,14 @@ elseif ARGV[2] == 'released' or ARGV[2] == 'failed' then
   redis.call('HDEL', KEYS[1], 'result')
 end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[5]) end
+-- A job that failed for good starts over if replayed: its steps (verification, mandate
+-- reservation, released by the caller) no longer hold.
+if ARGV[2] == 'failed' then
+  local fields = redis.call('HKEYS', KEYS[1])
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, 5) == 'step:' then redis.call('HDEL', KEYS[1], field) end
+  end
+end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 'ok'
