@@ -4,6 +4,7 @@
 mod faults;
 mod helpers;
 mod metrics;
+mod ops;
 mod pipeline;
 mod processes;
 mod provider_asaas;
