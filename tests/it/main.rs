@@ -6,6 +6,7 @@ mod governed;
 mod helpers;
 mod mandates;
 mod metrics;
+mod ops;
 mod pipeline;
 mod processes;
 mod provider_asaas;
