@@ -13,6 +13,9 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
+/// Deliveries (operator reads) a dead letter survives; effectively unlimited.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// The routing key jobs are published with.
 pub const ROUTING_KEY: &str = "refund";
 
@@ -143,7 +146,18 @@ impl Topology {
             .await?;
 
         channel
-            .queue_declare(self.dead_queue().into(), queue, quorum_args(&[]))
+            .queue_declare(
+                self.dead_queue().into(),
+                queue,
+                // Operators read letters without removing them (`dlq list`), which hands them
+                // back and counts as a delivery; RabbitMQ 4 gives quorum queues a default
+                // delivery limit of 20 and this queue has nowhere to dead-letter to. So the
+                // limit is set explicitly, out of reach.
+                quorum_args(&[(
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+                )]),
+            )
             .await?;
         channel
             .queue_bind(

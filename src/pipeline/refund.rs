@@ -67,10 +67,58 @@ pub(super) async fn run(
         Err(e) => return (super::store_failure(e, Some(name)), None),
     };
 
+    if let Some(outcome) = poisoned(pipeline, provider, request, &ticket).await {
+        return (outcome, None);
+    }
     (
         finish(pipeline, provider, request, ticket, attempt).await,
         None,
     )
+}
+
+/// A job whose claim was taken over from workers that died (or hung) holding it more often
+/// than the delivery limit allows is a poison message: it is parked as `delivery_limit`
+/// instead of being handed to yet another worker. (The broker's own delivery limit cannot
+/// catch it: while the dead worker's lease runs, the job goes through the retry tiers as a
+/// fresh message.) The claim is let go still uncertain (or still pending), so a replay
+/// reconciles with the provider before it sends anything.
+pub(super) async fn poisoned(
+    pipeline: &Pipeline,
+    provider: &dyn RefundProvider,
+    request: &RefundRequest,
+    ticket: &ClaimTicket,
+) -> Option<Outcome> {
+    let limit = pipeline.options.max_takeovers;
+    if limit == 0 || ticket.takeovers <= limit {
+        return None;
+    }
+    let (settle, record) = match &ticket.pending {
+        Some(pending) => (Settle::Pending, Some(pending)),
+        None => (
+            Settle::Released {
+                uncertain: ticket.uncertain,
+            },
+            None,
+        ),
+    };
+    if let Err(e) = pipeline
+        .store
+        .settle(&request.key, ticket, settle, record, "")
+        .await
+    {
+        warn!(job_id = %request.job_id, key = %request.key, error = %e,
+              "could not let go of the claim of a poison message; it expires with its lease");
+    }
+    Some(Outcome::DeadLetter {
+        class: FailureClass::DeliveryLimit,
+        provider: Some(provider.name()),
+        why: format!(
+            "its claim on {} was taken over {} times from workers that died or hung holding it \
+             (delivery limit {limit}): it crashes or hangs the worker; replay it once that is \
+             fixed (the replay checks the provider before sending anything)",
+            request.key, ticket.takeovers
+        ),
+    })
 }
 
 /// The step name of a refund the provider confirmed.
