@@ -15,11 +15,52 @@ use super::{Attempt, Pipeline};
 use crate::{
     metrics::Health,
     outcome::{FailureClass, Outcome},
+    job::{IdempotencyKey, ProviderName},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
-/// Runs one attempt at `request` on `provider`.
+/// Claims `key` for this attempt. `Err` carries how the attempt ends instead: a duplicate
+/// (with the earlier refund), a wait for a live holder, a conflict, or a Redis failure.
+pub(super) async fn claim(
+    pipeline: &Pipeline,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    job_id: &str,
+    owner: &str,
+    provider: Option<ProviderName>,
+) -> Result<ClaimTicket, (Outcome, Option<RefundRecord>)> {
+    let started = Instant::now();
+    let claim = pipeline.store.claim(key, owner, fingerprint, job_id).await;
+    pipeline.observe_step("claim", started);
+    match claim {
+        Ok(Claim::Claimed(ticket)) => Ok(ticket),
+        Ok(Claim::Done(existing)) => Err((Outcome::Duplicate, existing)),
+        Ok(Claim::Busy { retry_in }) => {
+            let outcome = Outcome::Retry {
+                provider,
+                why: format!("another worker holds the claim on {key} for {retry_in:?} more"),
+                after: retry_in,
+                counts: false,
+            };
+            Err((outcome, None))
+        }
+        Ok(Claim::Conflict { existing }) => {
+            let outcome = Outcome::DeadLetter {
+                class: FailureClass::Permanent,
+                provider,
+                why: format!(
+                    "idempotency key {key} was already used for a different refund ({existing}, this one is {fingerprint}); \
+                     a second refund of one payment on one day needs its own idempotency_key"
+                ),
+            };
+            Err((outcome, None))
+        }
+        Err(e) => Err((super::store_failure(e, provider), None)),
+    }
+}
+
+/// Runs one attempt at a bulk refund: `request` on `provider`.
 pub(super) async fn run(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
@@ -27,46 +68,11 @@ pub(super) async fn run(
     attempt: Attempt<'_>,
 ) -> (Outcome, Option<RefundRecord>) {
     let name = provider.name();
-    let fingerprint = format!(
-        "{name}|{}|{}|{}",
-        request.payment_id, request.amount, request.currency
-    );
-    let started = Instant::now();
-    let claim = pipeline
-        .store
-        .claim(&request.key, attempt.owner, &fingerprint, &request.job_id)
-        .await;
-    pipeline.observe_step("claim", started);
-    let ticket = match claim {
-        Ok(Claim::Claimed(ticket)) => ticket,
-        Ok(Claim::Done(existing)) => return (Outcome::Duplicate, existing),
-        Ok(Claim::Busy { retry_in }) => {
-            let outcome = Outcome::Retry {
-                provider: Some(name),
-                why: format!(
-                    "another worker holds the claim on {} for {retry_in:?} more",
-                    request.key
-                ),
-                after: retry_in,
-                counts: false,
-            };
-            return (outcome, None);
-        }
-        Ok(Claim::Conflict { existing }) => {
-            let outcome = Outcome::DeadLetter {
-                class: FailureClass::Permanent,
-                provider: Some(name),
-                why: format!(
-                    "idempotency key {} was already used for a different refund ({existing}, this one is {fingerprint}); \
-                     a second refund of one payment on one day needs its own idempotency_key",
-                    request.key
-                ),
-            };
-            return (outcome, None);
-        }
-        Err(e) => return (super::store_failure(e, Some(name)), None),
+    let fingerprint = format!("{name}|{}|{}|{}", request.payment_id, request.amount, request.currency);
+    let ticket = match claim(pipeline, &request.key, &fingerprint, &request.job_id, attempt.owner, Some(name)).await {
+        Ok(ticket) => ticket,
+        Err(ended) => return ended,
     };
-
     if let Some(outcome) = poisoned(pipeline, provider, request, &ticket).await {
         return (outcome, None);
     }

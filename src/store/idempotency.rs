@@ -382,6 +382,34 @@ impl IdempotencyStore {
         Ok(())
     }
 
+    /// What other jobs have refunded on an order (governed refunds), leaving out `key`'s own.
+    pub async fn order_refunded(&self, order_id: &str, key: &IdempotencyKey) -> Result<u64, StoreError> {
+        let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
+        let refunds: std::collections::HashMap<String, u64> = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(&redis_key);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(refunds.iter().filter(|(k, _)| k.as_str() != key.as_str()).map(|(_, v)| v).sum())
+    }
+
+    /// Counts a governed refund against its order. Idempotent per key: recording it again
+    /// changes nothing.
+    pub async fn record_order_refund(&self, order_id: &str, key: &IdempotencyKey, amount: u64) -> Result<(), StoreError> {
+        let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
+        let _: () = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET").arg(&redis_key).arg(key.as_str()).arg(amount).ignore();
+            pipe.cmd("PEXPIRE").arg(&redis_key).arg(millis(self.ttl)).ignore();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Reads a record (operators, `dlq replay`, tests).
     pub async fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordView>, StoreError> {
         let redis_key = self.redis_key(key);
