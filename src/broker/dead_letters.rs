@@ -43,6 +43,8 @@ pub struct DeadLetter {
     pub headers: BTreeMap<String, String>,
     /// Acks it (removes it from the queue).
     acker: Acker,
+    /// Set once it was removed.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl DeadLetter {
@@ -102,12 +104,15 @@ impl DeadLetter {
             body,
             properties,
             acker,
+            removed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Removes it from the dead-letter queue.
     pub async fn remove(&self) -> Result<(), BrokerError> {
         self.acker.ack(BasicAckOptions::default()).await?;
+        self.removed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -184,6 +189,15 @@ impl DeadLetterQueue {
             ));
         }
         Ok(Self { channel, letters })
+    }
+
+    /// The job ids of the letters removed so far.
+    pub fn removed(&self) -> Vec<String> {
+        self.letters
+            .iter()
+            .filter(|l| l.removed.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|l| l.job_id.clone())
+            .collect()
     }
 
     /// Gives back every letter not removed.

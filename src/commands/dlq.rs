@@ -252,8 +252,20 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             replay.run(&chosen).await
         }
     };
+    let removed = queue.removed();
     queue.close().await;
     let _ = connection.close(200, "dlq done".into()).await;
+    if !removed.is_empty() {
+        // Keep the money-stuck tally in step with the queue (best effort: the queue is the truth).
+        match ctx.connections.idempotency_store(&ctx.settings).await {
+            Ok(store) => {
+                if let Err(e) = store.forget_dead_letters(&removed).await {
+                    eprintln!("note: could not update the dead-letter money tally: {e}");
+                }
+            }
+            Err(e) => eprintln!("note: could not update the dead-letter money tally: {e}"),
+        }
+    }
     result
 }
 

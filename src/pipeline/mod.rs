@@ -197,6 +197,7 @@ impl Pipeline {
                 }
             },
         };
+        tracing::Span::current().record("key", job.idempotency_key(date).as_str());
         let (outcome, existing) = self.process_job(&job, date, attempt).await;
         Processed {
             outcome,

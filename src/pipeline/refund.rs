@@ -13,9 +13,9 @@ use tracing::{debug, info, warn};
 
 use super::{Attempt, Pipeline};
 use crate::{
+    job::{IdempotencyKey, ProviderName},
     metrics::Health,
     outcome::{FailureClass, Outcome},
-    job::{IdempotencyKey, ProviderName},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
@@ -68,8 +68,20 @@ pub(super) async fn run(
     attempt: Attempt<'_>,
 ) -> (Outcome, Option<RefundRecord>) {
     let name = provider.name();
-    let fingerprint = format!("{name}|{}|{}|{}", request.payment_id, request.amount, request.currency);
-    let ticket = match claim(pipeline, &request.key, &fingerprint, &request.job_id, attempt.owner, Some(name)).await {
+    let fingerprint = format!(
+        "{name}|{}|{}|{}",
+        request.payment_id, request.amount, request.currency
+    );
+    let ticket = match claim(
+        pipeline,
+        &request.key,
+        &fingerprint,
+        &request.job_id,
+        attempt.owner,
+        Some(name),
+    )
+    .await
+    {
         Ok(ticket) => ticket,
         Err(ended) => return ended,
     };

@@ -383,7 +383,11 @@ impl IdempotencyStore {
     }
 
     /// What other jobs have refunded on an order (governed refunds), leaving out `key`'s own.
-    pub async fn order_refunded(&self, order_id: &str, key: &IdempotencyKey) -> Result<u64, StoreError> {
+    pub async fn order_refunded(
+        &self,
+        order_id: &str,
+        key: &IdempotencyKey,
+    ) -> Result<u64, StoreError> {
         let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
         let refunds: std::collections::HashMap<String, u64> = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -392,22 +396,96 @@ impl IdempotencyStore {
             async move { cmd.query_async(&mut conn).await }
         })
         .await?;
-        Ok(refunds.iter().filter(|(k, _)| k.as_str() != key.as_str()).map(|(_, v)| v).sum())
+        Ok(refunds
+            .iter()
+            .filter(|(k, _)| k.as_str() != key.as_str())
+            .map(|(_, v)| v)
+            .sum())
     }
 
     /// Counts a governed refund against its order. Idempotent per key: recording it again
     /// changes nothing.
-    pub async fn record_order_refund(&self, order_id: &str, key: &IdempotencyKey, amount: u64) -> Result<(), StoreError> {
+    pub async fn record_order_refund(
+        &self,
+        order_id: &str,
+        key: &IdempotencyKey,
+        amount: u64,
+    ) -> Result<(), StoreError> {
         let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
         let _: () = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut pipe = redis::pipe();
-            pipe.cmd("HSET").arg(&redis_key).arg(key.as_str()).arg(amount).ignore();
-            pipe.cmd("PEXPIRE").arg(&redis_key).arg(millis(self.ttl)).ignore();
+            pipe.cmd("HSET")
+                .arg(&redis_key)
+                .arg(key.as_str())
+                .arg(amount)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&redis_key)
+                .arg(millis(self.ttl))
+                .ignore();
             async move { pipe.query_async(&mut conn).await }
         })
         .await?;
         Ok(())
+    }
+
+    /// Notes a dead letter's money (for the money-stuck gauge): one entry per job id.
+    pub async fn note_dead_letter(
+        &self,
+        job_id: &str,
+        amount: u64,
+        currency: &str,
+    ) -> Result<(), StoreError> {
+        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let value = format!("{amount} {currency}");
+        let _: () = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&redis_key).arg(job_id).arg(&value);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets dead letters that left the queue (replayed, purged, found refunded).
+    pub async fn forget_dead_letters(&self, job_ids: &[String]) -> Result<(), StoreError> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let _: () = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(&redis_key).arg(job_ids);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Money waiting in the dead-letter queue, minor units per currency.
+    pub async fn dead_letter_amounts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let values: Vec<String> = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HVALS");
+            cmd.arg(&redis_key);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        let mut totals = std::collections::BTreeMap::new();
+        for value in values {
+            if let Some((amount, currency)) = value.split_once(' ')
+                && let Ok(amount) = amount.parse::<u64>()
+            {
+                *totals.entry(currency.to_owned()).or_default() += amount;
+            }
+        }
+        Ok(totals)
     }
 
     /// Reads a record (operators, `dlq replay`, tests).

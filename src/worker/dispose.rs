@@ -83,7 +83,19 @@ pub(super) async fn dispose(
     )
     .await
     {
-        Ok(()) => disposition,
+        Ok(()) => {
+            if let (Disposition::DeadLettered { .. }, Some(job)) = (&disposition, &processed.job) {
+                // The money-stuck gauge's tally; best effort (the queue itself is the truth).
+                let store = shared.pipeline.store();
+                if let Err(e) = store
+                    .note_dead_letter(&envelope.job_id, job.amount, job.currency.code())
+                    .await
+                {
+                    debug!(job_id = %envelope.job_id, error = %e, "could not note the dead letter's amount");
+                }
+            }
+            disposition
+        }
         Err(error) => {
             // Something was not confirmed: keep the original. A short pause keeps a broker in
             // trouble from spinning us; the requeued copy is processed again.

@@ -28,7 +28,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 pub use dispose::Disposition;
 
@@ -233,6 +233,7 @@ impl Worker {
         let session_lost = CancellationToken::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut idle_tick = tokio::time::interval(Duration::from_millis(200));
+        let mut gauge_tick = tokio::time::interval(Duration::from_secs(15));
         let mut idle_rounds = 0u32;
         let mut chunk: Vec<Delivery> = Vec::with_capacity(options.worker.chunk_size);
         let end = loop {
@@ -284,6 +285,7 @@ impl Worker {
                         break SessionEnd::Lost(why);
                     }
                 }
+                _ = gauge_tick.tick() => sample_dead_letters(shared, &session.publisher).await,
                 _ = idle_tick.tick(), if options.exit_when_idle => {
                     if !tasks.is_empty() {
                         idle_rounds = 0;
@@ -326,6 +328,10 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // Leave the gauges current (an `--exit-when-idle` run reports its final state).
+        if !matches!(end, SessionEnd::Lost(_)) {
+            sample_dead_letters(shared, &session.publisher).await;
+        }
         // Bounded: a half-dead TCP connection must not hold the shutdown hostage.
         let bye = || "worker stopping".into();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.consume.close(200, bye())).await;
@@ -333,6 +339,42 @@ impl Worker {
             .await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.connection.close(200, bye())).await;
         end
+    }
+}
+
+/// Refreshes the dead-letter gauges: the queue's depth from the broker, the money waiting in
+/// it from the tally kept as jobs are dead-lettered and leave the queue.
+async fn sample_dead_letters(shared: &Shared, publisher: &Publisher) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = shared.options.topology.dead_queue();
+    if let Ok(declared) = publisher
+        .channel()
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        shared
+            .metrics
+            .dead_letter_depth
+            .set(i64::from(declared.message_count()));
+    }
+    if let Ok(amounts) = shared.pipeline.store().dead_letter_amounts().await {
+        shared.metrics.dead_letter_amount.reset();
+        shared
+            .metrics
+            .dead_letter_amount
+            .with_label_values(&["BRL"])
+            .set(0);
+        for (currency, minor) in amounts {
+            let minor = i64::try_from(minor).unwrap_or(i64::MAX);
+            shared
+                .metrics
+                .dead_letter_amount
+                .with_label_values(&[currency.as_str()])
+                .set(minor);
+        }
     }
 }
 
@@ -379,10 +421,18 @@ impl Job {
         {
             return;
         }
+        let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
+        // Every log line about this job carries its id, and its idempotency key once known.
+        let span =
+            tracing::info_span!("job", job_id = %envelope.job_id, key = tracing::field::Empty);
+        self.handle(delivery, envelope).instrument(span).await;
+    }
+
+    async fn handle(self, delivery: Delivery, envelope: Envelope) {
+        let shared = &self.shared;
         let started = Instant::now();
         shared.metrics.in_flight.inc();
         let _in_flight = scopeguard(|| shared.metrics.in_flight.dec());
-        let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
         let owner = uuid::Uuid::new_v4().to_string();
 
         let processed = loop {

@@ -62,3 +62,29 @@ async fn metrics_health_and_readiness_are_served() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn dead_letter_depth_and_money_stuck_are_exported() {
+    let env = crate::helpers::TestEnv::start("dlq-gauges").await;
+    env.publish_json(&[
+        crate::helpers::stripe_job("pi_gauge_1_declined", 1_500),
+        crate::helpers::stripe_job("pi_gauge_2_declined", 2_500),
+    ])
+    .await;
+    env.publish_raw(
+        br#"{"payment_id":"pi_gauge_3","amount":0,"provider":"stripe"}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+
+    let run = env.run_until_idle().await;
+
+    let text = run.metrics.render();
+    assert!(text.contains("refunds_dead_letter_depth 3"), "{text}");
+    // Money stuck counts the jobs that parsed (the invalid one has no amount to trust).
+    assert!(
+        text.contains(r#"refunds_dead_letter_amount_minor{currency="BRL"} 4000"#),
+        "{text}"
+    );
+    env.cleanup().await;
+}
