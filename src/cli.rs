@@ -307,6 +307,9 @@ pub struct SandboxArgs {
     /// How long a lost answer is held back, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_hold_ms: u64,
+    /// ERP orders to serve, as JSON Lines (SPEC §9); their payments are seeded too.
+    #[arg(long, value_name = "FILE")]
+    pub fixtures: Option<std::path::PathBuf>,
 }
 
 /// `demo`.

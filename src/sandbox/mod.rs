@@ -8,6 +8,7 @@
 mod asaas;
 mod erp;
 mod faults;
+mod fixtures;
 mod invoicing;
 mod mercadopago;
 mod pix;
@@ -34,6 +35,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultOptions, Magic};
+pub use fixtures::{
+    FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment, generated_orders, parse_fixtures,
+};
+pub use invoicing::IssuedCreditNote;
+pub use whatsapp::DeliveredMessage;
 
 use crate::job::ProviderName;
 
@@ -127,11 +133,8 @@ struct Inner {
     asaas: Mutex<asaas::State>,
     pix: Mutex<pix::State>,
     rinne: Mutex<rinne::State>,
-    #[allow(dead_code)] // until the erp twin lands
     erp: Mutex<erp::State>,
-    #[allow(dead_code)] // until the invoicing twin lands
     invoicing: Mutex<invoicing::State>,
-    #[allow(dead_code)] // until the whatsapp twin lands
     whatsapp: Mutex<whatsapp::State>,
 }
 
@@ -182,6 +185,8 @@ impl Sandbox {
             .route("/_sandbox/refunds", get(ledger))
             .route("/_sandbox/requests", get(requests))
             .route("/_sandbox/payments", post(seed_payment))
+            .route("/_sandbox/credit-notes", get(credit_notes))
+            .route("/_sandbox/messages", get(messages))
             .route("/_sandbox/healthz", get(|| async { "ok\n" }))
             .with_state(self.clone())
     }
@@ -223,6 +228,55 @@ impl Sandbox {
                 currency: currency.to_owned(),
             },
         );
+    }
+
+    /// Files ERP orders in the Omie twin (replacing any with the same id) and seeds each
+    /// one's payment in its provider's twin with the settled amount, so refunds of the order
+    /// are checked against what it paid. Orders from [`parse_fixtures`] are checked already.
+    pub fn load_orders(&self, orders: Vec<FixtureOrder>) {
+        for order in &orders {
+            let payment = &order.payment;
+            self.seed_payment(
+                payment.provider,
+                &payment.payment_id,
+                payment.amount,
+                &order.currency,
+            );
+        }
+        erp::load(&mut lock(&self.inner.erp), orders);
+    }
+
+    /// Every credit note the invoicing twin issued, oldest first.
+    pub fn credit_notes(&self) -> Vec<IssuedCreditNote> {
+        lock(&self.inner.invoicing).notes()
+    }
+
+    /// Every message the WhatsApp twin delivered, oldest first.
+    pub fn messages(&self) -> Vec<DeliveredMessage> {
+        lock(&self.inner.whatsapp).messages()
+    }
+
+    /// The on-demand faults of the services (ERP, invoicing, WhatsApp): rate limit, latency
+    /// and `--fail-rate`, as [`gate`](Self::gate) applies them to refunds; no payment-id magic.
+    pub(crate) async fn gate_service(&self) -> Result<(), Refusal> {
+        let latency = {
+            let mut state = lock(&self.inner.fault_state);
+            state.admit().map_err(Refusal::RateLimited)?;
+            state.latency(&self.inner.faults)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if lock(&self.inner.fault_state).roll(self.inner.faults.fail_rate) {
+            return Err(Refusal::Unavailable);
+        }
+        Ok(())
+    }
+
+    /// Whether the answer to a service call that changed something (a note issued, a
+    /// message sent) is lost (`--timeout-rate`).
+    pub(crate) fn loses_service_answer(&self) -> bool {
+        lock(&self.inner.fault_state).roll(self.inner.faults.timeout_rate)
     }
 
     /// The on-demand faults before a refund executes: rate limit, latency, outages, and
@@ -385,6 +439,14 @@ async fn ledger(State(sandbox): State<Sandbox>) -> Json<Vec<LedgerEntry>> {
 
 async fn requests(State(sandbox): State<Sandbox>) -> Json<Vec<RecordedRequest>> {
     Json(sandbox.requests())
+}
+
+async fn credit_notes(State(sandbox): State<Sandbox>) -> Json<Vec<IssuedCreditNote>> {
+    Json(sandbox.credit_notes())
+}
+
+async fn messages(State(sandbox): State<Sandbox>) -> Json<Vec<DeliveredMessage>> {
+    Json(sandbox.messages())
 }
 
 #[derive(Deserialize)]
