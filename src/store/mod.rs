@@ -12,6 +12,7 @@ use backon::{ExponentialBuilder, Retryable};
 use redis::{RedisError, aio::ConnectionManager};
 
 pub use idempotency::{Claim, ClaimTicket, IdempotencyStore, RecordView, RefundRecord, Settle};
+pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
 
 /// Why Redis could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
