@@ -1,6 +1,6 @@
-//! Redis: the idempotency records (and, later, mandates and receipts). Lua scripts live
-//! beside the code that calls them, and every script touches a single key, so the layout
-//! works on Redis Cluster too.
+//! Redis: the idempotency records, mandates and the receipt chain. Lua scripts live beside
+//! the code that calls them, and every key one script touches shares a hash tag, so the
+//! layout works on Redis Cluster too.
 
 pub mod idempotency;
 pub mod mandates;
@@ -13,6 +13,7 @@ use redis::{RedisError, aio::ConnectionManager};
 
 pub use idempotency::{Claim, ClaimTicket, IdempotencyStore, RecordView, RefundRecord, Settle};
 pub use mandates::{MandateError, MandatePolicy, MandateStore, StoredMandate};
+pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
 
 /// Why Redis could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
