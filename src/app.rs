@@ -7,9 +7,11 @@ use crate::{
     broker::Topology,
     config::Settings,
     metrics::{Health, Metrics},
-    pipeline::{Pipeline, PipelineOptions},
-    providers::Providers,
-    store::{self, IdempotencyStore, StoreError},
+    pipeline::{Pipeline, PipelineOptions, PipelineParts},
+    providers::{self, Providers},
+    services::Services,
+    signing::{BadKey, KeyPair},
+    store::{self, IdempotencyStore, MandatePolicy, MandateStore, ReceiptChain, StoreError},
     worker::{Worker, WorkerOptions},
 };
 
@@ -68,9 +70,25 @@ pub enum AssembleError {
     #[error("{0}")]
     Redis(StoreError),
     /// The HTTP client could not be built.
-    #[error("cannot build the provider HTTP client: {0}")]
+    #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A setting is unusable (a signing key, …).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] BadKey),
 }
+
+impl AssembleError {
+    /// Whether the fix is in the configuration (exit 2) rather than outside (exit 1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, AssembleError::Config(_))
+    }
+}
+
+/// The development signing keys shipped in config/default.toml, public in the repository.
+const DEV_KEYS: [&str; 2] = [
+    "6d616e646174652d6465762d6b65792d6e6f742d666f722d70726f6475637421",
+    "726563656970742d6465762d6b65792d6e6f742d666f722d70726f6475637421",
+];
 
 /// Builds a worker. Connects to Redis now (failing with a clear message if it is down);
 /// RabbitMQ is connected when the worker runs.
@@ -80,21 +98,47 @@ pub async fn assemble(
     exit_when_idle: bool,
     connection_name: &str,
 ) -> Result<App, AssembleError> {
+    let mandate_key = KeyPair::from_seed(&settings.mandates.signing_key, "[mandates] signing_key")?;
+    let receipt_key = KeyPair::from_seed(&settings.receipts.signing_key, "[receipts] signing_key")?;
+    for secret in [
+        &settings.mandates.signing_key,
+        &settings.receipts.signing_key,
+    ] {
+        if DEV_KEYS.contains(&secret.expose()) {
+            tracing::warn!(
+                "signing with a development key from config/default.toml; set REFUND_MANDATES__SIGNING_KEY and REFUND_RECEIPTS__SIGNING_KEY in production"
+            );
+            break;
+        }
+    }
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
-    let store = connections
-        .idempotency_store(settings)
+    let conn = store::connect(&connections.redis_url)
         .await
         .map_err(AssembleError::Redis)?;
     Health::set(&health.redis, true);
-    let providers = Providers::from_settings(settings, &metrics)?;
-    let pipeline = Pipeline::new(
-        store.clone(),
-        providers,
-        metrics.clone(),
-        Arc::clone(&health),
-        PipelineOptions::from_settings(settings),
+    let prefix = &connections.prefix;
+    let store = IdempotencyStore::new(
+        conn.clone(),
+        prefix,
+        settings.idempotency.lease,
+        settings.idempotency.ttl,
     );
+    let client = providers::http_client(&settings.providers)?;
+    let pipeline = Pipeline::new(PipelineParts {
+        store: store.clone(),
+        providers: Providers::from_settings(settings, &metrics, client.clone()),
+        services: Services::from_settings(settings, client),
+        mandates: MandatePolicy::new(
+            MandateStore::new(conn.clone(), prefix),
+            mandate_key.public(),
+            settings.mandates.required,
+        ),
+        receipts: ReceiptChain::new(conn, prefix, receipt_key),
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        options: PipelineOptions::from_settings(settings),
+    });
     let options = WorkerOptions {
         amqp_url: connections.amqp_url.clone(),
         topology: connections.topology(settings),

@@ -25,7 +25,16 @@ pub const NO_PROVIDER: &str = "none";
 /// The `outcome` label values of `refunds_duration_seconds`.
 pub const OUTCOMES: [&str; 3] = ["succeeded", "dead_lettered", "retried"];
 /// The `step` label values of `refunds_step_duration_seconds`.
-pub const STEPS: [&str; 3] = ["claim", "provider", "record"];
+pub const STEPS: [&str; 8] = [
+    "claim",
+    "verify",
+    "mandate",
+    "provider",
+    "credit_note",
+    "notify",
+    "seal",
+    "record",
+];
 
 /// Every metric the worker exports.
 #[derive(Clone, Debug)]

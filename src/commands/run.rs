@@ -21,7 +21,13 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<(), CommandError> {
         "refund-worker run",
     )
     .await
-    .map_err(runtime)?;
+    .map_err(|e| {
+        if e.is_config() {
+            CommandError::Usage(e.to_string())
+        } else {
+            runtime(e)
+        }
+    })?;
     let shutdown = shutdown_on_signal();
     let server = tokio::spawn(metrics::serve(
         listener,

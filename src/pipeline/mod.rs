@@ -4,6 +4,7 @@
 //! [`Outcome`]. Invariant: **no provider is ever called without a held idempotency claim**,
 //! and the same idempotency key goes to the provider on every attempt of a job.
 
+mod governed;
 mod refund;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use crate::{
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
-    store::{IdempotencyStore, RefundRecord, StoreError},
+    services::Services,
+    store::{IdempotencyStore, MandatePolicy, ReceiptChain, RefundRecord, StoreError},
 };
 
 /// Everything one attempt at a job needs to know about its delivery.
@@ -77,16 +79,43 @@ impl JobFacts {
 /// The refund flow, over the idempotency store and the provider connectors.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    /// The idempotency records.
+    /// The idempotency records (and each job's steps).
     store: IdempotencyStore,
     /// The connectors.
     providers: Providers,
-    /// Step timings.
+    /// The ERP, invoicing and WhatsApp.
+    services: Services,
+    /// Spend mandates.
+    mandates: MandatePolicy,
+    /// The sealed receipt chain.
+    receipts: ReceiptChain,
+    /// Step timings, mandate denials.
     metrics: Metrics,
     /// Redis readiness, lowered while a result waits to be recorded.
     health: Arc<Health>,
     /// In-process retries and the poison limit.
     options: PipelineOptions,
+}
+
+/// Everything a pipeline is built from.
+#[derive(Debug, Clone)]
+pub struct PipelineParts {
+    /// The idempotency records.
+    pub store: IdempotencyStore,
+    /// The connectors.
+    pub providers: Providers,
+    /// The ERP, invoicing and WhatsApp.
+    pub services: Services,
+    /// Spend mandates.
+    pub mandates: MandatePolicy,
+    /// The sealed receipt chain.
+    pub receipts: ReceiptChain,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Retries and the poison limit.
+    pub options: PipelineOptions,
 }
 
 /// How the pipeline retries and when it gives up on a job that kills its workers.
@@ -133,19 +162,16 @@ impl InProcessRetry {
 
 impl Pipeline {
     /// A pipeline over these parts.
-    pub fn new(
-        store: IdempotencyStore,
-        providers: Providers,
-        metrics: Metrics,
-        health: Arc<Health>,
-        options: PipelineOptions,
-    ) -> Self {
+    pub fn new(parts: PipelineParts) -> Self {
         Self {
-            store,
-            providers,
-            metrics,
-            health,
-            options,
+            store: parts.store,
+            providers: parts.providers,
+            services: parts.services,
+            mandates: parts.mandates,
+            receipts: parts.receipts,
+            metrics: parts.metrics,
+            health: parts.health,
+            options: parts.options,
         }
     }
 
@@ -214,13 +240,7 @@ impl Pipeline {
         attempt: Attempt<'_>,
     ) -> (Outcome, Option<RefundRecord>) {
         if job.is_governed() {
-            let why = "governed refunds (jobs with order_id) need ERP verification, which this worker does not run yet";
-            let outcome = Outcome::DeadLetter {
-                class: FailureClass::Verification,
-                provider: job.provider,
-                why: why.into(),
-            };
-            return (outcome, None);
+            return governed::run(self, job, job.idempotency_key(date), attempt).await;
         }
         // A bulk job always names both (RefundJob::from_object checks it).
         let (Some(provider_name), Some(payment_id)) = (job.provider, job.payment_id.clone()) else {

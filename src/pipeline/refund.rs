@@ -13,10 +13,12 @@ use tracing::{debug, info, warn};
 
 use super::{Attempt, Pipeline};
 use crate::{
+    governance::receipt::{Receipt, ReceiptBody},
     job::{IdempotencyKey, ProviderName},
     metrics::Health,
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
+    store::StoreError,
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
@@ -85,7 +87,9 @@ pub(super) async fn run(
         Ok(ticket) => ticket,
         Err(ended) => return ended,
     };
-    if let Some(outcome) = poisoned(pipeline, provider, request, &ticket).await {
+    if let Some(outcome) =
+        poisoned(pipeline, Some(name), &request.key, &request.job_id, &ticket).await
+    {
         return (outcome, None);
     }
     (
@@ -102,8 +106,9 @@ pub(super) async fn run(
 /// reconciles with the provider before it sends anything.
 pub(super) async fn poisoned(
     pipeline: &Pipeline,
-    provider: &dyn RefundProvider,
-    request: &RefundRequest,
+    provider: Option<ProviderName>,
+    key: &IdempotencyKey,
+    job_id: &str,
     ticket: &ClaimTicket,
 ) -> Option<Outcome> {
     let limit = pipeline.options.max_takeovers;
@@ -119,22 +124,18 @@ pub(super) async fn poisoned(
             None,
         ),
     };
-    if let Err(e) = pipeline
-        .store
-        .settle(&request.key, ticket, settle, record, "")
-        .await
-    {
-        warn!(job_id = %request.job_id, key = %request.key, error = %e,
+    if let Err(e) = pipeline.store.settle(key, ticket, settle, record, "").await {
+        warn!(job_id = %job_id, key = %key, error = %e,
               "could not let go of the claim of a poison message; it expires with its lease");
     }
     Some(Outcome::DeadLetter {
         class: FailureClass::DeliveryLimit,
-        provider: Some(provider.name()),
+        provider,
         why: format!(
             "its claim on {} was taken over {} times from workers that died or hung holding it \
              (delivery limit {limit}): it crashes or hangs the worker; replay it once that is \
              fixed (the replay checks the provider before sending anything)",
-            request.key, ticket.takeovers
+            key, ticket.takeovers
         ),
     })
 }
@@ -158,7 +159,85 @@ async fn finish(
             Err(outcome) => return outcome,
         },
     };
+    // Sealed before the record says done: a crash in between leaves the job to be taken over,
+    // and the seal is idempotent per key, so the retry finds the receipt already there.
+    if let Err(outcome) = seal(pipeline, request, bulk_receipt(request, &record), attempt).await {
+        return outcome;
+    }
     complete(pipeline, request, &ticket, record, adopted, attempt).await
+}
+
+/// The receipt of a bulk refund: what was refunded, where, under which key.
+fn bulk_receipt(request: &RefundRequest, record: &RefundRecord) -> ReceiptBody {
+    let rail = match record.provider {
+        ProviderName::Stripe => "card".to_owned(),
+        ProviderName::Pix => "pix".to_owned(),
+        other => other.to_string(),
+    };
+    ReceiptBody {
+        job_id: request.job_id.clone(),
+        idempotency_key: request.key.to_string(),
+        kind: "bulk".into(),
+        provider: record.provider.to_string(),
+        payment_id: request.payment_id.to_string(),
+        refund_id: record.refund.refund_id.clone(),
+        refund_status: "succeeded".into(),
+        amount: record.refund.amount,
+        currency: request.currency.code().to_owned(),
+        rail,
+        destination: None,
+        order_id: None,
+        verification: None,
+        mandate: None,
+        credit_note: None,
+        notification: None,
+        steps: std::collections::BTreeMap::from([(
+            STEP_REFUNDED.to_owned(),
+            crate::broker::envelope::now_rfc3339(),
+        )]),
+    }
+}
+
+/// Seals the job's receipt, waiting for Redis rather than leave a refund without one.
+/// Idempotent per key: a retry finds the receipt already sealed.
+pub(super) async fn seal(
+    pipeline: &Pipeline,
+    request: &RefundRequest,
+    body: ReceiptBody,
+    attempt: Attempt<'_>,
+) -> Result<Receipt, Outcome> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match pipeline.receipts.seal(body.clone()).await {
+            Ok(receipt) => {
+                Health::set(&pipeline.health.redis, true);
+                pipeline.observe_step("seal", started);
+                return Ok(receipt);
+            }
+            Err(StoreError::Corrupt(why)) => {
+                return Err(Outcome::DeadLetter {
+                    class: FailureClass::Permanent,
+                    provider: None,
+                    why: format!(
+                        "the refund of {} was made but its receipt cannot be sealed: {why}; run `receipts verify`",
+                        request.key
+                    ),
+                });
+            }
+            Err(e) => {
+                Health::set(&pipeline.health.redis, false);
+                warn!(job_id = %request.job_id, key = %request.key, error = %e, "refund made; holding its receipt until Redis takes it");
+                tokio::select! {
+                    () = attempt.shutdown.cancelled() => {
+                        return Err(Outcome::HandBack { why: format!("stopping before the receipt of {} was sealed", request.key) });
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// A refund an earlier attempt recorded as its `refunded` step.

@@ -171,6 +171,13 @@ pub trait RefundProvider: Send + Sync + fmt::Debug {
     ) -> Result<ProviderRefund, ProviderError>;
 }
 
+/// The pooled HTTP client every connector and service shares (connections are reused).
+pub fn http_client(
+    settings: &crate::config::ProvidersSettings,
+) -> Result<reqwest::Client, reqwest::Error> {
+    http::client(settings)
+}
+
 /// The connectors this worker can use, by rail.
 #[derive(Debug, Clone, Default)]
 pub struct Providers {
@@ -181,8 +188,7 @@ pub struct Providers {
 impl Providers {
     /// Builds every connector, sharing one HTTP connection pool, each behind its guard
     /// (limits and circuit breaker from its settings).
-    pub fn from_settings(settings: &Settings, metrics: &Metrics) -> Result<Self, reqwest::Error> {
-        let client = http::client(&settings.providers)?;
+    pub fn from_settings(settings: &Settings, metrics: &Metrics, client: reqwest::Client) -> Self {
         let p = &settings.providers;
         let connectors: [Arc<dyn RefundProvider>; 5] = [
             Arc::new(stripe::Stripe::new(client.clone(), &p.stripe)),
@@ -207,7 +213,7 @@ impl Providers {
             let gauge = metrics.circuit_open.with_label_values(&[name.as_str()]);
             providers.insert(Arc::new(guard::Guarded::new(connector, limits, gauge)));
         }
-        Ok(providers)
+        providers
     }
 
     /// Adds or replaces a connector.

@@ -58,6 +58,10 @@ pub struct ReceiptChain {
     key: KeyPair,
     /// The head this process last saw, so a lone appender seals right the first time.
     last_head: Arc<Mutex<Option<(u64, String)>>>,
+    /// One seal at a time in this process: the chain has one head, so parallel appenders
+    /// from one process would only collide with each other; other processes still race
+    /// through the script's check.
+    sealing: Arc<tokio::sync::Mutex<()>>,
     /// The append script, loaded once (EVALSHA after the first call).
     append: &'static Script,
 }
@@ -96,6 +100,7 @@ impl ReceiptChain {
             },
             key,
             last_head: Arc::new(Mutex::new(None)),
+            sealing: Arc::new(tokio::sync::Mutex::new(())),
             append: append_script(),
         }
     }
@@ -113,6 +118,7 @@ impl ReceiptChain {
     /// Appends a sealed receipt for `body` at the head of the chain, or returns the receipt
     /// already sealed for `body.idempotency_key` (appending nothing).
     pub async fn seal(&self, body: ReceiptBody) -> Result<Receipt, StoreError> {
+        let _turn = self.sealing.lock().await;
         let (mut seq, mut prev) = match self.remembered_head() {
             Some(head) => head,
             None => self.head().await?.unwrap_or((0, GENESIS.to_owned())),
