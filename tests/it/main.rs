@@ -6,6 +6,7 @@ mod governed;
 mod helpers;
 mod mandates;
 mod metrics;
+mod observability;
 mod ops;
 mod pipeline;
 mod processes;
