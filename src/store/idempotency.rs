@@ -344,15 +344,26 @@ impl IdempotencyStore {
 
     /// Deletes every record of this namespace (the demo's clean-up; never used on real data).
     pub async fn delete_namespace(&self) -> Result<u64, StoreError> {
+        // Everything under `{namespace}:`, and the receipt chain's hash-tagged keys.
+        let mut deleted = 0;
+        for pattern in [
+            format!("{}:*", self.namespace),
+            format!("{{{}:receipts}}*", self.namespace),
+        ] {
+            deleted += self.delete_matching(&pattern).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(500)
                 .query_async(&mut conn)
