@@ -318,6 +318,9 @@ pub struct DemoArgs {
     /// Unique valid jobs in the sample batch (duplicates and invalid jobs are added).
     #[arg(long, default_value_t = 270, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub jobs: u32,
+    /// Governed refunds (jobs naming ERP orders) in the sample batch, plus one over its cap.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub governed: u32,
     /// Sandbox latency per provider call, in milliseconds.
     #[arg(long, default_value_t = 20)]
     pub latency_ms: u64,

@@ -3,7 +3,10 @@
 //! few flaky payments included), processes it with a progress bar, prints a summary and
 //! checks that the sandbox ledger, the successes and the unique valid jobs agree.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -16,10 +19,13 @@ use crate::{
     app::{self, Connections},
     broker::{self, OutgoingJob, Publisher},
     cli::DemoArgs,
-    job::{JobDate, format_minor},
-    outcome::Outcome,
-    sandbox::{FaultOptions, Sandbox},
-    store,
+    governance::mandate::Mandate,
+    job::{Currency, JobDate, ProviderName, Token},
+    outcome::{FailureClass, Outcome},
+    sandbox::{FaultOptions, FixtureOrder, Sandbox, generated_orders},
+    services::whatsapp::format_money,
+    signing::KeyPair,
+    store::{self, MandateStore, ReceiptChain},
     worker::{Disposition, JobReport},
 };
 
@@ -91,24 +97,68 @@ pub fn sample_batch(unique: usize, today: JobDate) -> Batch {
     }
 }
 
-/// Reais the Brazilian way: `R$ 69.989,85`.
-fn brl(centavos: u64) -> String {
-    let text = format_minor(centavos, 2);
-    let (whole, cents) = text.split_once('.').unwrap_or((&text, "00"));
-    let mut grouped = String::new();
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push('.');
-        }
-        grouped.push(digit);
+/// The demo's support agent and its mandate.
+const AGENT: &str = "support-bot";
+const MANDATE: &str = "cm_demo";
+/// The mandate's per-refund cap (R$ 1.000,00) and daily budget (R$ 100.000,00).
+const CAP: u64 = 100_000;
+const DAILY: u64 = 10_000_000;
+
+/// The governed part of the demo: jobs naming ERP orders, all within the mandate but one.
+#[derive(Debug)]
+pub struct GovernedBatch {
+    /// The ERP orders the sandbox serves.
+    pub orders: Vec<FixtureOrder>,
+    /// The jobs, one per order.
+    pub jobs: Vec<OutgoingJob>,
+    /// Jobs expected to refund.
+    pub within_mandate: usize,
+    /// Jobs over the mandate's cap, expected to be stopped.
+    pub over_cap: usize,
+}
+
+/// `n` generated orders refunded in full under the demo mandate, and one more order whose
+/// refund asks for more than the mandate's cap.
+pub fn governed_batch(n: usize, today: JobDate) -> GovernedBatch {
+    let mut orders = generated_orders(n, 11);
+    let mut big = generated_orders(1, 12).remove(0);
+    big.order_id = "900001".into();
+    big.total = 150_000;
+    big.payment.amount = 150_000;
+    orders.push(big);
+    let jobs = orders
+        .iter()
+        .map(|order| {
+            let amount = if order.order_id == "900001" {
+                120_000
+            } else {
+                order.payment.amount
+            };
+            let body = json!({
+                "order_id": order.order_id,
+                "amount": amount,
+                "agent_id": AGENT,
+                "mandate_id": MANDATE,
+                "reason": "CUSTOMER_REQUEST",
+                "description": format!("complaint about order #{}", order.order_id),
+                "date": today.to_string(),
+            });
+            OutgoingJob::new(serde_json::to_vec(&body).expect("JSON values serialize"))
+        })
+        .collect();
+    GovernedBatch {
+        orders,
+        jobs,
+        within_mandate: n,
+        over_cap: 1,
     }
-    format!("R$ {grouped},{cents}")
 }
 
 /// Tallies of the reports.
 #[derive(Debug, Default)]
 struct Tally {
     succeeded: usize,
+    governed: usize,
     deduplicated: usize,
     retried: usize,
     dead_lettered: BTreeMap<&'static str, usize>,
@@ -116,9 +166,12 @@ struct Tally {
 
 impl Tally {
     /// Counts one report; true when it is the job's final outcome.
-    fn count(&mut self, report: &JobReport) -> bool {
+    fn count(&mut self, report: &JobReport, governed: &HashSet<String>) -> bool {
         match (&report.outcome, &report.disposition) {
-            (Outcome::Refunded { .. }, Disposition::Acked) => self.succeeded += 1,
+            (Outcome::Refunded { .. }, Disposition::Acked) => {
+                self.succeeded += 1;
+                self.governed += usize::from(governed.contains(&report.job_id));
+            }
             (Outcome::Duplicate, Disposition::Acked) => self.deduplicated += 1,
             (_, Disposition::DeadLettered { class, .. }) => {
                 *self.dead_lettered.entry(class.as_str()).or_default() += 1
@@ -135,6 +188,10 @@ impl Tally {
     fn dead_lettered_total(&self) -> usize {
         self.dead_lettered.values().sum()
     }
+
+    fn class(&self, class: FailureClass) -> usize {
+        self.dead_lettered.get(class.as_str()).copied().unwrap_or(0)
+    }
 }
 
 /// Runs the demo.
@@ -150,7 +207,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
         .map_err(|e| {
             CommandError::Runtime(format!("{e} (start it with: rabbitmq-server -detached)"))
         })?;
-    store::connect(&connections.redis_url).await.map_err(|e| {
+    let redis = store::connect(&connections.redis_url).await.map_err(|e| {
         CommandError::Runtime(format!("{e} (start it with: redis-server --daemonize yes)"))
     })?;
 
@@ -169,8 +226,31 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
     let mut settings = ctx.settings.clone();
     settings.point_providers_at(&sandbox_url);
     settings.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    let today = JobDate::today();
 
-    let batch = sample_batch(args.jobs as usize, JobDate::today());
+    // The governed part: ERP orders, and the support agent's signed mandate.
+    let governed = governed_batch(args.governed as usize, today);
+    sandbox.load_orders(governed.orders.clone());
+    let mandate_key = KeyPair::from_seed(&settings.mandates.signing_key, "[mandates] signing_key")
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let mandate = Mandate::new_signed(
+        Token::parse(MANDATE).expect("a valid id"),
+        Token::parse(AGENT).expect("a valid id"),
+        CAP,
+        DAILY,
+        Currency::BRL,
+        None,
+        &mandate_key,
+    );
+    MandateStore::new(redis.clone(), &prefix)
+        .grant(&mandate)
+        .await
+        .map_err(runtime)?;
+
+    let batch = sample_batch(args.jobs as usize, today);
+    let governed_ids: HashSet<String> = governed.jobs.iter().map(|j| j.job_id.clone()).collect();
+    let mut jobs: Vec<OutgoingJob> = batch.jobs.iter().chain(&governed.jobs).cloned().collect();
+    jobs.shuffle(&mut StdRng::seed_from_u64(8));
     println!("refund-worker demo: sandbox at {sandbox_url}, queues and keys under prefix {prefix}");
 
     let publisher = Publisher::open(&connection).await.map_err(runtime)?;
@@ -179,7 +259,7 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
         .declare(publisher.channel())
         .await
         .map_err(runtime)?;
-    let results = broker::publish_jobs(&publisher, &topology, &batch.jobs, None, |_| {}).await;
+    let results = broker::publish_jobs(&publisher, &topology, &jobs, None, |_| {}).await;
     let unconfirmed = results.iter().filter(|r| r.is_err()).count();
     if unconfirmed > 0 {
         return Err(CommandError::Runtime(format!(
@@ -187,11 +267,16 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
         )));
     }
     println!(
-        "published {} jobs ({} unique valid, {} duplicates, {} invalid), all confirmed",
+        "published {} jobs, all confirmed: {} bulk refunds ({} unique valid, {} duplicates, {} invalid) and {} governed refunds of ERP orders ({} within the mandate {MANDATE}, {} over its {} cap)",
+        jobs.len(),
         batch.jobs.len(),
         batch.unique_valid,
         batch.duplicates,
-        batch.invalid
+        batch.invalid,
+        governed.jobs.len(),
+        governed.within_mandate,
+        governed.over_cap,
+        format_money(CAP, Currency::BRL),
     );
 
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
@@ -199,14 +284,14 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
         .await
         .map_err(runtime)?;
     let worker = app.worker.with_reports(reports_tx);
-    let bar = ProgressBar::new(batch.jobs.len() as u64).with_style(
+    let bar = ProgressBar::new(jobs.len() as u64).with_style(
         ProgressStyle::with_template("processing {bar:40} {pos}/{len} jobs  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let counting = tokio::spawn(async move {
         let mut tally = Tally::default();
         while let Some(report) = reports.recv().await {
-            if tally.count(&report) {
+            if tally.count(&report, &governed_ids) {
                 bar.inc(1);
             }
             bar.set_message(format!(
@@ -229,27 +314,64 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
 
     let ledger = sandbox.ledger();
     let ledger_total: u64 = ledger.iter().map(|e| e.amount).sum();
+    let notes = sandbox.credit_notes().len();
+    let messages = sandbox.messages().len();
+    let receipt_key = KeyPair::from_seed(&settings.receipts.signing_key, "[receipts] signing_key")
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let chain = ReceiptChain::new(redis.clone(), &prefix, receipt_key);
+    let receipts = chain.verify().await.map_err(runtime)?;
+    let governed_payments: HashSet<String> = governed
+        .orders
+        .iter()
+        .map(|o| o.payment.payment_id.clone())
+        .collect();
+    let (pix, card) = ledger
+        .iter()
+        .filter(|e| governed_payments.contains(&e.payment_id))
+        .fold((0, 0), |(pix, card), e| {
+            if e.provider == "pix" {
+                (pix + 1, card)
+            } else {
+                (pix, card + 1)
+            }
+        });
     let dead: Vec<String> = tally
         .dead_lettered
         .iter()
         .map(|(c, n)| format!("{c} {n}"))
         .collect();
     println!();
-    println!("  succeeded        {:>6}", tally.succeeded);
-    println!("  deduplicated     {:>6}", tally.deduplicated);
+    let retries: u64 = ProviderName::ALL
+        .iter()
+        .map(|p| app.metrics.retried.with_label_values(&[p.as_str()]).get())
+        .sum();
+    println!(
+        "  bulk             {:>6} refunded, {} deduplicated, {retries} retries (flaky payments, in-process and through the delay queues)",
+        tally.succeeded - tally.governed,
+        tally.deduplicated,
+    );
+    println!(
+        "  governed         {:>6} refunded on the order's own rail ({pix} Pix, {card} card), {notes} credit notes, {messages} WhatsApp messages",
+        tally.governed
+    );
     println!(
         "  dead-lettered    {:>6}  ({})",
         tally.dead_lettered_total(),
         dead.join(", ")
     );
     println!(
-        "  retries          {:>6}  (flaky payments, retried through the delay queues)",
-        tally.retried
+        "  receipts         {:>6}  sealed and signed; chain {}",
+        receipts.checked,
+        if receipts.problems.is_empty() {
+            "verified intact".to_owned()
+        } else {
+            format!("BROKEN: {} problem(s)", receipts.problems.len())
+        }
     );
     println!(
         "  sandbox ledger   {:>6}  refunds, {}",
         ledger.len(),
-        brl(ledger_total)
+        format_money(ledger_total, Currency::BRL)
     );
     println!("  time             {:>6.1}s", elapsed.as_secs_f64());
 
@@ -262,28 +384,39 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
     let _ = connection.close(200, "demo done".into()).await;
     stop_sandbox.cancel();
 
+    let expected = batch.unique_valid + governed.within_mandate;
     let consistent = ledger.len() == tally.succeeded
-        && tally.succeeded == batch.unique_valid
+        && tally.succeeded == expected
+        && tally.governed == governed.within_mandate
         && tally.deduplicated == batch.duplicates
-        && tally.dead_lettered_total() == batch.invalid;
+        && tally.class(FailureClass::Invalid) == batch.invalid
+        && tally.class(FailureClass::Mandate) == governed.over_cap
+        && tally.dead_lettered_total() == batch.invalid + governed.over_cap
+        && notes == governed.within_mandate
+        && messages == governed.within_mandate
+        && receipts.problems.is_empty()
+        && receipts.checked as usize == ledger.len();
     if consistent {
         println!(
-            "\nOK: ledger refunds ({}) == succeeded jobs ({}) == unique valid jobs ({}); every duplicate deduplicated, every invalid job dead-lettered",
+            "\nOK: ledger refunds ({}) == succeeded jobs ({}) == unique valid jobs ({expected}); every duplicate deduplicated, every invalid job dead-lettered, the over-cap refund stopped by its mandate, one credit note, one message and one verified receipt per governed refund",
             ledger.len(),
             tally.succeeded,
-            batch.unique_valid
         );
         Ok(())
     } else {
         Err(CommandError::Runtime(format!(
-            "MISMATCH: ledger refunds {}, succeeded {}, unique valid {}, deduplicated {} of {}, dead-lettered {} of {}",
+            "MISMATCH: ledger {}, succeeded {} (governed {}), expected {expected}; deduplicated {} of {}; invalid {} of {}; mandate {} of {}; credit notes {notes}, messages {messages}; receipts {} ({} problems)",
             ledger.len(),
             tally.succeeded,
-            batch.unique_valid,
+            tally.governed,
             tally.deduplicated,
             batch.duplicates,
-            tally.dead_lettered_total(),
-            batch.invalid
+            tally.class(FailureClass::Invalid),
+            batch.invalid,
+            tally.class(FailureClass::Mandate),
+            governed.over_cap,
+            receipts.checked,
+            receipts.problems.len()
         )))
     }
 }
@@ -292,14 +425,6 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
 mod tests {
     use super::*;
     use crate::job::RefundJob;
-
-    #[test]
-    fn reais_are_grouped_the_brazilian_way() {
-        assert_eq!(brl(1), "R$ 0,01");
-        assert_eq!(brl(18600), "R$ 186,00");
-        assert_eq!(brl(6_998_985), "R$ 69.989,85");
-        assert_eq!(brl(100_000_000_000), "R$ 1.000.000.000,00");
-    }
 
     #[test]
     fn sample_batch_has_what_the_summary_promises() {

@@ -26,9 +26,9 @@ pub const TEMPLATES: &[&str] = &["refund_done"];
 
 /// Money the Brazilian way, by integer formatting: `R$ 1.234,56`; other currencies carry
 /// their code (`USD 186,00`, `JPY 1.000`).
-pub fn format_money(amount: Amount, currency: Currency) -> String {
+pub fn format_money(minor: u64, currency: Currency) -> String {
     let exponent = currency.exponent();
-    let plain = format_minor(amount.minor(), exponent);
+    let plain = format_minor(minor, exponent);
     let (whole, fraction) = plain.split_once('.').unwrap_or((&plain, ""));
     let mut grouped = String::new();
     for (i, digit) in whole.chars().enumerate() {
@@ -82,7 +82,7 @@ pub fn render(
             };
             Ok(format!(
                 "{greeting} O reembolso de {} do seu pedido {order_id} foi concluído {}. Qualquer dúvida, é só responder esta mensagem.",
-                format_money(amount, currency),
+                format_money(amount.minor(), currency),
                 rail_words(rail)
             ))
         }
@@ -312,7 +312,7 @@ mod tests {
     use super::*;
 
     fn brl(minor: u64) -> String {
-        format_money(Amount::new(minor).unwrap(), Currency::BRL)
+        format_money(minor, Currency::BRL)
     }
 
     #[test]
@@ -325,9 +325,10 @@ mod tests {
         assert_eq!(brl(100_000_000), "R$ 1.000.000,00");
         assert_eq!(brl(1_000_000_000_000), "R$ 10.000.000.000,00");
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(format_money(Amount::new(1000).unwrap(), jpy), "JPY 1.000");
+        assert_eq!(format_money(1000, jpy), "JPY 1.000");
+        assert_eq!(format_money(0, Currency::BRL), "R$ 0,00");
         let usd = Currency::parse("USD").unwrap();
-        assert_eq!(format_money(Amount::new(18600).unwrap(), usd), "USD 186,00");
+        assert_eq!(format_money(18600, usd), "USD 186,00");
     }
 
     #[test]

@@ -205,7 +205,15 @@ async fn publish_refuses_a_file_with_bad_rows_and_names_each_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_whole_loop_and_checks_the_ledger() {
     let output = Command::new(binary())
-        .args(["demo", "--jobs", "40", "--latency-ms", "1"])
+        .args([
+            "demo",
+            "--jobs",
+            "40",
+            "--governed",
+            "5",
+            "--latency-ms",
+            "1",
+        ])
         .env("AMQP_URL", crate::helpers::AMQP_URL)
         .env("REDIS_URL", crate::helpers::REDIS_URL)
         .output()
@@ -218,7 +226,7 @@ async fn demo_runs_the_whole_loop_and_checks_the_ledger() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("OK: ledger refunds (40) == succeeded jobs (40) == unique valid jobs (40)"),
+        stdout.contains("OK: ledger refunds (45) == succeeded jobs (45) == unique valid jobs (45)"),
         "{stdout}"
     );
 }
