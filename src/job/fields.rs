@@ -12,6 +12,17 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
 }
 
+/// Checks an identifier: 1 to `max` characters of `[A-Za-z0-9_.:-]`.
+fn id_text(s: &str, max: usize) -> Result<String, String> {
+    if s.is_empty() || s.len() > max || !s.chars().all(is_token_char) {
+        return Err(format!(
+            "must be 1-{max} characters of [A-Za-z0-9_.:-], got {:?}",
+            truncate(s, 40)
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// An identifier: 1–128 characters of `[A-Za-z0-9_.:-]` (payment, order, agent, mandate ids).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(String);
@@ -22,14 +33,7 @@ impl Token {
 
     /// Validates an identifier.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(is_token_char) {
-            return Err(format!(
-                "must be 1-{} characters of [A-Za-z0-9_.:-], got {:?}",
-                Self::MAX_LEN,
-                truncate(s, 40)
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        id_text(s, Self::MAX_LEN).map(Self)
     }
 
     /// The identifier text.
@@ -69,14 +73,7 @@ impl IdempotencyKey {
 
     /// Validates an explicit key from a job.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(is_token_char) {
-            return Err(format!(
-                "must be 1-{} characters of [A-Za-z0-9_.:-], got {:?}",
-                Self::MAX_LEN,
-                truncate(s, 40)
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        id_text(s, Self::MAX_LEN).map(Self)
     }
 
     /// A key built from validated parts (tokens and a date), which is valid by construction.

@@ -310,7 +310,7 @@ impl Governed<'_> {
                     .unverified(format!("the ERP refused to look order {id} up: {why}"))
                     .await);
             }
-            Err(other) => return Err(self.retry_before_refund(other).await),
+            Err(other) => return Err(self.retry_later(other).await),
         };
         if !order.settled {
             return Err(self
@@ -438,7 +438,7 @@ impl Governed<'_> {
                     refund.refund.refund_id
                 ))
                 .await),
-            Err(other) => Err(self.retry_after_refund(other).await),
+            Err(other) => Err(self.retry_later(other).await),
         }
     }
 
@@ -497,7 +497,7 @@ impl Governed<'_> {
                                 )
                             })
                             .await?;
-                            return Err(self.retry_after_refund(error).await);
+                            return Err(self.retry_later(error).await);
                         }
                         Err(ProviderError::Unknown { why }) => {
                             json!({ "channel": "whatsapp", "status": "unknown", "why": why })
@@ -649,21 +649,9 @@ impl Governed<'_> {
         }
     }
 
-    /// A service failed transiently before the refund: let go of the claim, try later.
-    async fn retry_before_refund(&self, error: ProviderError) -> Outcome {
-        self.settle(
-            Settle::Released {
-                uncertain: self.ticket.uncertain,
-            },
-            &error.to_string(),
-        )
-        .await;
-        retry_for(self.job.provider, error)
-    }
-
-    /// A service failed transiently after the refund: the steps stay, the job comes back to
-    /// the first unfinished one.
-    async fn retry_after_refund(&self, error: ProviderError) -> Outcome {
+    /// A service failed transiently: let go of the claim, keeping the steps already recorded,
+    /// and try later (the job comes back to its first unfinished step).
+    async fn retry_later(&self, error: ProviderError) -> Outcome {
         self.settle(
             Settle::Released {
                 uncertain: self.ticket.uncertain,

@@ -55,6 +55,33 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Sends a read-only request and reads its JSON answer. A look-up changes nothing, so every
+/// failure of it is transient (never an unknown outcome); a non-2xx answer is classified by
+/// the provider's own `classify`.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    request: reqwest::RequestBuilder,
+    classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+) -> Result<T, ProviderError> {
+    let failed = |e: reqwest::Error| ProviderError::transient(format!("{what} failed: {e}"));
+    let response = request.send().await.map_err(failed)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(failed)?;
+    if !status.is_success() {
+        return Err(match classify(status.as_u16(), &headers, &body) {
+            ProviderError::Unknown { why } => ProviderError::transient(why),
+            other => other,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ProviderError::transient(format!(
+            "{what}: unreadable answer ({e}): {}",
+            snippet(&body)
+        ))
+    })
+}
+
 /// The start of a response body, for an error message.
 pub(crate) fn snippet(body: &[u8]) -> String {
     crate::job::truncate(&String::from_utf8_lossy(body), 200)

@@ -77,32 +77,16 @@ impl Asaas {
     /// Reads a payment with its refunds. Reading changes nothing, so every failure is
     /// transient, except the answers no retry fixes (401, 403, 404).
     async fn read_payment(&self, request: &RefundRequest) -> Result<wire::Payment, ProviderError> {
-        let response = self
+        let lookup = self
             .client
             .get(self.payment_url(&request.payment_id)?)
-            .header("access_token", self.access_token()?)
-            .send()
-            .await
-            .map_err(|e| ProviderError::transient(format!("asaas: payment lookup failed: {e}")))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transient(format!("asaas: payment lookup failed: {e}")))?;
-        if !status.is_success() {
-            return Err(match wire::classify(status.as_u16(), &headers, &body) {
-                ProviderError::Unknown { why } => ProviderError::transient(why),
-                other => other,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::transient(format!(
-                "asaas: unreadable payment {} ({e}): {}",
-                request.payment_id,
-                http::snippet(&body)
-            ))
-        })
+            .header("access_token", self.access_token()?);
+        http::read_json(
+            &format!("asaas: payment {} lookup", request.payment_id),
+            lookup,
+            wire::classify,
+        )
+        .await
     }
 }
 

@@ -43,31 +43,11 @@ impl MercadoPago {
     /// Sends a read-only request; a failure to read is transient because reading changes
     /// nothing (a refused read stays what it is: a 404 or a 401 is permanent).
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ProviderError> {
-        let response = self
+        let request = self
             .client
             .get(format!("{}{path}", self.base_url))
-            .bearer_auth(self.api_key.expose())
-            .send()
-            .await
-            .map_err(|e| ProviderError::transient(format!("mercadopago: lookup failed: {e}")))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transient(format!("mercadopago: lookup failed: {e}")))?;
-        if !status.is_success() {
-            return Err(match wire::classify(status.as_u16(), &headers, &body) {
-                ProviderError::Unknown { why } => ProviderError::transient(why),
-                other => other,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::transient(format!(
-                "mercadopago: unreadable lookup answer: {e}: {}",
-                http::snippet(&body)
-            ))
-        })
+            .bearer_auth(self.api_key.expose());
+        http::read_json("mercadopago: lookup", request, wire::classify).await
     }
 
     /// Every refund of the payment (`GET /v1/payments/{id}/refunds` answers one array).

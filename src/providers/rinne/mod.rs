@@ -89,35 +89,12 @@ impl Rinne {
         &self,
         request: &RefundRequest,
     ) -> Result<wire::Transaction, ProviderError> {
-        let lookup_failed = |e: reqwest::Error| {
-            ProviderError::transient(format!(
-                "rinne: transaction lookup failed: {}",
-                crate::diagnostics::root_cause(&e)
-            ))
-        };
-        let response = self
+        let lookup = self
             .client
             .get(self.transaction_url(request)?)
             .header("x-api-key", self.api_key.expose())
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(lookup_failed)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(lookup_failed)?;
-        if !status.is_success() {
-            return Err(match wire::classify(status.as_u16(), &headers, &body) {
-                ProviderError::Unknown { why } => ProviderError::transient(why),
-                other => other,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::transient(format!(
-                "rinne: unreadable transaction ({e}): {}",
-                http::snippet(&body)
-            ))
-        })
+            .header("accept", "application/json");
+        http::read_json("rinne: transaction lookup", lookup, wire::classify).await
     }
 }
 

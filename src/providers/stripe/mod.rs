@@ -45,32 +45,12 @@ impl Stripe {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, ProviderError> {
-        let response = self
+        let request = self
             .client
             .get(format!("{}{path}", self.base_url))
             .bearer_auth(self.api_key.expose())
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| ProviderError::transient(format!("stripe: lookup failed: {e}")))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transient(format!("stripe: lookup failed: {e}")))?;
-        if !status.is_success() {
-            return Err(match wire::classify(status.as_u16(), &headers, &body) {
-                ProviderError::Unknown { why } => ProviderError::transient(why),
-                other => other,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::transient(format!(
-                "stripe: unreadable lookup answer: {e}: {}",
-                http::snippet(&body)
-            ))
-        })
+            .query(query);
+        http::read_json("stripe: lookup", request, wire::classify).await
     }
 }
 
