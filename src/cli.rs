@@ -71,6 +71,8 @@ pub enum Command {
     Mandate(MandateArgs),
     /// Check and export the sealed receipt chain.
     Receipts(ReceiptsArgs),
+    /// Measure throughput against the sandbox, and the bare broker ceiling in the same run.
+    Bench(BenchArgs),
 }
 
 /// `mandate`.
@@ -310,6 +312,34 @@ pub struct SandboxArgs {
     /// ERP orders to serve, as JSON Lines (SPEC §9); their payments are seeded too.
     #[arg(long, value_name = "FILE")]
     pub fixtures: Option<std::path::PathBuf>,
+}
+
+/// `bench` (SPEC §10).
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Jobs to publish and refund (all distinct, all valid).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub jobs: u32,
+    /// Sandbox latency per provider call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub provider_latency_ms: u64,
+    /// Jobs processed at once (the worker's `concurrency`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Unacknowledged deliveries the broker may hand the worker (default: twice the
+    /// concurrency, at least 64).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+    /// Publish at this many jobs per second while the worker runs, instead of all up front
+    /// (measures latency below saturation).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Skip the bare consume-and-ack ceiling.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `demo`.

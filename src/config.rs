@@ -170,7 +170,8 @@ impl ProvidersSettings {
         }
     }
 
-    fn get_mut(&mut self, provider: ProviderName) -> &mut ProviderSettings {
+    /// One provider's settings, to change.
+    pub fn get_mut(&mut self, provider: ProviderName) -> &mut ProviderSettings {
         match provider {
             ProviderName::Stripe => &mut self.stripe,
             ProviderName::Mercadopago => &mut self.mercadopago,

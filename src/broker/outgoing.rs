@@ -52,9 +52,27 @@ pub async fn publish_jobs(
     topology: &Topology,
     jobs: &[OutgoingJob],
     reply_to: Option<&str>,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Vec<Result<(), BrokerError>> {
     let exchange = topology.jobs_exchange();
+    publish_jobs_to(
+        publisher,
+        (&exchange, ROUTING_KEY),
+        jobs,
+        reply_to,
+        progress,
+    )
+    .await
+}
+
+/// [`publish_jobs`] to any exchange and routing key (the benchmark's bare queue).
+pub async fn publish_jobs_to(
+    publisher: &Publisher,
+    (exchange, routing_key): (&str, &str),
+    jobs: &[OutgoingJob],
+    reply_to: Option<&str>,
+    mut progress: impl FnMut(u64),
+) -> Vec<Result<(), BrokerError>> {
     let mut results = Vec::with_capacity(jobs.len());
     for batch in jobs.chunks(BATCH) {
         let mut pending = Vec::with_capacity(batch.len());
@@ -62,8 +80,8 @@ pub async fn publish_jobs(
             pending.push(
                 publisher
                     .send(
-                        &exchange,
-                        ROUTING_KEY,
+                        exchange,
+                        routing_key,
                         &job.body,
                         job_properties(&job.job_id, reply_to),
                     )

@@ -237,7 +237,8 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+/// Queue arguments of a quorum queue, plus `extra`.
+pub fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(ShortString::from("x-queue-type"), text("quorum"));
     for (key, value) in extra {

@@ -14,9 +14,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{CommandError, Context, runtime};
+use super::{CommandError, Context, runtime, scratch_world};
 use crate::{
-    app::{self, Connections},
+    app,
     broker::{self, OutgoingJob, Publisher},
     cli::DemoArgs,
     governance::mandate::Mandate,
@@ -25,7 +25,7 @@ use crate::{
     sandbox::{FaultOptions, FixtureOrder, Sandbox, generated_orders},
     services::whatsapp::format_money,
     signing::KeyPair,
-    store::{self, MandateStore, ReceiptChain},
+    store::{MandateStore, ReceiptChain},
     worker::{Disposition, JobReport},
 };
 
@@ -196,20 +196,8 @@ impl Tally {
 
 /// Runs the demo.
 pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
-    let prefix = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let connections = Connections {
-        prefix: prefix.clone(),
-        ..ctx.connections.clone()
-    };
-    // Fail in one line, with the fix, when the infrastructure is not there.
-    let connection = broker::connect(&connections.amqp_url, "refund-worker demo")
-        .await
-        .map_err(|e| {
-            CommandError::Runtime(format!("{e} (start it with: rabbitmq-server -detached)"))
-        })?;
-    let redis = store::connect(&connections.redis_url).await.map_err(|e| {
-        CommandError::Runtime(format!("{e} (start it with: redis-server --daemonize yes)"))
-    })?;
+    let (connections, connection, redis) = scratch_world(ctx, "demo").await?;
+    let prefix = connections.prefix.clone();
 
     let sandbox = Sandbox::new(FaultOptions {
         latency: Duration::from_millis(args.latency_ms),

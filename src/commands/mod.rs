@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns a [`CommandError`] that `main` prints as one line and
 //! maps to an exit code (1 runtime failure, 2 bad usage or configuration).
 
+pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod mandate;
@@ -46,6 +47,38 @@ impl CommandError {
 /// Wraps any displayable error as a runtime failure.
 pub fn runtime(error: impl std::fmt::Display) -> CommandError {
     CommandError::Runtime(error.to_string())
+}
+
+/// A throwaway world for a self-contained run (demo, bench): a fresh `{kind}-xxxxxxxx` prefix,
+/// and RabbitMQ and Redis connected, or one line saying which is missing and how to start it.
+pub async fn scratch_world(
+    ctx: &Context,
+    kind: &str,
+) -> Result<
+    (
+        Connections,
+        lapin::Connection,
+        redis::aio::ConnectionManager,
+    ),
+    CommandError,
+> {
+    let prefix = format!("{kind}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let connections = Connections {
+        prefix,
+        ..ctx.connections.clone()
+    };
+    let name = format!("refund-worker {kind}");
+    let connection = crate::broker::connect(&connections.amqp_url, &name)
+        .await
+        .map_err(|e| {
+            CommandError::Runtime(format!("{e} (start it with: rabbitmq-server -detached)"))
+        })?;
+    let redis = crate::store::connect(&connections.redis_url)
+        .await
+        .map_err(|e| {
+            CommandError::Runtime(format!("{e} (start it with: redis-server --daemonize yes)"))
+        })?;
+    Ok((connections, connection, redis))
 }
 
 /// A token cancelled on SIGTERM or SIGINT.

@@ -69,6 +69,9 @@ pub struct JobReport {
     pub outcome: Outcome,
     /// What happened to the message.
     pub disposition: Disposition,
+    /// From the delivery's arrival in the worker (waiting for a concurrency permit included)
+    /// to its disposition.
+    pub elapsed: Duration,
 }
 
 /// Why a run ended without error.
@@ -409,6 +412,7 @@ struct Job {
 impl Job {
     /// Processes one delivery to its disposition.
     async fn run(self, delivery: Delivery) {
+        let arrived = Instant::now();
         let shared = &self.shared;
         let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {
             return;
@@ -425,10 +429,12 @@ impl Job {
         // Every log line about this job carries its id, and its idempotency key once known.
         let span =
             tracing::info_span!("job", job_id = %envelope.job_id, key = tracing::field::Empty);
-        self.handle(delivery, envelope).instrument(span).await;
+        self.handle(delivery, envelope, arrived)
+            .instrument(span)
+            .await;
     }
 
-    async fn handle(self, delivery: Delivery, envelope: Envelope) {
+    async fn handle(self, delivery: Delivery, envelope: Envelope, arrived: Instant) {
         let shared = &self.shared;
         let started = Instant::now();
         shared.metrics.in_flight.inc();
@@ -496,6 +502,7 @@ impl Job {
                 job_id: envelope.job_id.clone(),
                 outcome: processed.outcome,
                 disposition,
+                elapsed: arrived.elapsed(),
             });
         }
     }
