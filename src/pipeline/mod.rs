@@ -65,7 +65,8 @@ pub struct JobFacts {
 }
 
 impl JobFacts {
-    fn of(job: &RefundJob) -> Self {
+    /// The facts of `job`.
+    pub fn of(job: &RefundJob) -> Self {
         Self {
             payment_id: job.payment_id.as_ref().map(|p| p.to_string()),
             order_id: job.order_id.as_ref().map(|o| o.to_string()),
