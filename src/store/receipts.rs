@@ -11,11 +11,17 @@
 //! keys never expire: a receipt is a record for auditors, kept as long as Redis keeps data
 //! (run it with AOF persistence, and export the chain to cold storage).
 //!
-//! Appending is optimistic: seal after the head last seen, then append only if the head is
-//! still that one (checked and moved inside one Lua script), else seal again after the new
-//! head. Sealing is exactly once per idempotency key: the script answers with the receipt
-//! already sealed for the key and appends nothing, so a retried job or a repeated call whose
-//! reply was lost never adds a second receipt. This store never edits or deletes a receipt.
+//! Appending is optimistic and grouped: seals wait in a queue; whoever gets the turn seals
+//! everything waiting (up to [`MAX_BATCH`]) as consecutive receipts after the head last seen,
+//! and appends them in one script call, all or none, only if the head is still that one
+//! (checked and moved inside the script), else seals them again after the new head. One
+//! round trip then carries many receipts, so the chain's single head does not limit
+//! throughput to one Redis round trip per refund. Sealing is exactly once per idempotency
+//! key: the script answers with the receipt already sealed for a key and appends nothing, so
+//! a retried job or a repeated call whose reply was lost never adds a second receipt; keys
+//! repeated within one group are sealed once. A caller whose turn-holder was cancelled
+//! mid-append queues again (the script makes the repeat harmless). This store never edits or
+//! deletes a receipt.
 
 use std::{
     sync::{Arc, Mutex},
@@ -23,6 +29,7 @@ use std::{
 };
 
 use redis::{Script, aio::ConnectionManager};
+use tokio::sync::oneshot;
 
 use super::{StoreError, redis_call};
 use crate::{
@@ -32,6 +39,8 @@ use crate::{
 
 /// Receipts read per round trip.
 const BATCH: u64 = 500;
+/// Receipts appended per script call.
+pub const MAX_BATCH: usize = 128;
 /// Appends lost to other workers before sealing gives up (each loss means another receipt
 /// went in, so this bounds a pathological storm, not normal contention).
 const MAX_ATTEMPTS: u32 = 1_000;
@@ -58,17 +67,40 @@ pub struct ReceiptChain {
     key: KeyPair,
     /// The head this process last saw, so a lone appender seals right the first time.
     last_head: Arc<Mutex<Option<(u64, String)>>>,
-    /// One seal at a time in this process: the chain has one head, so parallel appenders
-    /// from one process would only collide with each other; other processes still race
-    /// through the script's check.
+    /// Seals waiting for a turn.
+    queue: Arc<Mutex<Vec<Waiting>>>,
+    /// One appender at a time in this process: the chain has one head, so parallel
+    /// appenders from one process would only collide with each other; other processes still
+    /// race through the script's check.
     sealing: Arc<tokio::sync::Mutex<()>>,
     /// The append script, loaded once (EVALSHA after the first call).
     append: &'static Script,
 }
 
+/// A seal waiting in the queue.
+struct Waiting {
+    body: ReceiptBody,
+    reply: oneshot::Sender<Result<Receipt, StoreError>>,
+}
+
+/// The seals of one idempotency key within a group: one receipt answers them all.
+struct Group {
+    body: ReceiptBody,
+    replies: Vec<oneshot::Sender<Result<Receipt, StoreError>>>,
+}
+
+impl Group {
+    fn answer(self, result: &Result<Receipt, StoreError>) {
+        for reply in self.replies {
+            // A caller that went away no longer needs its answer.
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
 fn append_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lua/receipt_append.lua")))
+    SCRIPT.get_or_init(|| Script::new(include_str!("lua/receipt_append_batch.lua")))
 }
 
 impl std::fmt::Debug for ReceiptChain {
@@ -83,7 +115,8 @@ impl std::fmt::Debug for ReceiptChain {
 /// What the script answered.
 enum Appended {
     Done,
-    Exists(String),
+    /// (index in the group, stored text) of receipts already sealed for their keys.
+    Exists(Vec<(usize, String)>),
     Moved(u64, String),
 }
 
@@ -100,6 +133,7 @@ impl ReceiptChain {
             },
             key,
             last_head: Arc::new(Mutex::new(None)),
+            queue: Arc::new(Mutex::new(Vec::new())),
             sealing: Arc::new(tokio::sync::Mutex::new(())),
             append: append_script(),
         }
@@ -118,30 +152,111 @@ impl ReceiptChain {
     /// Appends a sealed receipt for `body` at the head of the chain, or returns the receipt
     /// already sealed for `body.idempotency_key` (appending nothing).
     pub async fn seal(&self, body: ReceiptBody) -> Result<Receipt, StoreError> {
-        let _turn = self.sealing.lock().await;
+        loop {
+            let (reply, mut answer) = oneshot::channel();
+            self.waiting().push(Waiting {
+                body: body.clone(),
+                reply,
+            });
+            loop {
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    // The turn-holder that took it was cancelled: queue it again.
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                let _turn = self.sealing.lock().await;
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                let batch: Vec<Waiting> = {
+                    let mut queue = self.waiting();
+                    let n = queue.len().min(MAX_BATCH);
+                    queue.drain(..n).collect()
+                };
+                self.seal_group(batch).await;
+            }
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        // A poisoned lock only means another task panicked while pushing or draining.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals `batch` (one receipt per distinct key) and answers every waiter.
+    async fn seal_group(&self, batch: Vec<Waiting>) {
+        let mut groups: Vec<Group> = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            match groups
+                .iter_mut()
+                .find(|g| g.body.idempotency_key == waiting.body.idempotency_key)
+            {
+                Some(group) => group.replies.push(waiting.reply),
+                None => groups.push(Group {
+                    body: waiting.body,
+                    replies: vec![waiting.reply],
+                }),
+            }
+        }
+        if let Err(error) = self.append_groups(&mut groups).await {
+            let error = Err(error);
+            for group in groups {
+                group.answer(&error);
+            }
+        }
+    }
+
+    /// Appends `groups`, answering (and removing) each as its receipt is known.
+    async fn append_groups(&self, groups: &mut Vec<Group>) -> Result<(), StoreError> {
         let (mut seq, mut prev) = match self.remembered_head() {
             Some(head) => head,
             None => self.head().await?.unwrap_or((0, GENESIS.to_owned())),
         };
-        for attempt in 0..MAX_ATTEMPTS {
-            let receipt = Receipt::seal(seq + 1, prev, body.clone(), &self.key);
-            match self.append(&receipt).await? {
+        let mut attempt = 0;
+        while !groups.is_empty() {
+            if attempt == MAX_ATTEMPTS {
+                return Err(StoreError::Unavailable(format!(
+                    "could not append to the receipt chain after {MAX_ATTEMPTS} attempts (too many appenders at once)"
+                )));
+            }
+            attempt += 1;
+            let mut receipts = Vec::with_capacity(groups.len());
+            let mut after = prev.clone();
+            for (i, group) in groups.iter().enumerate() {
+                let receipt =
+                    Receipt::seal(seq + 1 + i as u64, after, group.body.clone(), &self.key);
+                after = receipt.hash.clone();
+                receipts.push(receipt);
+            }
+            match self.append(&receipts).await? {
                 Appended::Done => {
-                    self.remember_head(receipt.seq, &receipt.hash);
-                    return Ok(receipt);
+                    if let Some(last) = receipts.last() {
+                        self.remember_head(last.seq, &last.hash);
+                    }
+                    for (group, receipt) in groups.drain(..).zip(receipts) {
+                        group.answer(&Ok(receipt));
+                    }
                 }
-                Appended::Exists(text) => {
-                    return Receipt::parse(&text).map_err(|e| {
-                        StoreError::Corrupt(format!(
-                            "the receipt sealed for {:?} does not read: {e}; run `receipts verify`",
-                            body.idempotency_key
-                        ))
-                    });
+                Appended::Exists(found) => {
+                    // Answer those with the receipt already sealed; seal the rest again.
+                    for (index, text) in found.into_iter().rev() {
+                        let group = groups.remove(index);
+                        let sealed = Receipt::parse(&text).map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "the receipt sealed for {:?} does not read: {e}; run `receipts verify`",
+                                group.body.idempotency_key
+                            ))
+                        });
+                        group.answer(&sealed);
+                    }
                 }
                 Appended::Moved(head_seq, head_hash) => {
                     self.remember_head(head_seq, &head_hash);
                     (seq, prev) = (head_seq, head_hash);
-                    if attempt >= 2 {
+                    if attempt >= 3 {
                         // Many appenders at once: spread them out instead of all retrying
                         // into the next collision.
                         let ms = rand::random_range(0..=u64::from(attempt.min(20)));
@@ -150,36 +265,60 @@ impl ReceiptChain {
                 }
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "could not append to the receipt chain after {MAX_ATTEMPTS} attempts (too many appenders at once)"
-        )))
+        Ok(())
     }
 
-    async fn append(&self, receipt: &Receipt) -> Result<Appended, StoreError> {
-        let text = receipt.to_text();
+    /// Runs the append script for consecutive `receipts`.
+    async fn append(&self, receipts: &[Receipt]) -> Result<Appended, StoreError> {
+        let Some(first) = receipts.first() else {
+            return Ok(Appended::Done);
+        };
+        let texts: Vec<String> = receipts.iter().map(Receipt::to_text).collect();
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.append.key(&self.keys.chain);
             call.key(&self.keys.head)
                 .key(&self.keys.index)
-                .arg(receipt.seq)
-                .arg(&receipt.prev_hash)
-                .arg(&receipt.hash)
-                .arg(&receipt.body.idempotency_key)
-                .arg(&text)
-                .arg(GENESIS);
+                .arg(GENESIS)
+                .arg(&first.prev_hash);
+            for (receipt, text) in receipts.iter().zip(&texts) {
+                call.arg(receipt.seq)
+                    .arg(&receipt.body.idempotency_key)
+                    .arg(&receipt.hash)
+                    .arg(text);
+            }
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
         match field(0) {
             "appended" => Ok(Appended::Done),
-            "exists" if !field(2).is_empty() => Ok(Appended::Exists(field(2).to_owned())),
-            "exists" => Err(StoreError::Corrupt(format!(
-                "receipt {} sealed for {:?} is missing from the chain; run `receipts verify`",
-                field(1),
-                receipt.body.idempotency_key
-            ))),
+            "exists" => {
+                let mut found = Vec::new();
+                for triple in reply[1..].chunks(3) {
+                    let [index, seq, text] = triple else {
+                        return Err(StoreError::Corrupt(format!(
+                            "receipt append script answered {reply:?}"
+                        )));
+                    };
+                    let index = index
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| i.checked_sub(1))
+                        .filter(|i| *i < receipts.len())
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("receipt append script answered {reply:?}"))
+                        })?;
+                    if text.is_empty() {
+                        return Err(StoreError::Corrupt(format!(
+                            "receipt {seq} sealed for {:?} is missing from the chain; run `receipts verify`",
+                            receipts[index].body.idempotency_key
+                        )));
+                    }
+                    found.push((index, text.clone()));
+                }
+                Ok(Appended::Exists(found))
+            }
             "moved" => {
                 let seq = field(1).parse().map_err(|_| {
                     StoreError::Corrupt(format!("receipt chain head seq {:?}", field(1)))
@@ -498,6 +637,82 @@ fn canonical_position(field: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body(n: u64) -> ReceiptBody {
+        ReceiptBody {
+            job_id: format!("job-{n}"),
+            idempotency_key: format!("pi_{n}:2026-01-02"),
+            kind: "bulk".into(),
+            provider: "stripe".into(),
+            payment_id: format!("pi_{n}"),
+            refund_id: format!("re_{n}"),
+            refund_status: "succeeded".into(),
+            amount: 100 + n,
+            currency: "BRL".into(),
+            rail: "card".into(),
+            destination: None,
+            order_id: None,
+            verification: None,
+            mandate: None,
+            credit_note: None,
+            notification: None,
+            steps: Default::default(),
+        }
+    }
+
+    /// A turn-holder cancelled after taking the queue, before or after its append reached
+    /// Redis: its waiters queue again and each key is sealed exactly once. Needs the Redis of
+    /// the integration tests (127.0.0.1:6379).
+    #[tokio::test]
+    async fn waiters_of_a_cancelled_turn_queue_again_and_are_sealed_once() {
+        let conn = super::super::connect("redis://127.0.0.1:6379/")
+            .await
+            .expect("Redis must be running on 127.0.0.1:6379 (see README)");
+        let namespace = format!("unit-{}", uuid::Uuid::new_v4().simple());
+        let key =
+            KeyPair::from_seed(&crate::config::Secret::new("22".repeat(32)), "test key").unwrap();
+        let chain = ReceiptChain::new(conn, &namespace, key);
+        for appended_before_cancel in [false, true] {
+            let base = if appended_before_cancel { 10 } else { 0 };
+            let turn = chain.sealing.clone().lock_owned().await;
+            let tasks: Vec<_> = (0..5)
+                .map(|i| {
+                    let chain = chain.clone();
+                    tokio::spawn(async move { chain.seal(body(base + i)).await })
+                })
+                .collect();
+            while chain.waiting().len() < 5 {
+                tokio::task::yield_now().await;
+            }
+            // The cancelled turn-holder: took everything waiting, maybe appended it, never
+            // answered.
+            let taken: Vec<Waiting> = chain.waiting().drain(..).collect();
+            if appended_before_cancel {
+                let mut unanswered: Vec<Group> = taken
+                    .iter()
+                    .map(|w| Group {
+                        body: w.body.clone(),
+                        replies: Vec::new(),
+                    })
+                    .collect();
+                chain.append_groups(&mut unanswered).await.unwrap();
+            }
+            drop(taken);
+            drop(turn);
+            for (i, task) in tasks.into_iter().enumerate() {
+                let receipt = tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .expect("a waiter of the cancelled turn was never sealed")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(receipt.body.job_id, body(base + i as u64).job_id);
+            }
+        }
+        let stored = chain.stored().await.unwrap();
+        assert_eq!(stored.len(), 10, "each of the 10 keys sealed once");
+        assert!(chain.verify().await.unwrap().is_intact());
+        chain.delete_all().await.unwrap();
+    }
 
     #[test]
     fn positions_have_one_spelling() {

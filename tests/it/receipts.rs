@@ -188,6 +188,82 @@ async fn sealing_twice_for_one_key_appends_once() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_concurrent_and_cancelled_seals_seal_each_key_once() {
+    let env = TestEnv::start("receipts-grouped").await;
+    // Three processes' chains; within each, many jobs seal at once and are grouped.
+    let chains = [chain(&env).await, chain(&env).await, chain(&env).await];
+    let mut tasks = Vec::new();
+    let mut cancelled = Vec::new();
+    for (p, chain) in chains.iter().enumerate() {
+        for i in 0..150u64 {
+            // Keys 0..49 are sealed by every process (redelivered copies racing); the others
+            // by one process only.
+            let n = if i < 50 {
+                i
+            } else {
+                1_000 * (p as u64 + 1) + i
+            };
+            let chain = chain.clone();
+            let task = tokio::spawn(async move { (n, chain.seal(body(n)).await.unwrap()) });
+            if i % 17 == 5 {
+                cancelled.push((n, task));
+            } else {
+                tasks.push(task);
+            }
+        }
+    }
+    // Cancel some seals mid-flight: the turn-holder among them may be cut off mid-append.
+    tokio::task::yield_now().await;
+    for (_, task) in &cancelled {
+        task.abort();
+    }
+    let mut sealed: BTreeMap<u64, Receipt> = BTreeMap::new();
+    for task in tasks {
+        let (n, receipt) = task.await.unwrap();
+        assert_eq!(receipt.body.idempotency_key, body(n).idempotency_key);
+        if let Some(earlier) = sealed.insert(n, receipt.clone()) {
+            assert_eq!(earlier, receipt, "one receipt per key, whoever sealed it");
+        }
+    }
+    for (_, task) in cancelled {
+        if let Ok((n, receipt)) = task.await {
+            assert_eq!(receipt.body.idempotency_key, body(n).idempotency_key);
+        }
+    }
+
+    let chain = chain(&env).await;
+    let stored = chain.stored().await.unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let mut keys: Vec<String> = stored
+        .iter()
+        .map(|(_, text)| Receipt::parse(text).unwrap().body.idempotency_key)
+        .collect();
+    keys.sort();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), before, "a key was sealed twice");
+    for (n, receipt) in &sealed {
+        assert_eq!(
+            stored[receipt.seq as usize - 1].1,
+            receipt.to_text(),
+            "job {n}'s receipt is the stored one"
+        );
+    }
+    // Every seal that finished is stored; cancelled ones at most once (already checked).
+    assert!(
+        stored.len() >= sealed.len(),
+        "{} < {}",
+        stored.len(),
+        sealed.len()
+    );
+    assert!(chain.verify().await.unwrap().is_intact());
+
+    chain.delete_all().await.unwrap();
+    env.cleanup().await;
+}
+
 /// A byte of the stored text changed to another printable byte.
 fn flip(text: &str, at: usize) -> String {
     let mut bytes = text.as_bytes().to_vec();
