@@ -72,8 +72,13 @@ fn outcome_mapping(c: &mut Criterion) {
     };
     c.bench_function("outcome_event", |b| {
         b.iter(|| {
-            let event = OutcomeEvent::of(black_box(&envelope), &processed, &Disposition::Acked)
-                .expect("terminal");
+            let event = OutcomeEvent::of(
+                black_box(&envelope),
+                &processed,
+                &Disposition::Acked,
+                std::time::Duration::from_micros(1_234),
+            )
+            .expect("terminal");
             serde_json::to_vec(&event).expect("serializes")
         })
     });

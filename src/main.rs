@@ -12,6 +12,11 @@ use refund_worker::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: per-job allocations are many and small; glibc's malloc spent a sixth of the
+/// worker's CPU on them and kept more memory resident (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(

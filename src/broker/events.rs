@@ -69,6 +69,10 @@ pub struct OutcomeEvent {
     pub attempts: u32,
     /// When (RFC 3339).
     pub at: String,
+    /// Microseconds from the delivery's arrival at the worker to this outcome (absent in
+    /// events from before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
 }
 
 impl OutcomeEvent {
@@ -77,6 +81,7 @@ impl OutcomeEvent {
         envelope: &Envelope,
         processed: &Processed,
         disposition: &Disposition,
+        duration: std::time::Duration,
     ) -> Option<Self> {
         let job = processed.job.as_ref();
         let mut event = Self {
@@ -91,6 +96,7 @@ impl OutcomeEvent {
             error: None,
             attempts: envelope.attempts,
             at: super::envelope::now_rfc3339(),
+            duration_us: Some(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)),
         };
         match (&processed.outcome, disposition) {
             (

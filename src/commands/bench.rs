@@ -1,9 +1,12 @@
 //! `refund-worker bench` (SPEC §10): publishes N jobs under a fresh prefix, runs the worker
-//! against the sandbox (a separate process, so its CPU and memory are not counted as the
-//! worker's) at a given provider latency and concurrency, and prints one line: jobs/s, p50
-//! and p99 job latency, the worker's overhead (latency minus the provider's injected
-//! latency), peak RSS, and the bare broker ceiling measured in the same run (consuming and
-//! acking the same messages with nothing else) with the ratio of the two.
+//! (`refund-worker run --exit-when-idle`, a child process) against the sandbox (another child
+//! process) at a given provider latency and concurrency, and prints one line: jobs/s, p50 and
+//! p99 job latency, the worker's overhead (latency minus the provider's injected latency), the
+//! worker's peak RSS and CPU per job, and the bare broker ceiling measured in the same run
+//! (consuming and acking the same messages with nothing else) with the ratio of the two.
+//!
+//! The worker is observed the way its users see it: through its outcome events, which carry
+//! each job's time from the delivery's arrival at the worker to its outcome.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -14,25 +17,25 @@ use futures_util::StreamExt;
 use lapin::{
     Connection,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{CommandError, Context, runtime, scratch_world};
 use crate::{
-    app::{self, Connections},
-    broker::{self, OutgoingJob, Publisher, ROUTING_KEY, topology::quorum_args},
+    app::Connections,
+    broker::{
+        self, OutgoingJob, Publisher, ROUTING_KEY,
+        events::{EventStatus, OutcomeEvent},
+        topology::quorum_args,
+    },
     cli::BenchArgs,
-    job::{JobDate, ProviderName},
-    outcome::Outcome,
+    job::JobDate,
     store,
-    worker::{Disposition, JobReport},
 };
 
 /// The figures of one run.
@@ -50,20 +53,22 @@ pub struct BenchResult {
     pub prefetch: u16,
     /// Publishing rate, when paced.
     pub rate: Option<u32>,
-    /// Jobs refunded (must equal `jobs`).
+    /// Jobs refunded, by their outcome events (must equal `jobs`).
     pub refunded: u64,
     /// Refunds in the sandbox ledger (must equal `jobs`).
     pub ledger: u64,
-    /// Jobs per second, from the worker's start to its last disposition.
+    /// Jobs per second, from the first delivery's arrival at the worker to the last outcome.
     pub jobs_per_sec: f64,
-    /// Median job latency: from the delivery's arrival in the worker to its ack.
+    /// Median job latency: from the delivery's arrival at the worker to its outcome.
     pub p50_ms: f64,
     /// 99th percentile job latency.
     pub p99_ms: f64,
     /// 99th percentile of job latency minus the provider's injected latency.
     pub overhead_p99_ms: f64,
-    /// Peak resident memory of this process during the worker's run.
+    /// Peak resident memory of the worker process.
     pub peak_rss_mib: f64,
+    /// The worker process's CPU time (user + system) per job.
+    pub worker_cpu_us_per_job: f64,
     /// Bare consume-and-ack rate of the same messages on this broker.
     pub ceiling_per_sec: Option<f64>,
     /// `jobs_per_sec / ceiling_per_sec`.
@@ -82,8 +87,13 @@ impl std::fmt::Display for BenchResult {
         }
         write!(
             f,
-            ": {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms, overhead p99 {:.1} ms, peak RSS {:.1} MiB",
-            self.jobs_per_sec, self.p50_ms, self.p99_ms, self.overhead_p99_ms, self.peak_rss_mib
+            ": {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms, overhead p99 {:.1} ms, worker peak RSS {:.1} MiB, worker CPU {:.0} µs/job",
+            self.jobs_per_sec,
+            self.p50_ms,
+            self.p99_ms,
+            self.overhead_p99_ms,
+            self.peak_rss_mib,
+            self.worker_cpu_us_per_job
         )?;
         match (self.ceiling_per_sec, self.ratio) {
             (Some(ceiling), Some(ratio)) => write!(
@@ -101,46 +111,24 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), CommandError> {
     let (connections, connection, redis) = scratch_world(ctx, "bench").await?;
     let prefix = connections.prefix.clone();
     let sandbox = SandboxProcess::start(args.provider_latency_ms).await?;
-
-    let concurrency = args.concurrency;
-    let prefetch = args.prefetch.unwrap_or_else(|| {
-        u16::try_from(concurrency.saturating_mul(2).max(64)).unwrap_or(u16::MAX)
-    });
-    let mut settings = ctx.settings.clone();
-    settings.point_providers_at(&sandbox.url);
-    settings.worker.concurrency = concurrency as usize;
-    settings.worker.prefetch = prefetch;
-    // The sandbox is the only provider here: no client-side limit may be the bottleneck.
-    let stripe = settings.providers.get_mut(ProviderName::Stripe);
-    stripe.concurrency = concurrency as usize;
-    stripe.rate_limit = 0;
-
-    let jobs = bench_jobs(args.jobs as usize, &prefix, JobDate::today());
+    let settings = &ctx.settings;
+    let topology = connections.topology(settings);
     let publisher = Publisher::open(&connection).await.map_err(runtime)?;
-    let topology = connections.topology(&settings);
     topology
         .declare(publisher.channel())
         .await
         .map_err(runtime)?;
 
-    let measured = measure(
-        &connection,
-        &publisher,
-        &connections,
-        &settings,
-        &jobs,
-        &sandbox,
-        &args,
-        prefetch,
-    )
-    .await;
+    let measured = measure(&connection, &publisher, &connections, &sandbox, &args).await;
 
     // Clean up whatever happened.
     let _ = topology.delete(publisher.channel()).await;
-    let _ = publisher
-        .channel()
-        .queue_delete(ceiling_queue(&prefix).into(), QueueDeleteOptions::default())
-        .await;
+    for queue in [ceiling_queue(&prefix), events_queue(&prefix)] {
+        let _ = publisher
+            .channel()
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
     let store = store::IdempotencyStore::new(
         redis,
         &prefix,
@@ -166,78 +154,87 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+fn prefetch_of(args: &BenchArgs) -> u16 {
+    args.prefetch.unwrap_or_else(|| {
+        u16::try_from(args.concurrency.saturating_mul(2).max(64)).unwrap_or(u16::MAX)
+    })
+}
+
 async fn measure(
     connection: &Connection,
     publisher: &Publisher,
     connections: &Connections,
-    settings: &crate::config::Settings,
-    jobs: &[OutgoingJob],
     sandbox: &SandboxProcess,
     args: &BenchArgs,
-    prefetch: u16,
 ) -> Result<BenchResult, CommandError> {
+    let prefix = &connections.prefix;
+    let prefetch = prefetch_of(args);
+    let jobs = bench_jobs(args.jobs as usize, prefix, JobDate::today());
     let ceiling = if args.no_ceiling {
         None
     } else {
-        Some(ceiling(connection, publisher, &connections.prefix, jobs, prefetch).await?)
+        Some(ceiling(connection, publisher, prefix, &jobs, prefetch).await?)
     };
-    let topology = connections.topology(settings);
+    let topology = connections.topology(&crate::config::Settings::default());
+    let mut events = subscribe_events(connection, prefix, &topology.events_exchange()).await?;
     if args.rate.is_none() {
-        publish_all(publisher, &topology.jobs_exchange(), jobs).await?;
+        publish_all(publisher, &topology.jobs_exchange(), &jobs).await?;
     }
 
-    let app = app::assemble(
-        connections,
-        settings,
-        args.rate.is_none(),
-        "refund-worker bench",
-    )
-    .await
-    .map_err(runtime)?;
-    let (reports_tx, mut reports) = mpsc::unbounded_channel::<JobReport>();
-    let worker = app.worker.with_reports(reports_tx);
-    let stop = CancellationToken::new();
-    reset_peak_rss();
-    let started = Instant::now();
+    let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch)?;
     let pacing = args.rate.map(|rate| {
         let publisher = publisher.clone();
         let exchange = topology.jobs_exchange();
-        let jobs = jobs.to_vec();
+        let jobs = jobs.clone();
         tokio::spawn(async move { publish_paced(&publisher, &exchange, &jobs, rate).await })
     });
-    let expected = jobs.len();
     let latency = Duration::from_millis(args.provider_latency_ms);
-    let counting = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while let Some(report) = reports.recv().await {
-                if tally.count(&report, latency) && tally.finished == expected {
-                    tally.last = Some(Instant::now());
-                    // A paced run has no idle moment to wait for: stop once all are done.
-                    stop.cancel();
+    let mut tally = Tally::default();
+    let mut exited = None;
+    let mut waiting = worker.wait();
+    while tally.finished < jobs.len() {
+        // Events still in flight when the worker exits arrive within moments.
+        let patience = if exited.is_some() { 2 } else { 120 };
+        tokio::select! {
+            next = tokio::time::timeout(Duration::from_secs(patience), events.next()) => {
+                match next {
+                    Ok(Some(Ok(delivery))) => tally.count(&delivery.data, latency),
+                    Ok(Some(Err(e))) => return Err(runtime(e)),
+                    Ok(None) => return Err(runtime("the broker closed the events consumer")),
+                    Err(_) => break,
                 }
             }
-            tally
-        })
-    };
-    let run = worker.run(stop.clone()).await;
-    drop(worker);
-    let mut tally = counting.await.map_err(runtime)?;
-    run.map_err(runtime)?;
+            exit = &mut waiting, if exited.is_none() => exited = Some(exit),
+        }
+    }
+    if exited.is_none() {
+        // A paced worker does not go idle by itself; an idle one exits on its own.
+        if args.rate.is_some() {
+            worker.terminate();
+        }
+        exited = Some(waiting.await);
+    }
     if let Some(pacing) = pacing {
         pacing.await.map_err(runtime)??;
     }
-    let peak_rss_mib = peak_rss_mib();
-    let elapsed = tally.last.unwrap_or_else(Instant::now) - started;
+    let usage = match exited {
+        Some(Ok(Ok(usage))) => usage,
+        Some(Ok(Err(e))) => {
+            return Err(CommandError::Runtime(format!("the worker process {e}")));
+        }
+        Some(Err(e)) => return Err(runtime(e)),
+        None => return Err(runtime("the worker was not waited for")),
+    };
     let ledger = sandbox.ledger_len().await?;
 
+    let elapsed = match (tally.first_arrival, tally.last) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first),
+        _ => Duration::ZERO,
+    };
     let jobs_per_sec = tally.finished as f64 / elapsed.as_secs_f64().max(1e-9);
-    let ratio = ceiling.map(|c| jobs_per_sec / c);
     Ok(BenchResult {
-        prefix: connections.prefix.clone(),
-        jobs: expected as u64,
+        prefix: prefix.clone(),
+        jobs: jobs.len() as u64,
         provider_latency_ms: args.provider_latency_ms,
         concurrency: args.concurrency,
         prefetch,
@@ -248,37 +245,40 @@ async fn measure(
         p50_ms: percentile_ms(&mut tally.latencies, 0.50),
         p99_ms: percentile_ms(&mut tally.latencies, 0.99),
         overhead_p99_ms: percentile_ms(&mut tally.overheads, 0.99),
-        peak_rss_mib,
+        peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
+        worker_cpu_us_per_job: usage.cpu.as_secs_f64() * 1e6 / (tally.finished.max(1) as f64),
         ceiling_per_sec: ceiling,
-        ratio,
+        ratio: ceiling.map(|c| jobs_per_sec / c),
     })
 }
 
-/// What the reports added up to.
+/// What the outcome events added up to.
 #[derive(Debug, Default)]
 struct Tally {
     finished: usize,
     refunded: u64,
     latencies: Vec<Duration>,
     overheads: Vec<Duration>,
+    /// When the first delivery reached the worker (estimated from the events).
+    first_arrival: Option<Instant>,
     last: Option<Instant>,
 }
 
 impl Tally {
-    /// Counts a report; true when it was the job's last.
-    fn count(&mut self, report: &JobReport, provider_latency: Duration) -> bool {
-        let last = matches!(
-            report.disposition,
-            Disposition::Acked | Disposition::DeadLettered { .. }
-        );
-        if last {
-            self.finished += 1;
-            self.refunded += u64::from(matches!(report.outcome, Outcome::Refunded { .. }));
-            self.latencies.push(report.elapsed);
-            self.overheads
-                .push(report.elapsed.saturating_sub(provider_latency));
-        }
-        last
+    /// Counts one outcome event.
+    fn count(&mut self, body: &[u8], provider_latency: Duration) {
+        let Ok(event) = serde_json::from_slice::<OutcomeEvent>(body) else {
+            return;
+        };
+        let now = Instant::now();
+        let took = Duration::from_micros(event.duration_us.unwrap_or(0));
+        let arrived = now.checked_sub(took).unwrap_or(now);
+        self.first_arrival = Some(self.first_arrival.map_or(arrived, |f| f.min(arrived)));
+        self.last = Some(now);
+        self.finished += 1;
+        self.refunded += u64::from(event.status == EventStatus::Succeeded);
+        self.latencies.push(took);
+        self.overheads.push(took.saturating_sub(provider_latency));
     }
 }
 
@@ -312,6 +312,51 @@ fn bench_jobs(n: usize, prefix: &str, date: JobDate) -> Vec<OutgoingJob> {
 
 fn ceiling_queue(prefix: &str) -> String {
     format!("{prefix}.ceiling")
+}
+
+fn events_queue(prefix: &str) -> String {
+    format!("{prefix}.bench-events")
+}
+
+/// A queue of every outcome event of the run, consumed without acks.
+async fn subscribe_events(
+    connection: &Connection,
+    prefix: &str,
+    exchange: &str,
+) -> Result<lapin::Consumer, CommandError> {
+    let queue = events_queue(prefix);
+    let channel = connection.create_channel().await.map_err(runtime)?;
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(runtime)?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            "refund.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(runtime)?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench-events".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(runtime)
 }
 
 /// The bare broker ceiling: the same messages published to a quorum queue of their own, then
@@ -410,20 +455,100 @@ async fn publish_paced(
     Ok(())
 }
 
-/// Forgets the peak resident memory so far (Linux: `clear_refs` 5), so the peak read later
-/// is the worker's run, not the publishing before it.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// What the kernel counted for an exited process.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// Peak resident memory, KiB.
+    max_rss_kib: i64,
+    /// User plus system CPU time.
+    cpu: Duration,
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB; 0 when unknown.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+/// `refund-worker run` as a child process, measured by the kernel when it exits.
+struct WorkerProcess {
+    pid: i32,
+}
+
+impl WorkerProcess {
+    fn start(
+        connections: &Connections,
+        sandbox_url: &str,
+        args: &BenchArgs,
+        prefetch: u16,
+    ) -> Result<Self, CommandError> {
+        let exe = std::env::current_exe().map_err(runtime)?;
+        let mut command = Command::new(exe);
+        command
+            .args(["--prefix", &connections.prefix])
+            .args(["--amqp-url", &connections.amqp_url])
+            .args(["--redis-url", &connections.redis_url])
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--providers-url", sandbox_url])
+            .env("REFUND_WORKER__CONCURRENCY", args.concurrency.to_string())
+            .env("REFUND_WORKER__PREFETCH", prefetch.to_string())
+            // The sandbox is the only provider here: no client-side limit may be the
+            // bottleneck.
+            .env(
+                "REFUND_PROVIDERS__STRIPE__CONCURRENCY",
+                args.concurrency.to_string(),
+            )
+            .env("REFUND_PROVIDERS__STRIPE__RATE_LIMIT", "0")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null());
+        if args.rate.is_none() {
+            command.arg("--exit-when-idle");
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| CommandError::Runtime(format!("cannot start the worker: {e}")))?;
+        let pid = i32::try_from(child.id()).map_err(runtime)?;
+        // Reaped by `wait` (wait4, for its resource usage), not by `Child`.
+        drop(child);
+        Ok(Self { pid })
+    }
+
+    /// Waits for the process to exit; fails if it failed.
+    fn wait(&self) -> tokio::task::JoinHandle<Result<Usage, String>> {
+        let pid = self.pid;
+        tokio::task::spawn_blocking(move || wait_with_usage(pid))
+    }
+
+    /// Asks it to stop (SIGTERM: finish in-flight jobs, exit 0).
+    fn terminate(&self) {
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// wait4(2): the child's exit status and resource usage.
+fn wait_with_usage(pid: i32) -> Result<Usage, String> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; zero is a valid value of every field.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pointers to live locals; pid is our own child.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error.to_string());
+        }
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(format!("exited abnormally (wait status {status})"));
+    }
+    let seconds = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Ok(Usage {
+        max_rss_kib: usage.ru_maxrss,
+        cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    })
 }
 
 /// The sandbox as a child process of this one, on a free port; killed when dropped.

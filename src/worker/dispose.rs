@@ -64,6 +64,7 @@ pub(super) async fn dispose(
     delivery: &Delivery,
     envelope: &Envelope,
     processed: &Processed,
+    arrived: std::time::Instant,
 ) -> Disposition {
     let (disposition, replacement) = plan(shared, envelope, processed);
     if matches!(disposition, Disposition::HandedBack { .. }) {
@@ -72,17 +73,8 @@ pub(super) async fn dispose(
         return disposition;
     }
     let events = shared.options.topology.events_exchange();
-    match carry_out(
-        publisher,
-        &events,
-        delivery,
-        envelope,
-        processed,
-        &disposition,
-        replacement,
-    )
-    .await
-    {
+    let event = OutcomeEvent::of(envelope, processed, &disposition, arrived.elapsed());
+    match carry_out(publisher, &events, delivery, envelope, event, replacement).await {
         Ok(()) => {
             if let (Disposition::DeadLettered { .. }, Some(job)) = (&disposition, &processed.job) {
                 // The money-stuck gauge's tally; best effort (the queue itself is the truth).
@@ -212,11 +204,10 @@ async fn carry_out(
     events_exchange: &str,
     delivery: &Delivery,
     envelope: &Envelope,
-    processed: &Processed,
-    disposition: &Disposition,
+    event: Option<OutcomeEvent>,
     replacement: Option<Replacement>,
 ) -> Result<(), BrokerError> {
-    if let Some(event) = OutcomeEvent::of(envelope, processed, disposition) {
+    if let Some(event) = event {
         publish_event(publisher, events_exchange, envelope, &event).await?;
     }
     if let Some(replacement) = replacement {

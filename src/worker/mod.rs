@@ -69,9 +69,6 @@ pub struct JobReport {
     pub outcome: Outcome,
     /// What happened to the message.
     pub disposition: Disposition,
-    /// From the delivery's arrival in the worker (waiting for a concurrency permit included)
-    /// to its disposition.
-    pub elapsed: Duration,
 }
 
 /// Why a run ended without error.
@@ -486,8 +483,15 @@ impl Job {
             break processed;
         };
 
-        let disposition =
-            dispose::dispose(shared, &self.publisher, &delivery, &envelope, &processed).await;
+        let disposition = dispose::dispose(
+            shared,
+            &self.publisher,
+            &delivery,
+            &envelope,
+            &processed,
+            arrived,
+        )
+        .await;
         if matches!(disposition, Disposition::HandedBack { .. })
             && !self.publisher.channel().status().connected()
         {
@@ -502,7 +506,6 @@ impl Job {
                 job_id: envelope.job_id.clone(),
                 outcome: processed.outcome,
                 disposition,
-                elapsed: arrived.elapsed(),
             });
         }
     }

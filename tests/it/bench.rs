@@ -87,6 +87,7 @@ async fn bench_refunds_every_job_once_and_reports_figures_against_the_ceiling() 
         "{figures}"
     );
     assert!(number(&figures, "peak_rss_mib") > 1.0, "{figures}");
+    assert!(number(&figures, "worker_cpu_us_per_job") > 0.0, "{figures}");
     nothing_left(figures["prefix"].as_str().unwrap()).await;
 }
 
