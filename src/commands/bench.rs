@@ -433,7 +433,7 @@ async fn publish_all(
     unconfirmed(&results)
 }
 
-/// Publishes `jobs` at `rate` per second, in 10 ms slices.
+/// Publishes `jobs` at `rate` per second, in 2 ms slices.
 async fn publish_paced(
     publisher: &Publisher,
     exchange: &str,
@@ -441,7 +441,7 @@ async fn publish_paced(
     rate: u32,
 ) -> Result<(), CommandError> {
     let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
     let mut sent = 0;
     while sent < jobs.len() {
         tick.tick().await;
