@@ -76,7 +76,11 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
         address: crate::diagnostics::host_port(url, 6379),
         cause: crate::diagnostics::root_cause(e),
     };
-    let client = redis::Client::open(url).map_err(|e| unreachable(&e))?;
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| unreachable(&e))?;
+    // Small requests from many jobs share one connection: Nagle's algorithm would hold each
+    // behind the previous one's ACK (redis-rs leaves it on by default).
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let client = redis::Client::open(info.set_tcp_settings(tcp)).map_err(|e| unreachable(&e))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
