@@ -207,7 +207,9 @@ impl DeadLetterQueue {
 }
 
 /// The properties of a replayed job: the stored ones, with the attempts reset, the failure
-/// headers dropped, and the day it is keyed under kept.
+/// headers dropped, and the day it is keyed under kept. Replay publishes only bodies it has
+/// validated as JSON jobs, so they are declared `application/json`, never in the original's
+/// refused media (a job dead-lettered for `content_type: text/xml` is replayable as is).
 pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
     let envelope = letter.envelope();
     let mut set: Vec<(&str, String)> = vec![
@@ -221,7 +223,7 @@ pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
     if let Some(first) = envelope.first_seen {
         set.push((headers::FIRST_SEEN, first));
     }
-    let mut properties = super::envelope::republish_properties(&letter.properties, &set);
+    let mut properties = super::envelope::json_job_properties(&letter.properties, &set);
     if let Some(table) = properties.headers().clone() {
         let kept: FieldTable = table
             .inner()

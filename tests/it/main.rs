@@ -4,6 +4,7 @@
 mod faults;
 mod governed;
 mod helpers;
+mod malformed;
 mod mandates;
 mod metrics;
 mod observability;
