@@ -132,6 +132,9 @@ pub struct IdempotencySettings {
     /// How long a claim holds before another worker may take the job over.
     #[serde(deserialize_with = "duration")]
     pub lease: Duration,
+    /// Look for records written before record keys carried a Redis Cluster hash tag, and
+    /// adopt them (one extra read per claim); safe to turn off one `ttl` after the upgrade.
+    pub read_legacy_keys: bool,
 }
 
 /// Provider connectors.

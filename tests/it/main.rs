@@ -4,6 +4,7 @@
 mod faults;
 mod governed;
 mod helpers;
+mod key_layout;
 mod malformed;
 mod mandates;
 mod metrics;
