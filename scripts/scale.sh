@@ -7,7 +7,10 @@
 # check the sandbox ledger holds exactly N refunds, then delete the run's queues, exchanges and
 # Redis keys. Prints one line per run and a Markdown table at the end.
 #
-#   scripts/scale.sh [--jobs N] [--latency-ms "0 50"] [--workers "1 2 3"] [--bin PATH]
+#   scripts/scale.sh [--jobs N] [--latency-ms "0 50"] [--workers "1 2 3"] [--repeat R] [--bin PATH]
+#
+# With --repeat R every combination runs R times (interleaved, so a burst of load elsewhere
+# does not hit one combination only) and the table shows the median.
 #
 # Needs RabbitMQ and Redis as for `cargo test`, a release build (`cargo build --release`),
 # and curl, jq, redis-cli and rabbitmqctl (for the clean-up). Run it on a quiet machine.
@@ -16,12 +19,14 @@ set -euo pipefail
 JOBS=5000
 LATENCIES="0 50"
 WORKERS="1 2 3"
+REPEAT=1
 BIN="target/release/refund-worker"
 while [ $# -gt 0 ]; do
   case "$1" in
     --jobs) JOBS="$2"; shift 2 ;;
     --latency-ms) LATENCIES="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
+    --repeat) REPEAT="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
     *) echo "unknown argument $1; see the header of $0" >&2; exit 2 ;;
   esac
@@ -68,8 +73,10 @@ stop_all() {
 }
 trap stop_all EXIT
 
-RESULTS=()
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
 echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $JOBS jobs per run"
+for round in $(seq "$REPEAT"); do
 for latency in $LATENCIES; do
   for k in $WORKERS; do
     run="$(date +%s)-$$-l${latency}-k${k}"
@@ -115,9 +122,9 @@ PY
     wall=$(python3 -c "print(round($end - $start, 2))")
     overall=$(python3 -c "print(round($JOBS / ($end - $start)))")
     steady=$(python3 -c "print(round($refunded / $window))")
-    line="latency ${latency} ms, ${k} worker(s): ${refunded}/${JOBS} refunded (${unique} payments), ${wall} s wall = ${overall} jobs/s; refunding window ${window} s = ${steady} jobs/s"
+    line="[$round/$REPEAT] latency ${latency} ms, ${k} worker(s): ${refunded}/${JOBS} refunded (${unique} payments), ${wall} s wall = ${overall} jobs/s; refunding window ${window} s = ${steady} jobs/s"
     echo "$line"
-    RESULTS+=("| $latency | $k | $refunded / $JOBS | $wall | $overall | $steady |")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$latency" "$k" "$wall" "$overall" "$steady" >>"$RESULTS"
     if [ "$refunded" != "$JOBS" ] || [ "$unique" != "$JOBS" ]; then
       echo "ledger mismatch: expected $JOBS distinct refunds" >&2; exit 1
     fi
@@ -129,9 +136,23 @@ PY
     PREFIX=""
   done
 done
+done
 
 echo
-echo "| provider latency (ms) | workers | refunded | wall (s) | jobs/s (wall) | jobs/s (refunding window) |"
-echo "|---|---|---|---|---|---|"
-printf '%s\n' "${RESULTS[@]}"
+python3 - "$RESULTS" "$JOBS" "$REPEAT" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    latency, k, wall, overall, steady = line.split()
+    rows.setdefault((int(latency), int(k)), []).append((float(wall), float(overall), float(steady)))
+jobs, repeat = sys.argv[2], sys.argv[3]
+median = "median of " + repeat + " runs" if repeat != "1" else "one run"
+print(f"| provider latency | workers | wall (s) | jobs/s (wall) | jobs/s (refunding window) | all {jobs} refunded once |")
+print("|---|---|---|---|---|---|")
+for (latency, k), runs in sorted(rows.items()):
+    m = [statistics.median(column) for column in zip(*runs)]
+    spread = f"{min(r[2] for r in runs):.0f}-{max(r[2] for r in runs):.0f}" if len(runs) > 1 else ""
+    print(f"| {latency} ms | {k} | {m[0]:.2f} | {m[1]:.0f} | {m[2]:.0f}{' (' + spread + ')' if spread else ''} | yes |")
+print(f"({median} per row; the refunding-window range in brackets)")
+PY
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
