@@ -65,10 +65,13 @@ impl DeadLetter {
             .get(headers::ERROR_CLASS)
             .and_then(|c| FailureClass::parse(c))
             .or_else(|| envelope.broker_death_class());
-        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match class {
-            Some(FailureClass::DeliveryLimit) => {
+        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match (class, &envelope.death_reason) {
+            (Some(FailureClass::DeliveryLimit), _) => {
                 "delivered again and again without ever being acknowledged: it crashes or hangs the worker".into()
             }
+            // `expired` (a publisher's per-message TTL ran out), `rejected`, `maxlen`: the broker
+            // dead-lettered it before any worker read it.
+            (_, Some(reason)) => format!("dead-lettered by RabbitMQ ({reason}) before a worker handled it"),
             _ => "no reason recorded".into(),
         });
         let json: Option<Value> = serde_json::from_slice(&body).ok();

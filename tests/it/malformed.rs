@@ -1304,6 +1304,50 @@ async fn a_job_refused_for_its_declared_media_is_replayed_as_json_and_refunded_o
     env.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_message_the_broker_dead_lettered_itself_is_listed_with_the_brokers_reason() {
+    // A publisher's per-message TTL ran out in the jobs queue: RabbitMQ dead-letters it with
+    // `x-first-death-reason: expired` and none of the worker's headers.
+    let env = TestEnv::start("malformed-expired").await;
+    let amqp = refund_worker::broker::connect(crate::helpers::AMQP_URL, "malformed test")
+        .await
+        .unwrap();
+    let publisher = refund_worker::broker::Publisher::open(&amqp).await.unwrap();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-first-death-reason".into(),
+        lapin::types::AMQPValue::LongString("expired".into()),
+    );
+    let body = serde_json::to_vec(&stripe_job("pi_expired", 100)).unwrap();
+    publisher
+        .publish(
+            &env.topology.dead_exchange(),
+            "",
+            &body,
+            BasicProperties::default()
+                .with_message_id("job-expired".into())
+                .with_headers(headers),
+        )
+        .await
+        .unwrap();
+    let output = tokio::process::Command::new(binary())
+        .args(["dlq", "export"])
+        .envs(env.child_env())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let row: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["job_id"], "job-expired");
+    assert_eq!(
+        row["error"],
+        "dead-lettered by RabbitMQ (expired) before a worker handled it"
+    );
+    let _ = amqp.close(200, "done".into()).await;
+    env.cleanup().await;
+}
+
 /// A tiny deterministic generator (xorshift64), so the mutations are the same on every run.
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;
