@@ -47,7 +47,8 @@ impl Connections {
             &self.prefix,
             settings.idempotency.lease,
             settings.idempotency.ttl,
-        ))
+        )
+        .reading_legacy_keys(settings.idempotency.read_legacy_keys))
     }
 }
 
@@ -123,7 +124,8 @@ pub async fn assemble(
         prefix,
         settings.idempotency.lease,
         settings.idempotency.ttl,
-    );
+    )
+    .reading_legacy_keys(settings.idempotency.read_legacy_keys);
     let client = providers::http_client(&settings.providers)?;
     let pipeline = Pipeline::new(PipelineParts {
         store: store.clone(),

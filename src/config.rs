@@ -101,6 +101,9 @@ pub struct WorkerSettings {
     /// How long a stopping worker waits for in-flight jobs before handing them back.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// The largest job body read, in bytes; a larger one is dead-lettered as `invalid` with
+    /// its size and this limit in the reason.
+    pub max_body_bytes: usize,
 }
 
 /// How transient failures are retried.
@@ -129,6 +132,9 @@ pub struct IdempotencySettings {
     /// How long a claim holds before another worker may take the job over.
     #[serde(deserialize_with = "duration")]
     pub lease: Duration,
+    /// Look for records written before record keys carried a Redis Cluster hash tag, and
+    /// adopt them (one extra read per claim); safe to turn off one `ttl` after the upgrade.
+    pub read_legacy_keys: bool,
 }
 
 /// Provider connectors.
@@ -292,6 +298,11 @@ impl Settings {
         {
             return bad("[worker] concurrency, chunk_size and prefetch must be at least 1");
         }
+        if !(MIN_BODY_LIMIT..=MAX_BODY_LIMIT).contains(&self.worker.max_body_bytes) {
+            return bad(&format!(
+                "[worker] max_body_bytes must be from {MIN_BODY_LIMIT} (the largest valid job fits) to {MAX_BODY_LIMIT} (RabbitMQ's own default message limit)"
+            ));
+        }
         if self.retry.max_attempts == 0 {
             return bad("[retry] max_attempts must be at least 1");
         }
@@ -317,6 +328,12 @@ impl Settings {
         self.services.whatsapp.base_url = format!("{url}/whatsapp");
     }
 }
+
+/// The smallest `[worker] max_body_bytes`: every valid job (4 KiB of metadata, 500 escaped
+/// characters of description, the identifiers) fits well within it.
+const MIN_BODY_LIMIT: usize = 16 * 1024;
+/// The largest: RabbitMQ's default `max_message_size` (16 MiB) refuses bigger ones anyway.
+const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Reads `"30s"`, `"2m"`, `"30d"` (humantime) or a bare number of seconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -458,6 +475,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lease must be longer"), "{err}");
+    }
+
+    #[test]
+    fn body_limit_is_configurable_within_bounds() {
+        assert_eq!(Settings::default().worker.max_body_bytes, 64 * 1024);
+        let with = |value: &str| {
+            let env =
+                HashMap::from([("REFUND_WORKER__MAX_BODY_BYTES".to_owned(), value.to_owned())]);
+            Settings::load_from(shipped(), true, env)
+        };
+        assert_eq!(with("1048576").unwrap().worker.max_body_bytes, 1 << 20);
+        for bad in ["1024", "1073741824"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("max_body_bytes must be from 16384"), "{err}");
+        }
     }
 
     #[test]

@@ -65,10 +65,13 @@ impl DeadLetter {
             .get(headers::ERROR_CLASS)
             .and_then(|c| FailureClass::parse(c))
             .or_else(|| envelope.broker_death_class());
-        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match class {
-            Some(FailureClass::DeliveryLimit) => {
+        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match (class, &envelope.death_reason) {
+            (Some(FailureClass::DeliveryLimit), _) => {
                 "delivered again and again without ever being acknowledged: it crashes or hangs the worker".into()
             }
+            // `expired` (a publisher's per-message TTL ran out), `rejected`, `maxlen`: the broker
+            // dead-lettered it before any worker read it.
+            (_, Some(reason)) => format!("dead-lettered by RabbitMQ ({reason}) before a worker handled it"),
             _ => "no reason recorded".into(),
         });
         let json: Option<Value> = serde_json::from_slice(&body).ok();
@@ -207,7 +210,9 @@ impl DeadLetterQueue {
 }
 
 /// The properties of a replayed job: the stored ones, with the attempts reset, the failure
-/// headers dropped, and the day it is keyed under kept.
+/// headers dropped, and the day it is keyed under kept. Replay publishes only bodies it has
+/// validated as JSON jobs, so they are declared `application/json`, never in the original's
+/// refused media (a job dead-lettered for `content_type: text/xml` is replayable as is).
 pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
     let envelope = letter.envelope();
     let mut set: Vec<(&str, String)> = vec![
@@ -221,7 +226,7 @@ pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
     if let Some(first) = envelope.first_seen {
         set.push((headers::FIRST_SEEN, first));
     }
-    let mut properties = super::envelope::republish_properties(&letter.properties, &set);
+    let mut properties = super::envelope::json_job_properties(&letter.properties, &set);
     if let Some(table) = properties.headers().clone() {
         let kept: FieldTable = table
             .inner()

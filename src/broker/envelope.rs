@@ -55,6 +55,10 @@ pub struct Envelope {
     pub reply_to: Option<String>,
     /// The publisher's correlation id, echoed on the reply.
     pub correlation_id: Option<String>,
+    /// What the publisher says the body is (AMQP `content_type`); a job is JSON.
+    pub content_type: Option<String>,
+    /// How the publisher says the body is encoded (AMQP `content_encoding`); a job is plain.
+    pub content_encoding: Option<String>,
 }
 
 impl Envelope {
@@ -86,6 +90,11 @@ impl Envelope {
                 .map(|r| r.to_string())
                 .filter(|r| !r.is_empty()),
             correlation_id: properties.correlation_id().as_ref().map(|c| c.to_string()),
+            content_type: properties.content_type().as_ref().map(|t| t.to_string()),
+            content_encoding: properties
+                .content_encoding()
+                .as_ref()
+                .map(|e| e.to_string()),
         }
     }
 
@@ -131,6 +140,22 @@ fn header_int(table: &FieldTable, name: &str) -> Option<u32> {
 /// when it dead-letters for the same reason), and an upstream `user_id` the broker would
 /// refuse from our connection.
 pub fn republish_properties(original: &BasicProperties, set: &[(&str, String)]) -> BasicProperties {
+    rebuild_properties(original, set, true)
+}
+
+/// Like [`republish_properties`], for a body the caller has just validated as a JSON job
+/// (`dlq replay`): declared `application/json` with no content encoding, whatever the
+/// original said, so a job dead-lettered for its declared media can be replayed once fixed.
+pub fn json_job_properties(original: &BasicProperties, set: &[(&str, String)]) -> BasicProperties {
+    rebuild_properties(original, set, false)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+fn rebuild_properties(
+    original: &BasicProperties,
+    set: &[(&str, String)],
+    keep_media: bool,
+) -> BasicProperties {
     let mut table = FieldTable::default();
     if let Some(existing) = original.headers() {
         for (key, value) in existing.inner() {
@@ -154,11 +179,13 @@ pub fn republish_properties(original: &BasicProperties, set: &[(&str, String)]) 
     let mut properties = BasicProperties::default()
         .with_headers(table)
         .with_delivery_mode(2);
-    if let Some(v) = original.content_type() {
-        properties = properties.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        properties = properties.with_content_encoding(v.clone());
+    if keep_media {
+        if let Some(v) = original.content_type() {
+            properties = properties.with_content_type(v.clone());
+        }
+        if let Some(v) = original.content_encoding() {
+            properties = properties.with_content_encoding(v.clone());
+        }
     }
     if let Some(v) = original.correlation_id() {
         properties = properties.with_correlation_id(v.clone());
@@ -254,6 +281,21 @@ mod tests {
             out.reply_to().as_ref().map(|r| r.as_str()),
             Some("upstream.replies")
         );
+    }
+
+    #[test]
+    fn replayed_jobs_are_declared_plain_json() {
+        let original = BasicProperties::default()
+            .with_content_type("application/xml".into())
+            .with_content_encoding("gzip".into())
+            .with_message_id("job-9".into());
+        let kept = Envelope::read(&republish_properties(&original, &[]), b"{}", false);
+        assert_eq!(kept.content_type.as_deref(), Some("application/xml"));
+        assert_eq!(kept.content_encoding.as_deref(), Some("gzip"));
+        let replayed = Envelope::read(&json_job_properties(&original, &[]), b"{}", false);
+        assert_eq!(replayed.content_type.as_deref(), Some("application/json"));
+        assert_eq!(replayed.content_encoding, None);
+        assert_eq!(replayed.job_id, "job-9");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 mod amount;
 mod currency;
 mod fields;
+pub mod invariants;
+mod media;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -15,9 +17,16 @@ use serde_json::{Map, Value};
 pub use amount::{Amount, AmountOutOfRange, format_minor, parse_decimal};
 pub use currency::Currency;
 pub use fields::{IdempotencyKey, JobDate, Notify, ProviderName, Reason, Token, truncate};
+pub use media::check_media;
 
-/// The largest job body accepted, in bytes.
+/// The largest job body accepted by default, in bytes (SPEC §2); the worker's limit is
+/// `[worker] max_body_bytes`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest field name quoted back in an error (an unknown key can be 60 KiB long, and
+/// the error travels in an AMQP header).
+const MAX_QUOTED_FIELD: usize = 64;
+/// The longest rule text kept in an error, for the same reason.
+const MAX_RULE_CHARS: usize = 400;
 /// The largest `metadata` object, serialized, in bytes.
 pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 /// The longest `description`, in characters.
@@ -67,10 +76,11 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// An error about `field`; both parts are cut to a length fit for a message header.
     fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
-            rule: rule.into(),
+            field: quote(&field.into()),
+            rule: truncate(&rule.into(), MAX_RULE_CHARS),
         }
     }
 }
@@ -94,9 +104,14 @@ pub const FIELDS: &[&str] = &[
 ];
 
 impl RefundJob {
-    /// Parses and validates a message body.
+    /// Parses and validates a message body, at most [`MAX_BODY_BYTES`] long.
     pub fn parse(body: &[u8]) -> Result<Self, JobError> {
-        Self::from_object(parse_object(body)?)
+        Self::parse_within(body, MAX_BODY_BYTES)
+    }
+
+    /// Parses and validates a message body at most `max_bytes` long.
+    pub fn parse_within(body: &[u8], max_bytes: usize) -> Result<Self, JobError> {
+        Self::from_object(parse_object_within(body, max_bytes)?)
     }
 
     /// Validates an already parsed JSON object (used by `publish` and `dlq replay --set`).
@@ -104,6 +119,7 @@ impl RefundJob {
         if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             let hint = closest_field(unknown)
                 .map(|f| format!(" (did you mean `{f}`?)"))
+                .or_else(|| unknown.is_empty().then(|| " (an empty name)".to_owned()))
                 .unwrap_or_default();
             return Err(JobError::new(
                 unknown.as_str(),
@@ -137,17 +153,7 @@ impl RefundJob {
                     "is required (minor units, e.g. 18600 for R$ 186,00)",
                 ));
             }
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(minor) => {
-                    Amount::new(minor).map_err(|e| JobError::new("amount", e.to_string()))?
-                }
-                None => {
-                    return Err(JobError::new(
-                        "amount",
-                        format!("must be an integer number of minor units (centavos), got {n}"),
-                    ));
-                }
-            },
+            Some(Value::Number(n)) => amount_of(n)?,
             Some(other) => {
                 return Err(JobError::new(
                     "amount",
@@ -181,7 +187,21 @@ impl RefundJob {
                     ),
                 ));
             }
-            d => d.map(str::to_owned),
+            // It goes to the provider and the customer: a NUL or an escape sequence there is
+            // garbage at best, and some provider APIs refuse it.
+            Some(d) => match d.char_indices().find(|(_, c)| is_forbidden_control(*c)) {
+                Some((at, c)) => {
+                    return Err(JobError::new(
+                        "description",
+                        format!(
+                            "must not contain control characters, got U+{:04X} at byte {at}",
+                            u32::from(c)
+                        ),
+                    ));
+                }
+                None => Some(d.to_owned()),
+            },
+            None => None,
         };
         let provider = string("provider")?
             .map(|p| ProviderName::parse(p).map_err(|rule| JobError::new("provider", rule)))
@@ -293,63 +313,176 @@ pub fn prepare_for_publish(line: &[u8], today: JobDate) -> Result<Vec<u8>, JobEr
     serde_json::to_vec(&object).map_err(|e| JobError::new("body", e.to_string()))
 }
 
-/// Parses a body into a JSON object, rejecting oversize bodies, invalid UTF-8, non-objects and
-/// duplicate keys (`{"amount":1,"amount":100000}` must not be read as either).
+/// Parses a body into a JSON object, at most [`MAX_BODY_BYTES`] long.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, JobError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(JobError::new(
-            "body",
-            format!("must be at most {MAX_BODY_BYTES} bytes, got {}", body.len()),
-        ));
-    }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(JobError::new("body", "is empty; expected a JSON object"));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        JobError::new(
-            "body",
-            format!("is not valid UTF-8 (byte {})", e.valid_up_to()),
-        )
-    })?;
-    let value: StrictObject = serde_json::from_str(text).map_err(|e| {
-        let rule = if e.is_data() {
-            e.to_string()
-        } else {
-            format!("is not valid JSON: {e}")
-        };
-        JobError::new("body", rule)
-    })?;
-    Ok(value.0)
+    parse_object_within(body, MAX_BODY_BYTES)
 }
 
-/// A JSON object whose top-level keys are unique.
-struct StrictObject(Map<String, Value>);
+/// Parses a body into a JSON object, rejecting oversize bodies, byte order marks, NUL bytes,
+/// invalid UTF-8, non-objects and duplicate keys at any depth (`{"amount":1,"amount":100000}`
+/// must not be read as either).
+pub fn parse_object_within(body: &[u8], max_bytes: usize) -> Result<Map<String, Value>, JobError> {
+    let body_error = |rule: String| JobError::new("body", rule);
+    if body.len() > max_bytes {
+        return Err(body_error(format!(
+            "is too large: {} bytes, the limit is {max_bytes} bytes",
+            body.len()
+        )));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(body_error("is empty; expected a JSON object".into()));
+    }
+    if let Some(encoding) = byte_order_mark(body) {
+        return Err(body_error(format!(
+            "starts with a {encoding} byte order mark; a job is UTF-8 JSON without one"
+        )));
+    }
+    if let Some(at) = body.iter().position(|b| *b == 0) {
+        return Err(body_error(format!(
+            "contains a NUL byte at byte {at}: binary data or UTF-16, not UTF-8 JSON"
+        )));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        body_error(format!(
+            "is not valid UTF-8 (byte {}); a job is UTF-8 JSON",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value =
+        serde::de::DeserializeSeed::deserialize(StrictValue { path: "" }, &mut deserializer)
+            .and_then(|value| deserializer.end().map(|()| value))
+            .map_err(|e| {
+                body_error(if e.to_string().starts_with("recursion limit exceeded") {
+                    format!("is not valid JSON: it nests arrays or objects too deep ({e})")
+                } else if e.is_data() {
+                    e.to_string()
+                } else {
+                    format!("is not valid JSON: {e}")
+                })
+            })?;
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(body_error(format!(
+            "must be a JSON object, got {}",
+            kind(&other)
+        ))),
+    }
+}
 
-impl<'de> serde::Deserialize<'de> for StrictObject {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = StrictObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<StrictObject, A::Error> {
-                let mut map = Map::new();
-                while let Some((key, value)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&key) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "has field `{key}` twice; each field may appear once"
-                        )));
-                    }
-                    map.insert(key, value);
-                }
-                Ok(StrictObject(map))
-            }
+/// The encoding a body's byte order mark announces, if it starts with one.
+fn byte_order_mark(body: &[u8]) -> Option<&'static str> {
+    const MARKS: [(&[u8], &str); 5] = [
+        (b"\xEF\xBB\xBF", "UTF-8"),
+        (b"\x00\x00\xFE\xFF", "UTF-32"),
+        (b"\xFF\xFE\x00\x00", "UTF-32"),
+        (b"\xFE\xFF", "UTF-16"),
+        (b"\xFF\xFE", "UTF-16"),
+    ];
+    MARKS
+        .iter()
+        .find(|(mark, _)| body.starts_with(mark))
+        .map(|(_, encoding)| *encoding)
+}
+
+/// The amount of a JSON number: a whole count of minor units in the schema's range.
+fn amount_of(n: &serde_json::Number) -> Result<Amount, JobError> {
+    let err = |rule: String| JobError::new("amount", rule);
+    if let Some(minor) = n.as_u64() {
+        return Amount::new(minor).map_err(|e| err(e.to_string()));
+    }
+    if n.is_i64() {
+        return Err(err(AmountOutOfRange { got: n.to_string() }.to_string()));
+    }
+    // A float: JSON wrote a fraction, an exponent, or an integer beyond 64 bits.
+    let float = n.as_f64().unwrap_or(f64::NAN);
+    if float.fract() != 0.0 {
+        return Err(err(format!(
+            "must be a whole number of minor units (centavos), got {n}; R$ 186,50 is 18650"
+        )));
+    }
+    if float.abs() > Amount::MAX as f64 {
+        return Err(err(AmountOutOfRange { got: n.to_string() }.to_string()));
+    }
+    Err(err(format!(
+        "must be an integer number of minor units (centavos) written without a decimal point \
+         or exponent, got {n}"
+    )))
+}
+
+/// Control characters a description may not carry (tab and line breaks are text).
+fn is_forbidden_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Deserializes any JSON value, refusing an object that names a key twice, at any depth: a
+/// `notify` with two `to`s, or `metadata` with two `ticket`s, has no single meaning.
+struct StrictValue<'p> {
+    /// Where the value sits (`notify`, `metadata.items[]`), for the error message.
+    path: &'p str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number must be finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let path = format!("{}[]", self.path);
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element_seed(StrictValue { path: &path })? {
+            items.push(item);
         }
-        d.deserialize_map(Visitor)
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            let value = access.next_value_seed(StrictValue { path: &path })?;
+            if map.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "has field `{}` twice; each field may appear once",
+                    quote(&path)
+                )));
+            }
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -362,6 +495,12 @@ fn kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// A field name as it may be shown: control characters escaped (an unknown key is input, and
+/// reasons end up in terminals), cut to [`MAX_QUOTED_FIELD`] characters.
+fn quote(name: &str) -> String {
+    truncate(&name.escape_debug().to_string(), MAX_QUOTED_FIELD)
 }
 
 /// The known field nearest to a misspelt one, if it is near enough to be a typo.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Envelope,
-    job::{Currency, JobDate, ProviderName, RefundJob},
+    job::{Currency, JobDate, ProviderName, RefundJob, check_media},
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
@@ -127,14 +127,18 @@ pub struct PipelineOptions {
     /// Claims taken over from dead workers before the job is dead-lettered as
     /// `delivery_limit` (0: never).
     pub max_takeovers: u32,
+    /// The largest body parsed; a larger one is dead-lettered as `invalid`.
+    pub max_body_bytes: usize,
 }
 
 impl PipelineOptions {
-    /// From the settings: `[retry]`, and `[worker] delivery_limit` for takeovers.
+    /// From the settings: `[retry]`, `[worker] delivery_limit` for takeovers and
+    /// `[worker] max_body_bytes`.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         Self {
             retry: InProcessRetry::from_settings(&settings.retry),
             max_takeovers: settings.worker.delivery_limit,
+            max_body_bytes: settings.worker.max_body_bytes,
         }
     }
 }
@@ -183,7 +187,13 @@ impl Pipeline {
 
     /// Processes one delivery of one job to its outcome.
     pub async fn process(&self, attempt: Attempt<'_>) -> Processed {
-        let job = match RefundJob::parse(attempt.body) {
+        let envelope = attempt.envelope;
+        let parsed = check_media(
+            envelope.content_type.as_deref(),
+            envelope.content_encoding.as_deref(),
+        )
+        .and_then(|()| RefundJob::parse_within(attempt.body, self.options.max_body_bytes));
+        let job = match parsed {
             Ok(job) => job,
             Err(error) => {
                 let outcome = Outcome::DeadLetter {

@@ -13,6 +13,23 @@
 //! Each attempt holds an owner token. A call whose answer is lost (a timeout on a reconnecting
 //! connection) is simply repeated: claiming with one's own token again returns the same claim,
 //! and settling twice changes nothing. This store never decides about money; it records.
+//!
+//! Key layout ([`RecordKeys`] is the one place it is decided, and every call below takes its
+//! keys from it). Every script touches one key, and a record's key carries its idempotency key
+//! as Redis Cluster hash tag, so records spread over the cluster's slots by job:
+//!
+//! ```text
+//! <ns>:idem:{<idempotency key>}   hash: the record (state, owner, lease, result, steps...)
+//! <ns>:jobdate:<job id>           string: the day a dateless job was first seen
+//! <ns>:order-refunds:<order id>   hash: idempotency key -> minor units refunded on the order
+//! <ns>:dlq-amounts                hash: job id -> "amount currency" waiting in the DLQ
+//! <ns>:health                     string: the readiness probe's last write
+//! ```
+//!
+//! Before the hash tag, a record lived at `<ns>:idem:<idempotency key>`. Such a record is
+//! adopted (copied under the new key with its remaining TTL, then deleted) the first time its
+//! job is claimed or read, so an upgrade never forgets a refund (`[idempotency]
+//! read_legacy_keys`, on by default; turn it off one record TTL after the upgrade).
 
 use std::time::Duration;
 
@@ -107,13 +124,92 @@ pub struct RecordView {
     pub uncertain: bool,
 }
 
+/// The Redis keys of one namespace's records, and the KEYS of every script call: pure, so a
+/// test checks the layout (one Redis Cluster slot per script call) the store really uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordKeys {
+    /// Every key starts with `<namespace>:`, so tests and tenants never meet. Never a hash tag
+    /// itself (prefixes cannot contain braces), or every record would share one slot.
+    namespace: String,
+}
+
+impl RecordKeys {
+    /// The keys under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        debug_assert!(
+            !namespace.contains(['{', '}']),
+            "a namespace with braces would become every key's hash tag"
+        );
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// `<ns>:idem:{<key>}`: the record, slotted by its idempotency key (which has no braces).
+    pub fn record(&self, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{{{key}}}", self.namespace)
+    }
+
+    /// `<ns>:idem:<key>`: where the record lived before the hash tag (read to adopt it).
+    pub fn legacy_record(&self, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{key}", self.namespace)
+    }
+
+    /// `<ns>:jobdate:<job id>`: the day a dateless job was first seen.
+    pub fn job_date(&self, job_id: &str) -> String {
+        format!("{}:jobdate:{job_id}", self.namespace)
+    }
+
+    /// `<ns>:order-refunds:<order id>`: what each job refunded on an order.
+    pub fn order_refunds(&self, order_id: &str) -> String {
+        format!("{}:order-refunds:{order_id}", self.namespace)
+    }
+
+    /// `<ns>:dlq-amounts`: the money waiting in the dead-letter queue.
+    pub fn dead_letter_amounts(&self) -> String {
+        format!("{}:dlq-amounts", self.namespace)
+    }
+
+    /// `<ns>:health`: the key the readiness probe writes.
+    pub fn health(&self) -> String {
+        format!("{}:health", self.namespace)
+    }
+
+    /// KEYS of the record scripts (`claim`, `settle`, `renew`, `snapshot`, `step`, `adopt`).
+    pub fn record_script(&self, key: &IdempotencyKey) -> [String; 1] {
+        [self.record(key)]
+    }
+
+    /// KEYS of `pin_date`.
+    pub fn pin_date_script(&self, job_id: &str) -> [String; 1] {
+        [self.job_date(job_id)]
+    }
+
+    /// Keys of the `HSET` + `PEXPIRE` pipeline that counts a refund against its order.
+    pub fn order_refund_pipeline(&self, order_id: &str) -> [String; 1] {
+        [self.order_refunds(order_id)]
+    }
+
+    /// Keys of the `HGETALL` + `PTTL` pipeline that reads a legacy record.
+    pub fn legacy_read_pipeline(&self, key: &IdempotencyKey) -> [String; 1] {
+        [self.legacy_record(key)]
+    }
+
+    /// Every key of the namespace matches one of these (`SCAN MATCH`, for clean-up).
+    pub fn patterns(&self) -> [String; 1] {
+        [format!("{}:*", self.namespace)]
+    }
+}
+
 /// The idempotency records of one namespace.
 #[derive(Clone)]
 pub struct IdempotencyStore {
     /// The reconnecting Redis connection.
     conn: ConnectionManager,
-    /// Every key starts with `{namespace}:idem:`, so tests and tenants never meet.
-    namespace: String,
+    /// Every key and every script's KEYS, from one place.
+    keys: RecordKeys,
+    /// Whether records from before the hash-tagged layout are looked for and adopted.
+    read_legacy: bool,
     /// How long a claim holds.
     lease: Duration,
     /// How long a record lives.
@@ -123,6 +219,7 @@ pub struct IdempotencyStore {
 }
 
 struct Scripts {
+    adopt: Script,
     claim: Script,
     settle: Script,
     renew: Script,
@@ -134,6 +231,7 @@ struct Scripts {
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        adopt: Script::new(include_str!("lua/adopt.lua")),
         claim: Script::new(include_str!("lua/claim.lua")),
         settle: Script::new(include_str!("lua/settle.lua")),
         renew: Script::new(include_str!("lua/renew.lua")),
@@ -146,7 +244,8 @@ fn scripts() -> &'static Scripts {
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyStore")
-            .field("namespace", &self.namespace)
+            .field("keys", &self.keys)
+            .field("read_legacy", &self.read_legacy)
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
@@ -154,20 +253,81 @@ impl std::fmt::Debug for IdempotencyStore {
 }
 
 impl IdempotencyStore {
-    /// A store over an open connection.
+    /// A store over an open connection. It looks for records of the layout before the hash
+    /// tag (see [`IdempotencyStore::reading_legacy_keys`]).
     pub fn new(conn: ConnectionManager, namespace: &str, lease: Duration, ttl: Duration) -> Self {
         Self {
             conn,
-            namespace: namespace.to_owned(),
+            keys: RecordKeys::new(namespace),
+            read_legacy: true,
             lease,
             ttl,
             scripts: scripts(),
         }
     }
 
+    /// Whether to look for (and adopt) records written before keys carried a hash tag: on
+    /// until every such record has expired (one `[idempotency] ttl` after the upgrade).
+    pub fn reading_legacy_keys(mut self, read: bool) -> Self {
+        self.read_legacy = read;
+        self
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &RecordKeys {
+        &self.keys
+    }
+
     /// The Redis key of an idempotency key.
     pub fn redis_key(&self, key: &IdempotencyKey) -> String {
-        format!("{}:idem:{}", self.namespace, key)
+        self.keys.record(key)
+    }
+
+    /// Moves a record written under the layout before the hash tag to its key, with the TTL it
+    /// had left, unless the record already exists there. Only a worker of that older version
+    /// could still write the old key, which is why an upgrade stops every old worker first.
+    async fn adopt_legacy(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
+        if !self.read_legacy {
+            return Ok(());
+        }
+        let [legacy] = self.keys.legacy_read_pipeline(key);
+        let (fields, ttl): (Vec<String>, i64) = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HGETALL")
+                .arg(&legacy)
+                .cmd("PTTL")
+                .arg(&legacy);
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await?;
+        let ttl = match ttl {
+            _ if fields.is_empty() => return Ok(()),
+            remaining if remaining > 0 => u64::try_from(remaining).unwrap_or(1),
+            // No TTL (records always get one): give it a full one rather than forever.
+            _ => millis(self.ttl),
+        };
+        let keys = self.keys.record_script(key);
+        let _: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.adopt.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            call.arg(ttl).arg(&fields);
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await?;
+        let _: i64 = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&legacy);
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        tracing::info!(key = %key, "adopted an idempotency record from the layout before hash tags");
+        Ok(())
     }
 
     /// Claims `key` for an attempt holding `owner`. Repeating a claim with the same owner
@@ -179,7 +339,8 @@ impl IdempotencyStore {
         fingerprint: &str,
         job_id: &str,
     ) -> Result<Claim, StoreError> {
-        let redis_key = self.redis_key(key);
+        self.adopt_legacy(key).await?;
+        let [redis_key] = self.keys.record_script(key);
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.claim.key(&redis_key);
@@ -226,7 +387,7 @@ impl IdempotencyStore {
         key: &IdempotencyKey,
         ticket: &ClaimTicket,
     ) -> Result<bool, StoreError> {
-        let redis_key = self.redis_key(key);
+        let [redis_key] = self.keys.record_script(key);
         let held: i64 = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.renew.key(&redis_key);
@@ -245,7 +406,7 @@ impl IdempotencyStore {
         ticket: &ClaimTicket,
         snapshot: &str,
     ) -> Result<bool, StoreError> {
-        let redis_key = self.redis_key(key);
+        let [redis_key] = self.keys.record_script(key);
         let held: i64 = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.snapshot.key(&redis_key);
@@ -265,7 +426,7 @@ impl IdempotencyStore {
         step: &str,
         value: &str,
     ) -> Result<bool, StoreError> {
-        let redis_key = self.redis_key(key);
+        let [redis_key] = self.keys.record_script(key);
         let held: i64 = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.step.key(&redis_key);
@@ -295,7 +456,7 @@ impl IdempotencyStore {
             Some(r) => serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             None => String::new(),
         };
-        let redis_key = self.redis_key(key);
+        let [redis_key] = self.keys.record_script(key);
         let _: String = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.settle.key(&redis_key);
@@ -315,7 +476,7 @@ impl IdempotencyStore {
     /// is out of memory, read-only or failing to persist still answers PING.
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:health", self.namespace);
+        let key = self.keys.health();
         let _: () = redis::cmd("SET")
             .arg(&key)
             .arg(crate::broker::envelope::now_rfc3339())
@@ -329,7 +490,7 @@ impl IdempotencyStore {
     /// The day a job without a date of its own is keyed under: the day it was first seen,
     /// pinned by job id, so a redelivery on a later day derives the same idempotency key.
     pub async fn pin_date(&self, job_id: &str, today: JobDate) -> Result<JobDate, StoreError> {
-        let redis_key = format!("{}:jobdate:{job_id}", self.namespace);
+        let [redis_key] = self.keys.pin_date_script(job_id);
         let today = today.to_string();
         let pinned: String = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -344,12 +505,11 @@ impl IdempotencyStore {
 
     /// Deletes every record of this namespace (the demo's clean-up; never used on real data).
     pub async fn delete_namespace(&self) -> Result<u64, StoreError> {
-        // Everything under `{namespace}:`, and the receipt chain's hash-tagged keys.
+        // Everything under `{namespace}:`, and the receipt chain's hash-tagged keys. SCAN
+        // walks one server: on Redis Cluster this clean-up must run against every primary.
         let mut deleted = 0;
-        for pattern in [
-            format!("{}:*", self.namespace),
-            format!("{{{}:receipts}}*", self.namespace),
-        ] {
+        let [own] = self.keys.patterns();
+        for pattern in [own, format!("{{{}:receipts}}*", self.keys.namespace)] {
             deleted += self.delete_matching(&pattern).await?;
         }
         Ok(deleted)
@@ -382,7 +542,8 @@ impl IdempotencyStore {
     /// Forgets the takeovers of a key: an operator replaying a poison message gives it a fresh
     /// start (its uncertainty stays, so the next attempt still reconciles first).
     pub async fn reset_takeovers(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
-        let redis_key = self.redis_key(key);
+        self.adopt_legacy(key).await?;
+        let [redis_key] = self.keys.record_script(key);
         let _: i64 = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HDEL");
@@ -399,7 +560,7 @@ impl IdempotencyStore {
         order_id: &str,
         key: &IdempotencyKey,
     ) -> Result<u64, StoreError> {
-        let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
+        let redis_key = self.keys.order_refunds(order_id);
         let refunds: std::collections::HashMap<String, u64> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HGETALL");
@@ -422,7 +583,7 @@ impl IdempotencyStore {
         key: &IdempotencyKey,
         amount: u64,
     ) -> Result<(), StoreError> {
-        let redis_key = format!("{}:order-refunds:{order_id}", self.namespace);
+        let [redis_key] = self.keys.order_refund_pipeline(order_id);
         let _: () = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut pipe = redis::pipe();
@@ -448,7 +609,7 @@ impl IdempotencyStore {
         amount: u64,
         currency: &str,
     ) -> Result<(), StoreError> {
-        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let redis_key = self.keys.dead_letter_amounts();
         let value = format!("{amount} {currency}");
         let _: () = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -465,7 +626,7 @@ impl IdempotencyStore {
         if job_ids.is_empty() {
             return Ok(());
         }
-        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let redis_key = self.keys.dead_letter_amounts();
         let _: () = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HDEL");
@@ -480,7 +641,7 @@ impl IdempotencyStore {
     pub async fn dead_letter_amounts(
         &self,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        let redis_key = format!("{}:dlq-amounts", self.namespace);
+        let redis_key = self.keys.dead_letter_amounts();
         let values: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HVALS");
@@ -501,7 +662,8 @@ impl IdempotencyStore {
 
     /// Reads a record (operators, `dlq replay`, tests).
     pub async fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordView>, StoreError> {
-        let redis_key = self.redis_key(key);
+        self.adopt_legacy(key).await?;
+        let redis_key = self.keys.record(key);
         let fields: Vec<Option<String>> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HMGET");

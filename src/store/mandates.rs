@@ -45,13 +45,69 @@ pub struct StoredMandate {
     pub revoked_at: Option<String>,
 }
 
+/// The Redis keys of one namespace's mandates, and the KEYS of every script call: pure, so a
+/// test checks the layout (one Redis Cluster slot per script call) the store really uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MandateKeys {
+    /// Every key starts with `<namespace>:`, so tests and tenants never meet.
+    namespace: String,
+}
+
+impl MandateKeys {
+    /// The keys under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The hash that holds mandate `id` (a token, so it has no braces of its own).
+    pub fn mandate(&self, id: &str) -> String {
+        format!("{}:mandate:{{{id}}}", self.namespace)
+    }
+
+    /// The budget counter of mandate `id` on `day` (`YYYY-MM-DD`).
+    pub fn day(&self, id: &str, day: &str) -> String {
+        format!("{}:day:{day}", self.mandate(id))
+    }
+
+    /// The reservation of job key `job_key` under mandate `id`.
+    pub fn reservation(&self, id: &str, job_key: &str) -> String {
+        format!("{}:job:{job_key}", self.mandate(id))
+    }
+
+    /// The set of mandate ids (read by `list`; no script touches it).
+    pub fn index(&self) -> String {
+        format!("{}:mandates", self.namespace)
+    }
+
+    /// KEYS of `mandate_grant` and `mandate_revoke`.
+    pub fn mandate_script(&self, id: &str) -> [String; 1] {
+        [self.mandate(id)]
+    }
+
+    /// KEYS of `mandate_reserve`: the mandate, the day's counter, the job's reservation.
+    pub fn reserve_script(&self, id: &str, day: &str, job_key: &str) -> [String; 3] {
+        [
+            self.mandate(id),
+            self.day(id, day),
+            self.reservation(id, job_key),
+        ]
+    }
+
+    /// KEYS of `mandate_release`: the day's counter, the job's reservation.
+    pub fn release_script(&self, id: &str, day: &str, job_key: &str) -> [String; 2] {
+        [self.day(id, day), self.reservation(id, job_key)]
+    }
+}
+
 /// The mandates of one namespace.
 #[derive(Clone)]
 pub struct MandateStore {
     /// The reconnecting Redis connection.
     conn: ConnectionManager,
-    /// Every key starts with `<namespace>:`, so tests and tenants never meet.
-    namespace: String,
+    /// Every key and every script's KEYS, from one place.
+    keys: MandateKeys,
     /// The scripts, loaded once (EVALSHA after the first call).
     scripts: &'static Scripts,
 }
@@ -76,7 +132,7 @@ fn scripts() -> &'static Scripts {
 impl std::fmt::Debug for MandateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MandateStore")
-            .field("namespace", &self.namespace)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -96,29 +152,34 @@ impl MandateStore {
     pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
         Self {
             conn,
-            namespace: namespace.to_owned(),
+            keys: MandateKeys::new(namespace),
             scripts: scripts(),
         }
     }
 
+    /// The key layout.
+    pub fn keys(&self) -> &MandateKeys {
+        &self.keys
+    }
+
     /// The hash that holds mandate `id`.
     pub fn mandate_key(&self, id: &str) -> String {
-        format!("{}:mandate:{{{id}}}", self.namespace)
+        self.keys.mandate(id)
     }
 
     /// The budget counter of mandate `id` on `day` (`YYYY-MM-DD`).
     pub fn day_key(&self, id: &str, day: &str) -> String {
-        format!("{}:day:{day}", self.mandate_key(id))
+        self.keys.day(id, day)
     }
 
     /// The reservation of job key `job_key` under mandate `id`.
     pub fn reservation_key(&self, id: &str, job_key: &str) -> String {
-        format!("{}:job:{job_key}", self.mandate_key(id))
+        self.keys.reservation(id, job_key)
     }
 
     /// The set of mandate ids (read by `list`; no script touches it).
     pub fn index_key(&self) -> String {
-        format!("{}:mandates", self.namespace)
+        self.keys.index()
     }
 
     /// Stores a signed mandate, replacing one with the same id (new caps, no revocation);
@@ -136,7 +197,7 @@ impl MandateStore {
         })
         .await?;
         let fields = fields_of(mandate);
-        let key = self.mandate_key(id);
+        let [key] = self.keys.mandate_script(id);
         let _: String = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.grant.key(&key);
@@ -164,7 +225,7 @@ impl MandateStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<String>, StoreError> {
-        let key = self.mandate_key(id);
+        let [key] = self.keys.mandate_script(id);
         let now = rfc3339(now);
         let at: String = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -247,11 +308,7 @@ impl MandateStore {
         job_key: &IdempotencyKey,
     ) -> Result<ReserveAnswer, StoreError> {
         let id = mandate.id.as_str();
-        let keys = [
-            self.mandate_key(id),
-            self.day_key(id, day),
-            self.reservation_key(id, job_key.as_str()),
-        ];
+        let keys = self.keys.reserve_script(id, day, job_key.as_str());
         let retention = u64::try_from(RETENTION.as_millis()).unwrap_or(u64::MAX);
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -306,8 +363,9 @@ impl MandateStore {
         job_key: &IdempotencyKey,
     ) -> Result<i64, StoreError> {
         let id = reservation.mandate_id.as_str();
-        let day_key = self.day_key(id, &reservation.day);
-        let job = self.reservation_key(id, job_key.as_str());
+        let [day_key, job] = self
+            .keys
+            .release_script(id, &reservation.day, job_key.as_str());
         redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.release.prepare_invoke();

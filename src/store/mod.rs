@@ -11,8 +11,10 @@ use std::{future::Future, time::Duration};
 use backon::{ExponentialBuilder, Retryable};
 use redis::{RedisError, aio::ConnectionManager};
 
-pub use idempotency::{Claim, ClaimTicket, IdempotencyStore, RecordView, RefundRecord, Settle};
-pub use mandates::{MandateError, MandatePolicy, MandateStore, StoredMandate};
+pub use idempotency::{
+    Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordView, RefundRecord, Settle,
+};
+pub use mandates::{MandateError, MandateKeys, MandatePolicy, MandateStore, StoredMandate};
 pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
 
 /// Why Redis could not answer.

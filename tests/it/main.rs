@@ -5,6 +5,8 @@ mod bench;
 mod faults;
 mod governed;
 mod helpers;
+mod key_layout;
+mod malformed;
 mod mandates;
 mod metrics;
 mod observability;
