@@ -1,6 +1,7 @@
 //! Integration tests against the real RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379).
 //! Each test runs under its own queue prefix and Redis namespace, with its own sandbox.
 
+mod chaos;
 mod faults;
 mod governed;
 mod helpers;
@@ -9,6 +10,7 @@ mod metrics;
 mod observability;
 mod ops;
 mod pipeline;
+mod private_rabbit;
 mod processes;
 mod provider_asaas;
 mod provider_mercadopago;
