@@ -206,7 +206,6 @@ async fn three_workers_on_one_queue_refund_every_job_exactly_once() {
         ..everyday_faults()
     };
     let mut chaos = Chaos::begin("three", faults, |_| {}, AMQP_URL, REDIS_URL).await;
-    chaos.publish().await;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let workers: Vec<WorkerProcess> = ports
         .iter()
@@ -215,6 +214,14 @@ async fn three_workers_on_one_queue_refund_every_job_exactly_once() {
             WorkerProcess::spawn(&chaos.env, &mut chaos.logs, &["--metrics-addr", &addr])
         })
         .collect();
+    // All three consuming before the batch arrives, so none of them can miss it.
+    for port in &ports {
+        eventually(Duration::from_secs(60), "every worker is consuming", || {
+            ready_is(*port, true)
+        })
+        .await;
+    }
+    chaos.publish().await;
     chaos.until_every_job_ended().await;
 
     // Every worker took part: each finished some jobs.
