@@ -27,7 +27,7 @@ pub struct EventTap {
     amqp_url: String,
     queue: String,
     /// Terminal outcomes seen so far, per job id (a redelivered job may end more than once).
-    pub seen: HashMap<String, Vec<(EventStatus, Option<String>)>>,
+    pub seen: Events,
     /// Events read in all.
     pub events: usize,
 }
@@ -126,7 +126,7 @@ impl EventTap {
 }
 
 /// One message in the dead-letter queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Letter {
     pub job_id: String,
     pub class: String,
@@ -279,13 +279,56 @@ impl Figures {
     }
 }
 
-/// Balances the books.
+/// Terminal outcomes per job id, as the event tap collected them.
+pub type Events = HashMap<String, Vec<(EventStatus, Option<String>)>>;
+
+/// Balances the books: [`balance`], then every refunded key's record in Redis must say done.
 pub async fn reconcile(
     batch: &Batch,
     ledger: &[LedgerEntry],
     letters: &[Letter],
-    tap: &EventTap,
+    events: &Events,
     store: &IdempotencyStore,
+) -> Figures {
+    let mut figures = balance(batch, ledger, letters, events);
+    let refunded: BTreeSet<(&str, &str)> = ledger
+        .iter()
+        .map(|e| (e.provider.as_str(), e.payment_id.as_str()))
+        .collect();
+    let mut checked = BTreeSet::new();
+    for expect in batch.expect.values() {
+        let Expect::Refund {
+            provider,
+            payment_id,
+            key,
+            ..
+        } = expect
+        else {
+            continue;
+        };
+        let payment = (provider.as_str(), payment_id.as_str());
+        if !refunded.contains(&payment) || !checked.insert(payment) {
+            continue;
+        }
+        match store.get(key).await {
+            Ok(Some(record)) if record.state == "done" => {}
+            other => {
+                figures.unrecorded += 1;
+                figures.problem(format!(
+                    "{payment:?} is in the ledger but its record {key} is {other:?}"
+                ));
+            }
+        }
+    }
+    figures
+}
+
+/// The books from the ledger, the dead letters and the events alone.
+pub fn balance(
+    batch: &Batch,
+    ledger: &[LedgerEntry],
+    letters: &[Letter],
+    events: &Events,
 ) -> Figures {
     let mut figures = Figures {
         published: batch.jobs.len(),
@@ -315,23 +358,21 @@ pub async fn reconcile(
         }
     }
 
-    // Payments that must be refunded: exactly one ledger entry each, of the right amount,
-    // and a record in Redis that says done.
-    let mut refund_payments: BTreeMap<(&str, &str), (u64, &refund_worker::job::IdempotencyKey)> =
-        BTreeMap::new();
+    // Payments that must be refunded: exactly one ledger entry each, of the right amount.
+    let mut refund_payments: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for expect in batch.expect.values() {
         if let Expect::Refund {
             provider,
             payment_id,
             amount,
-            key,
+            ..
         } = expect
         {
-            refund_payments.insert((provider.as_str(), payment_id.as_str()), (*amount, key));
+            refund_payments.insert((provider.as_str(), payment_id.as_str()), *amount);
         }
     }
     let mut refunded_payments = BTreeSet::new();
-    for (payment, (amount, key)) in &refund_payments {
+    for (payment, amount) in &refund_payments {
         let Some(entries) = ledger_by_payment.get(payment) else {
             continue;
         };
@@ -348,15 +389,6 @@ pub async fn reconcile(
             figures.misfiled += 1;
             figures.problem(format!("{payment:?} refunded {entries:?}, asked {amount}"));
         }
-        match store.get(key).await {
-            Ok(Some(record)) if record.state == "done" => {}
-            other => {
-                figures.unrecorded += 1;
-                figures.problem(format!(
-                    "{payment:?} is in the ledger but its record {key} is {other:?}"
-                ));
-            }
-        }
     }
     // Refunds nobody asked for (declined, exhausted, invalid, or unknown payments).
     for (payment, entries) in &ledger_by_payment {
@@ -371,7 +403,7 @@ pub async fn reconcile(
     // Every job: in its place, with its terminal outcome.
     let mut success_jobs = 0;
     for (job_id, expect) in &batch.expect {
-        let events = tap.seen.get(job_id).map(Vec::as_slice).unwrap_or_default();
+        let events = events.get(job_id).map(Vec::as_slice).unwrap_or_default();
         let letters = letters_by_job.get(job_id.as_str());
         match expect {
             Expect::Refund {
@@ -424,4 +456,140 @@ pub async fn reconcile(
     }
     figures.deduplicated = success_jobs - figures.refunded.min(success_jobs);
     figures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The books of a run where everything went right, made up from the batch itself.
+    fn perfect(batch: &Batch) -> (Vec<LedgerEntry>, Vec<Letter>, Events) {
+        let (mut ledger, mut letters, mut events) = (Vec::new(), Vec::new(), Events::new());
+        for (job_id, expect) in &batch.expect {
+            match expect {
+                Expect::Refund {
+                    provider,
+                    payment_id,
+                    amount,
+                    key,
+                } => {
+                    let status = if ledger
+                        .iter()
+                        .any(|e: &LedgerEntry| &e.payment_id == payment_id)
+                    {
+                        EventStatus::Deduplicated
+                    } else {
+                        ledger.push(LedgerEntry {
+                            provider: provider.clone(),
+                            payment_id: payment_id.clone(),
+                            refund_id: format!("re_{payment_id}"),
+                            amount: *amount,
+                            idempotency_key: Some(key.to_string()),
+                            created_at: "2026-11-24T12:00:00Z".into(),
+                        });
+                        EventStatus::Succeeded
+                    };
+                    events.insert(job_id.clone(), vec![(status, None)]);
+                }
+                Expect::DeadLetter { class, .. } => {
+                    letters.push(Letter {
+                        job_id: job_id.clone(),
+                        class: (*class).to_owned(),
+                        error: "a reason".into(),
+                    });
+                    let status = if *class == "invalid" {
+                        EventStatus::DeadLettered
+                    } else {
+                        EventStatus::Failed
+                    };
+                    events.insert(job_id.clone(), vec![(status, Some((*class).to_owned()))]);
+                }
+            }
+        }
+        (ledger, letters, events)
+    }
+
+    fn first_dead(batch: &Batch, wanted: &str) -> (String, Option<(String, String)>) {
+        batch
+            .expect
+            .iter()
+            .find_map(|(id, e)| match e {
+                Expect::DeadLetter { class, payment } if *class == wanted => {
+                    Some((id.clone(), payment.clone()))
+                }
+                _ => None,
+            })
+            .expect("the batch has one")
+    }
+
+    #[test]
+    fn right_books_balance() {
+        let batch = Batch::generate(300, 11);
+        let (ledger, letters, events) = perfect(&batch);
+        let figures = balance(&batch, &ledger, &letters, &events);
+        figures.assert_exact("perfect books");
+        assert_eq!(figures.refunded, batch.unique_valid());
+        assert!(figures.deduplicated > 0 && figures.dead_total() > 0);
+    }
+
+    #[test]
+    fn the_books_catch_double_refunds_lost_jobs_and_misfiled_letters() {
+        let batch = Batch::generate(300, 11);
+        let (ledger, letters, events) = perfect(&batch);
+
+        // A payment refunded twice.
+        let mut twice = ledger.clone();
+        twice.push(ledger[0].clone());
+        assert_eq!(balance(&batch, &twice, &letters, &events).double_refunds, 1);
+
+        // A declined payment refunded anyway.
+        let (_, payment) = first_dead(&batch, "permanent");
+        let (provider, payment_id) = payment.unwrap();
+        let mut paid = ledger.clone();
+        paid.push(LedgerEntry {
+            provider,
+            payment_id,
+            ..ledger[0].clone()
+        });
+        assert_eq!(balance(&batch, &paid, &letters, &events).double_refunds, 1);
+
+        // A refund that never happened.
+        let short = &ledger[1..];
+        assert!(balance(&batch, short, &letters, &events).lost >= 1);
+
+        // A job whose outcome event never came (its message was dropped, not finished).
+        let (job_id, _) = batch
+            .expect
+            .iter()
+            .find(|(_, e)| matches!(e, Expect::Refund { .. }))
+            .unwrap();
+        let mut silent = events.clone();
+        silent.remove(job_id);
+        assert_eq!(balance(&batch, &ledger, &letters, &silent).lost, 1);
+
+        // A dead letter missing, and one filed under the wrong class.
+        let (exhausted, _) = first_dead(&batch, "exhausted");
+        let missing: Vec<Letter> = letters
+            .iter()
+            .filter(|l| l.job_id != exhausted)
+            .cloned()
+            .collect();
+        assert_eq!(balance(&batch, &ledger, &missing, &events).lost, 1);
+        let mut wrong = letters.clone();
+        for letter in wrong.iter_mut().filter(|l| l.job_id == exhausted) {
+            letter.class = "permanent".into();
+        }
+        assert_eq!(balance(&batch, &ledger, &wrong, &events).misfiled, 1);
+
+        // An extra copy of a dead letter is counted, and is no error.
+        let mut copied = letters.clone();
+        copied.push(Letter {
+            job_id: exhausted,
+            class: "exhausted".into(),
+            error: "a reason".into(),
+        });
+        let figures = balance(&batch, &ledger, &copied, &events);
+        assert_eq!(figures.dead_letter_copies, 1);
+        figures.assert_exact("a copy is not an error");
+    }
 }

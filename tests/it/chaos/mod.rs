@@ -144,7 +144,14 @@ impl Chaos {
         self.tap.collect().await;
         let letters = drain_dead_letters(&amqp_url, &self.env.topology).await;
         let ledger = self.env.ledger();
-        let figures = reconcile(&self.batch, &ledger, &letters, &self.tap, &self.env.store).await;
+        let figures = reconcile(
+            &self.batch,
+            &ledger,
+            &letters,
+            &self.tap.seen,
+            &self.env.store,
+        )
+        .await;
         let mut faults = self.faults.clone();
         let injected = self.env.sandbox.fault_counts();
         faults.push(format!(
