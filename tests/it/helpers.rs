@@ -440,10 +440,13 @@ pub fn binary() -> &'static str {
 /// A private redis-server on a free port, for tests that pause or stop Redis without
 /// disturbing the others.
 pub struct PrivateRedis {
+    /// `redis://127.0.0.1:{port}/`.
     pub url: String,
+    /// Kept across restarts, so clients reconnect to the same URL.
     port: u16,
     /// Where a durable server keeps its append-only file (none: nothing persists).
     dir: Option<std::path::PathBuf>,
+    /// The server while it runs.
     child: Option<std::process::Child>,
 }
 

@@ -26,6 +26,7 @@ pub struct PrivateRabbit {
     pub url: String,
     /// The Erlang node name, for `rabbitmqctl -n`.
     node: String,
+    /// Free ports picked once, kept across restarts (clients reconnect to the same URL).
     amqp_port: u16,
     dist_port: u16,
     /// Data, logs, cookie (as `$HOME`), configuration.

@@ -24,7 +24,9 @@ use super::batch::{Batch, Expect};
 /// A queue bound to the events exchange, declared before anything is published, so that every
 /// terminal outcome of the run lands in it (quorum: it survives a broker crash).
 pub struct EventTap {
+    /// The broker to read from (a fresh connection each time: it may have been restarted).
     amqp_url: String,
+    /// `{prefix}.chaos-events`.
     queue: String,
     /// Terminal outcomes seen so far, per job id (a redelivered job may end more than once).
     pub seen: Events,
@@ -128,8 +130,11 @@ impl EventTap {
 /// One message in the dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct Letter {
+    /// `x-refund-job-id` (or the message id of a letter the broker dead-lettered itself).
     pub job_id: String,
+    /// `x-refund-error-class`.
     pub class: String,
+    /// `x-refund-error`: the reason a person reads.
     pub error: String,
 }
 

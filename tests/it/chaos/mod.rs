@@ -59,11 +59,17 @@ fn batch_limit() -> Duration {
 /// One chaos test's world: its env, its batch, the tap on its outcome events, its workers'
 /// logs, and the faults it injected.
 struct Chaos {
+    /// Prefix, sandbox, settings and store: the test's isolated world.
     env: TestEnv,
+    /// What was published and what must become of each job.
     batch: Batch,
+    /// Every terminal outcome, as the workers announced it.
     tap: EventTap,
+    /// The workers' logs, kept if the test fails.
     logs: Logs,
+    /// For the `took=` figure.
     started: Instant,
+    /// What was broken and when, for the figures line.
     faults: Vec<String>,
 }
 

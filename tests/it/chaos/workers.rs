@@ -13,7 +13,9 @@ use crate::helpers::{TestEnv, binary};
 
 /// The logs of one test's workers.
 pub struct Logs {
+    /// `$TMPDIR/refund-worker-chaos/<prefix>/`.
     pub dir: PathBuf,
+    /// Workers started so far (names the next one's log).
     spawned: usize,
 }
 
@@ -43,7 +45,9 @@ impl Logs {
 
 /// One `refund-worker run` process.
 pub struct WorkerProcess {
+    /// The process (killed if the test panics).
     child: Child,
+    /// `worker-N`, its log's name.
     pub name: String,
 }
 
