@@ -448,16 +448,16 @@ async fn provider_5xx_bursts_lost_answers_and_429_storms_refund_every_job_exactl
     chaos.publish().await;
     let worker = WorkerProcess::spawn(&chaos.env, &mut chaos.logs, &[]);
     let limit = Duration::from_secs(60);
+    let storm = |secs| Burst::RateLimited {
+        retry_after: Duration::from_secs(secs),
+    };
     let bursts = [
         (0.15, Burst::ServerErrors, Duration::from_secs(2)),
-        (
-            0.4,
-            Burst::RateLimited {
-                retry_after: Duration::from_secs(1),
-            },
-            Duration::from_secs(2),
-        ),
-        (0.65, Burst::ServerErrors, Duration::from_secs(3)),
+        // Waited out in-process (under the 2 s cap).
+        (0.35, storm(1), Duration::from_secs(2)),
+        // Longer than any in-process wait: the jobs go through the retry tiers.
+        (0.55, storm(3), Duration::from_secs(2)),
+        (0.75, Burst::ServerErrors, Duration::from_secs(3)),
     ];
     for (share, burst, lasting) in bursts {
         let at = chaos.until_refunded(share, limit).await;
