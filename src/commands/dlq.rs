@@ -489,24 +489,39 @@ struct Replay<'a> {
 enum Replayed {
     Republished(String),
     AlreadyRefunded(String),
+    /// An identical copy (same job id, same body) of a letter this replay republished.
+    Copy,
     Skipped(String),
 }
 
 impl Replay<'_> {
     async fn run(&self, chosen: &[&DeadLetter]) -> Result<(), CommandError> {
-        let (mut replayed, mut refunded, mut skipped) = (0, 0, 0);
+        let (mut replayed, mut refunded, mut skipped, mut copies) = (0, 0, 0, 0);
+        // Dead-lettering is at-least-once: a worker that dies between the broker's confirm of
+        // a dead letter and its ack leaves a second, identical copy. One replay is enough for
+        // both; replaying each would double the copies at every round.
+        let mut done: BTreeSet<(&str, &[u8])> = BTreeSet::new();
         for letter in chosen {
-            let verdict = self.one(letter).await?;
+            let identity = (letter.job_id.as_str(), letter.body.as_slice());
+            let verdict = if done.contains(&identity) {
+                if !self.dry_run {
+                    letter.remove().await.map_err(runtime)?;
+                }
+                Replayed::Copy
+            } else {
+                self.one(letter).await?
+            };
             let (tag, text) = match &verdict {
                 Replayed::Republished(t) => {
                     replayed += 1;
+                    done.insert(identity);
                     (
                         if self.dry_run {
                             "would replay"
                         } else {
                             "replayed"
                         },
-                        t,
+                        t.as_str(),
                     )
                 }
                 Replayed::AlreadyRefunded(t) => {
@@ -517,19 +532,35 @@ impl Replay<'_> {
                         } else {
                             "removed"
                         },
-                        t,
+                        t.as_str(),
+                    )
+                }
+                Replayed::Copy => {
+                    copies += 1;
+                    (
+                        if self.dry_run {
+                            "would remove"
+                        } else {
+                            "removed"
+                        },
+                        "a second copy of the letter replayed above",
                     )
                 }
                 Replayed::Skipped(t) => {
                     skipped += 1;
-                    ("skipped", t)
+                    ("skipped", t.as_str())
                 }
             };
             println!("{tag:<13} {} {text}", letter.job_id);
         }
         let prefix = if self.dry_run { "dry run: " } else { "" };
+        let copies = if copies > 0 {
+            format!(", {copies} duplicate copies removed")
+        } else {
+            String::new()
+        };
         println!(
-            "{prefix}{replayed} replayed, {refunded} already refunded (removed from the queue), {skipped} skipped and left in the queue"
+            "{prefix}{replayed} replayed, {refunded} already refunded (removed from the queue), {skipped} skipped and left in the queue{copies}"
         );
         Ok(())
     }

@@ -1,11 +1,14 @@
-//! The sandbox's faults: the on-demand ones (`--latency-ms`, `--fail-rate`, `--rate-limit`…)
-//! and the deterministic ones keyed by payment id (`_declined`, `_flakyN`, `_timeout`,
-//! `_pending`, `_pendingfail`).
+//! The sandbox's faults: the on-demand ones (`--latency-ms`, `--fail-rate`, `--rate-limit`…),
+//! the deterministic ones keyed by payment id (`_declined`, `_flakyN`, `_timeout`,
+//! `_pending`, `_pendingfail`), and bursts switched on at run time (an outage of 5xx, a storm
+//! of 429s) for fault-injection tests. Every fault injected is counted.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
 
+use super::Refusal;
 use crate::providers::guard::TokenBucket;
 
 /// The on-demand faults a sandbox injects.
@@ -84,11 +87,41 @@ impl Magic {
     }
 }
 
-/// Mutable fault state: the dice and the rate limiter's bucket.
+/// A fault switched on at run time for a while: every provider and service call in the window
+/// is refused before anything executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Burst {
+    /// 5xx, as in an outage of the provider.
+    ServerErrors,
+    /// 429 with this `Retry-After`, as in a rate-limit storm.
+    RateLimited {
+        /// What the answers ask the client to wait (whole seconds on the wire, at least 1).
+        retry_after: Duration,
+    },
+}
+
+/// How many faults the sandbox injected, by kind (`GET /_sandbox/faults`): what a
+/// fault-injection run reports next to its results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultCounts {
+    /// Calls refused with a transient 5xx before executing (`--fail-rate`, `_flakyN`, bursts).
+    pub server_errors: u64,
+    /// Calls refused with 429 (`--rate-limit`, storms).
+    pub rate_limited: u64,
+    /// Refunds (or service calls) executed whose answer was then held back past the client's
+    /// patience (`--timeout-rate`, `_timeout`).
+    pub answers_lost: u64,
+}
+
+/// Mutable fault state: the dice, the rate limiter's bucket, the burst under way, the counts.
 #[derive(Debug)]
 pub struct FaultState {
     rng: StdRng,
     bucket: Option<TokenBucket>,
+    /// The burst under way and when it ends.
+    burst: Option<(Burst, Instant)>,
+    /// Faults injected so far.
+    counts: FaultCounts,
 }
 
 impl FaultState {
@@ -97,7 +130,47 @@ impl FaultState {
         Self {
             rng: StdRng::seed_from_u64(options.seed),
             bucket: options.rate_limit.map(TokenBucket::new),
+            burst: None,
+            counts: FaultCounts::default(),
         }
+    }
+
+    /// Starts `burst`, lasting `lasting` from now (replacing any burst under way).
+    pub fn start_burst(&mut self, burst: Burst, lasting: Duration) {
+        self.burst = Some((burst, Instant::now() + lasting));
+    }
+
+    /// The refusal of the burst under way, if one is.
+    pub(crate) fn burst_refusal(&mut self) -> Option<Refusal> {
+        match self.burst {
+            Some((burst, until)) if Instant::now() < until => Some(match burst {
+                Burst::ServerErrors => Refusal::Unavailable,
+                Burst::RateLimited { retry_after } => Refusal::RateLimited(retry_after),
+            }),
+            Some(_) => {
+                self.burst = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Counts a refusal the sandbox answered with.
+    pub(crate) fn count_refusal(&mut self, refusal: &Refusal) {
+        match refusal {
+            Refusal::Unavailable => self.counts.server_errors += 1,
+            Refusal::RateLimited(_) => self.counts.rate_limited += 1,
+        }
+    }
+
+    /// Counts an answer held back.
+    pub(crate) fn count_lost_answer(&mut self) {
+        self.counts.answers_lost += 1;
+    }
+
+    /// Faults injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.counts
     }
 
     /// True with probability `rate`.
@@ -148,6 +221,32 @@ mod tests {
         });
         assert!((0..3).all(|_| state.admit().is_ok()));
         assert!(state.admit().is_err());
+    }
+
+    #[test]
+    fn a_burst_refuses_until_it_ends_then_nothing() {
+        let mut state = FaultState::new(&FaultOptions::default());
+        assert_eq!(state.burst_refusal(), None);
+        state.start_burst(Burst::ServerErrors, Duration::from_secs(60));
+        assert_eq!(state.burst_refusal(), Some(Refusal::Unavailable));
+        let retry_after = Duration::from_secs(2);
+        state.start_burst(Burst::RateLimited { retry_after }, Duration::ZERO);
+        assert_eq!(
+            state.burst_refusal(),
+            None,
+            "an ended burst refuses nothing"
+        );
+        state.count_refusal(&Refusal::Unavailable);
+        state.count_refusal(&Refusal::RateLimited(retry_after));
+        state.count_lost_answer();
+        assert_eq!(
+            state.counts(),
+            FaultCounts {
+                server_errors: 1,
+                rate_limited: 1,
+                answers_lost: 1
+            }
+        );
     }
 
     #[test]

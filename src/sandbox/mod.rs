@@ -34,7 +34,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{FaultOptions, Magic};
+pub use faults::{Burst, FaultCounts, FaultOptions, Magic};
 pub use fixtures::{
     FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment, generated_orders, parse_fixtures,
 };
@@ -185,6 +185,7 @@ impl Sandbox {
             .route("/_sandbox/refunds", get(ledger))
             .route("/_sandbox/requests", get(requests))
             .route("/_sandbox/payments", post(seed_payment))
+            .route("/_sandbox/faults", get(fault_counts).post(start_burst))
             .route("/_sandbox/credit-notes", get(credit_notes))
             .route("/_sandbox/messages", get(messages))
             .route("/_sandbox/healthz", get(|| async { "ok\n" }))
@@ -256,11 +257,39 @@ impl Sandbox {
         lock(&self.inner.whatsapp).messages()
     }
 
-    /// The on-demand faults of the services (ERP, invoicing, WhatsApp): rate limit, latency
-    /// and `--fail-rate`, as [`gate`](Self::gate) applies them to refunds; no payment-id magic.
+    /// Refuses every provider and service call for `lasting` from now, with 5xx or with 429
+    /// (a fault-injection test's outage or rate-limit storm); replaces a burst under way.
+    pub fn burst(&self, burst: Burst, lasting: Duration) {
+        lock(&self.inner.fault_state).start_burst(burst, lasting);
+    }
+
+    /// How many faults were injected so far, by kind.
+    pub fn fault_counts(&self) -> FaultCounts {
+        lock(&self.inner.fault_state).counts()
+    }
+
+    /// Counts a refusal on its way out.
+    fn counted(&self, result: Result<(), Refusal>) -> Result<(), Refusal> {
+        if let Err(refusal) = &result {
+            lock(&self.inner.fault_state).count_refusal(refusal);
+        }
+        result
+    }
+
+    /// The on-demand faults of the services (ERP, invoicing, WhatsApp): bursts, rate limit,
+    /// latency and `--fail-rate`, as [`gate`](Self::gate) applies them to refunds; no
+    /// payment-id magic.
     pub(crate) async fn gate_service(&self) -> Result<(), Refusal> {
+        let result = self.gate_service_uncounted().await;
+        self.counted(result)
+    }
+
+    async fn gate_service_uncounted(&self) -> Result<(), Refusal> {
         let latency = {
             let mut state = lock(&self.inner.fault_state);
+            if let Some(refusal) = state.burst_refusal() {
+                return Err(refusal);
+            }
             state.admit().map_err(Refusal::RateLimited)?;
             state.latency(&self.inner.faults)
         };
@@ -276,12 +305,27 @@ impl Sandbox {
     /// Whether the answer to a service call that changed something (a note issued, a
     /// message sent) is lost (`--timeout-rate`).
     pub(crate) fn loses_service_answer(&self) -> bool {
-        lock(&self.inner.fault_state).roll(self.inner.faults.timeout_rate)
+        let mut state = lock(&self.inner.fault_state);
+        let lost = state.roll(self.inner.faults.timeout_rate);
+        if lost {
+            state.count_lost_answer();
+        }
+        lost
     }
 
-    /// The on-demand faults before a refund executes: rate limit, latency, outages, and
-    /// `_flakyN`. Only refund-creating calls count toward `_flakyN`.
+    /// The on-demand faults before a refund executes: bursts, rate limit, latency, outages,
+    /// and `_flakyN`. Only refund-creating calls count toward `_flakyN`.
     pub(crate) async fn gate(
+        &self,
+        provider: ProviderName,
+        payment_id: &str,
+        creates: bool,
+    ) -> Result<(), Refusal> {
+        let result = self.gate_uncounted(provider, payment_id, creates).await;
+        self.counted(result)
+    }
+
+    async fn gate_uncounted(
         &self,
         provider: ProviderName,
         payment_id: &str,
@@ -289,6 +333,9 @@ impl Sandbox {
     ) -> Result<(), Refusal> {
         let latency = {
             let mut state = lock(&self.inner.fault_state);
+            if let Some(refusal) = state.burst_refusal() {
+                return Err(refusal);
+            }
             state.admit().map_err(Refusal::RateLimited)?;
             state.latency(&self.inner.faults)
         };
@@ -390,8 +437,13 @@ impl Sandbox {
         let first_call = lock(&self.inner.calls)
             .get(&(provider, payment_id.to_owned()))
             .is_none_or(|n| *n <= 1);
-        (Magic::of(payment_id) == Magic::Timeout && first_call)
-            || lock(&self.inner.fault_state).roll(self.inner.faults.timeout_rate)
+        let mut state = lock(&self.inner.fault_state);
+        let lost = (Magic::of(payment_id) == Magic::Timeout && first_call)
+            || state.roll(self.inner.faults.timeout_rate);
+        if lost {
+            state.count_lost_answer();
+        }
+        lost
     }
 
     /// How long a lost answer is held back.
@@ -447,6 +499,41 @@ async fn credit_notes(State(sandbox): State<Sandbox>) -> Json<Vec<IssuedCreditNo
 
 async fn messages(State(sandbox): State<Sandbox>) -> Json<Vec<DeliveredMessage>> {
     Json(sandbox.messages())
+}
+
+async fn fault_counts(State(sandbox): State<Sandbox>) -> Json<FaultCounts> {
+    Json(sandbox.fault_counts())
+}
+
+/// `POST /_sandbox/faults`: `{"burst": "5xx" | "429", "for_ms": 2000, "retry_after_ms": 1000}`.
+#[derive(Deserialize)]
+struct BurstRequest {
+    burst: String,
+    for_ms: u64,
+    #[serde(default = "one_second")]
+    retry_after_ms: u64,
+}
+
+fn one_second() -> u64 {
+    1000
+}
+
+async fn start_burst(State(sandbox): State<Sandbox>, Json(asked): Json<BurstRequest>) -> Response {
+    let burst = match asked.burst.as_str() {
+        "5xx" => Burst::ServerErrors,
+        "429" => Burst::RateLimited {
+            retry_after: Duration::from_millis(asked.retry_after_ms),
+        },
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("burst must be \"5xx\" or \"429\", not {other:?}"),
+            )
+                .into_response();
+        }
+    };
+    sandbox.burst(burst, Duration::from_millis(asked.for_ms));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize)]

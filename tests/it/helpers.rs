@@ -145,6 +145,18 @@ impl TestEnv {
         tweak: impl FnOnce(&mut Settings),
         redis_url: &str,
     ) -> Self {
+        Self::with_infra(name, faults, tweak, AMQP_URL, redis_url).await
+    }
+
+    /// An env on the RabbitMQ at `amqp_url` and the Redis at `redis_url` (private ones a test
+    /// can break).
+    pub async fn with_infra(
+        name: &str,
+        faults: FaultOptions,
+        tweak: impl FnOnce(&mut Settings),
+        amqp_url: &str,
+        redis_url: &str,
+    ) -> Self {
         let prefix = format!(
             "it-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -162,11 +174,11 @@ impl TestEnv {
         // After pointing, so a test can send one provider elsewhere.
         tweak(&mut settings);
         let connections = Connections {
-            amqp_url: AMQP_URL.into(),
+            amqp_url: amqp_url.into(),
             redis_url: redis_url.into(),
             prefix,
         };
-        let amqp = broker::connect(AMQP_URL, "refund-worker tests")
+        let amqp = broker::connect(amqp_url, "refund-worker tests")
             .await
             .expect("RabbitMQ must be running on 127.0.0.1:5672 (see README)");
         let publisher = Publisher::open(&amqp).await.unwrap();
@@ -345,7 +357,7 @@ impl TestEnv {
         let delays: Vec<String> = s.retry.delays.iter().map(|d| ms(*d)).collect();
         vec![
             ("REFUND_PREFIX".into(), self.prefix().to_owned()),
-            ("AMQP_URL".into(), AMQP_URL.into()),
+            ("AMQP_URL".into(), self.connections.amqp_url.clone()),
             ("REDIS_URL".into(), self.connections.redis_url.clone()),
             ("REFUND_PROVIDERS_URL".into(), self.sandbox_url.clone()),
             ("REFUND_RETRY__DELAYS".into(), delays.join(",")),
@@ -354,6 +366,26 @@ impl TestEnv {
                 s.retry.max_attempts.to_string(),
             ),
             ("REFUND_PROVIDERS__TIMEOUT".into(), ms(s.providers.timeout)),
+            (
+                "REFUND_PROVIDERS__CONNECT_TIMEOUT".into(),
+                ms(s.providers.connect_timeout),
+            ),
+            (
+                "REFUND_PROVIDERS__CIRCUIT_FAILURES".into(),
+                s.providers.circuit_failures.to_string(),
+            ),
+            (
+                "REFUND_PROVIDERS__CIRCUIT_OPEN_FOR".into(),
+                ms(s.providers.circuit_open_for),
+            ),
+            (
+                "REFUND_RETRY__IN_PROCESS".into(),
+                s.retry.in_process.to_string(),
+            ),
+            (
+                "REFUND_RETRY__IN_PROCESS_DELAY".into(),
+                ms(s.retry.in_process_delay),
+            ),
             ("REFUND_IDEMPOTENCY__LEASE".into(), ms(s.idempotency.lease)),
             (
                 "REFUND_WORKER__CONCURRENCY".into(),
@@ -408,32 +440,77 @@ pub fn binary() -> &'static str {
 /// A private redis-server on a free port, for tests that pause or stop Redis without
 /// disturbing the others.
 pub struct PrivateRedis {
+    /// `redis://127.0.0.1:{port}/`.
     pub url: String,
-    child: std::process::Child,
+    /// Kept across restarts, so clients reconnect to the same URL.
+    port: u16,
+    /// Where a durable server keeps its append-only file (none: nothing persists).
+    dir: Option<std::path::PathBuf>,
+    /// The server while it runs.
+    child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
+    /// A server that keeps nothing: what it held is gone when it stops.
     pub async fn start() -> Self {
+        Self::launch(None).await
+    }
+
+    /// A server that writes every change to its append-only file before answering
+    /// (`appendfsync always`, as production should run), so it can be killed and restarted
+    /// without losing an idempotency record.
+    pub async fn start_durable() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "rw-redis-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir for the private Redis");
+        Self::launch(Some(dir)).await
+    }
+
+    async fn launch(dir: Option<std::path::PathBuf>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let mut redis = Self {
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            dir,
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts the server again on the same port (and the same data, if durable).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the private Redis is already running");
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir;
+        match &self.dir {
+            Some(path) => {
+                dir = path.to_string_lossy().into_owned();
+                args.extend([
+                    "--dir",
+                    &dir,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ]);
+            }
+            None => args.extend(["--appendonly", "no"]),
+        }
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (it runs the shared Redis too)");
-        let url = format!("redis://127.0.0.1:{port}/");
+        self.child = Some(child);
+        let port = self.port;
         eventually(
             Duration::from_secs(10),
             "private redis-server starts",
@@ -444,12 +521,20 @@ impl PrivateRedis {
             },
         )
         .await;
-        Self { url, child }
+    }
+
+    /// Stops the server at once (SIGKILL): connections are refused until [`Self::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the private Redis is running");
         let status = std::process::Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -467,16 +552,15 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        self.resume_quietly();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl PrivateRedis {
-    fn resume_quietly(&self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        if let Some(child) = &self.child {
+            // Thawed first, so a paused server is not left behind as a stopped process.
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! Each test runs under its own queue prefix and Redis namespace, with its own sandbox.
 
 mod bench;
+mod chaos;
 mod faults;
 mod governed;
 mod helpers;
@@ -12,6 +13,7 @@ mod metrics;
 mod observability;
 mod ops;
 mod pipeline;
+mod private_rabbit;
 mod processes;
 mod provider_asaas;
 mod provider_mercadopago;

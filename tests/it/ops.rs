@@ -876,3 +876,40 @@ async fn events_are_published_for_every_terminal_outcome() {
     let _ = connection.close(200, "done".into()).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_replays_two_identical_copies_of_a_dead_letter_once() {
+    // A worker killed between the broker's confirm of a dead letter and its ack leaves two
+    // identical copies (the chaos suite counts them): one replay, both letters gone.
+    let env = TestEnv::start("ops-replay-copies").await;
+    let body = serde_json::to_vec(&stripe_job("pi_ops_copies", 990)).unwrap();
+    for _ in 0..2 {
+        publish_dead_letter(
+            &env,
+            &body,
+            "job-ops-copies",
+            "exhausted",
+            "gave up after 4 attempts; last error: stripe 503 api_error: down",
+            &today().to_string(),
+        )
+        .await;
+    }
+    let connection = amqp().await;
+    assert_eq!(ready(&connection, &env.topology.dead_queue()).await, 2);
+
+    let stdout = cli_ok(&env, &["dlq", "replay", "--all"]).await;
+    assert!(
+        stdout.contains("removed       job-ops-copies a second copy of the letter replayed above"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 replayed, 0 already refunded (removed from the queue), 0 skipped and left in the queue, 1 duplicate copies removed"),
+        "{stdout}"
+    );
+    assert_eq!(ready(&connection, &env.topology.dead_queue()).await, 0);
+    assert_eq!(ready(&connection, &env.topology.jobs_queue()).await, 1);
+    env.run_until_idle().await;
+    assert_eq!(env.ledger().len(), 1);
+    let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
+}

@@ -214,3 +214,67 @@ async fn ledger_is_served_over_http() {
     assert_eq!(ledger[0]["amount"], 250);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn bursts_refuse_every_call_for_a_while_and_every_fault_is_counted() {
+    let env = TestEnv::start("sb-burst").await;
+    let stripe = Stripe::new(&env);
+    let client = reqwest::Client::new();
+    let faults = format!("{}/_sandbox/faults", env.sandbox_url);
+    let burst = |body: Value| client.post(&faults).json(&body).send();
+
+    // A 429 storm: Retry-After as asked, nothing executed.
+    let started =
+        burst(serde_json::json!({ "burst": "429", "for_ms": 60_000, "retry_after_ms": 3000 }))
+            .await
+            .unwrap();
+    assert_eq!(started.status().as_u16(), 204);
+    let (status, headers, _) = stripe
+        .refund(
+            Some("b-1"),
+            &[("payment_intent", "pi_b"), ("amount", "100")],
+        )
+        .await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "3");
+
+    // An outage replaces it: 5xx, nothing executed.
+    burst(serde_json::json!({ "burst": "5xx", "for_ms": 60_000 }))
+        .await
+        .unwrap();
+    let (status, _, _) = stripe
+        .refund(
+            Some("b-2"),
+            &[("payment_intent", "pi_b"), ("amount", "100")],
+        )
+        .await;
+    assert_eq!(status, 503);
+
+    // Over: calls execute again.
+    burst(serde_json::json!({ "burst": "5xx", "for_ms": 0 }))
+        .await
+        .unwrap();
+    let (status, _, _) = stripe
+        .refund(
+            Some("b-3"),
+            &[("payment_intent", "pi_b"), ("amount", "100")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env.ledger().len(),
+        1,
+        "only the call after the bursts executed"
+    );
+
+    let counts: Value = reqwest::get(&faults).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        counts,
+        serde_json::json!({ "server_errors": 1, "rate_limited": 1, "answers_lost": 0 })
+    );
+    let refused = burst(serde_json::json!({ "burst": "teapot", "for_ms": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    env.cleanup().await;
+}
