@@ -426,9 +426,9 @@ impl Job {
         // Every log line about this job carries its id, and its idempotency key once known.
         let span =
             tracing::info_span!("job", job_id = %envelope.job_id, key = tracing::field::Empty);
-        self.handle(delivery, envelope, arrived)
-            .instrument(span)
-            .await;
+        // Boxed, so that deliveries waiting for a permit (up to prefetch − concurrency of
+        // them) hold a small future, not the whole job's.
+        Box::pin(self.handle(delivery, envelope, arrived).instrument(span)).await;
     }
 
     async fn handle(self, delivery: Delivery, envelope: Envelope, arrived: Instant) {
