@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots docs/perf/sweep.jsonl (from scripts/bench-sweep.sh) to docs/perf/throughput.png:
 jobs/s against concurrency, one line per provider latency, with each run's broker ceiling
-and the concurrency / latency bound."""
+(a grey x) and the concurrency / latency bound (dotted)."""
 import json
 import pathlib
 
@@ -21,10 +21,11 @@ for latency in sorted({r["provider_latency_ms"] for r in runs}):
         bound = [c * 1000 / latency for c in xs]
         ax.plot(xs, bound, linestyle=":", color=line.get_color(), alpha=0.6,
                 label=f"concurrency / {latency} ms")
-ceilings = [r["ceiling_per_sec"] for r in runs if r.get("ceiling_per_sec")]
+ceilings = [(r["concurrency"], r["ceiling_per_sec"]) for r in runs if r.get("ceiling_per_sec")]
 if ceilings:
-    ax.axhspan(min(ceilings), max(ceilings), color="grey", alpha=0.2,
-               label="bare consume-and-ack ceiling (range over the runs)")
+    xs, ys = zip(*ceilings)
+    ax.scatter(xs, ys, marker="x", color="grey",
+               label="bare consume-and-ack ceiling, same run (prefetch = 2 x concurrency)")
 ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_xlabel("worker concurrency (jobs in progress at once)")

@@ -182,6 +182,10 @@ async fn measure(
     }
 
     let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch)?;
+    if args.rate.is_some() {
+        // Paced jobs must meet a running worker, not a backlog built while it started.
+        wait_for_consumer(publisher, &topology.jobs_queue()).await?;
+    }
     let pacing = args.rate.map(|rate| {
         let publisher = publisher.clone();
         let exchange = topology.jobs_exchange();
@@ -431,6 +435,26 @@ async fn publish_all(
     let results =
         broker::publish_jobs_to(publisher, (exchange, ROUTING_KEY), jobs, None, |_| {}).await;
     unconfirmed(&results)
+}
+
+/// Waits until something consumes `queue` (the worker has started).
+async fn wait_for_consumer(publisher: &Publisher, queue: &str) -> Result<(), CommandError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for _ in 0..600 {
+        let declared = publisher
+            .channel()
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(runtime)?;
+        if declared.consumer_count() > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(runtime("the worker did not start consuming within 30 s"))
 }
 
 /// Publishes `jobs` at `rate` per second, in 2 ms slices.
