@@ -337,6 +337,10 @@ pub struct BenchArgs {
     /// Skip the bare consume-and-ack ceiling.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Where the worker serves /metrics during the run (to watch its steps; default: any
+    /// free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub worker_metrics_addr: SocketAddr,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
