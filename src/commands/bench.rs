@@ -506,7 +506,11 @@ impl WorkerProcess {
             .args(["--prefix", &connections.prefix])
             .args(["--amqp-url", &connections.amqp_url])
             .args(["--redis-url", &connections.redis_url])
-            .args(["run", "--metrics-addr", &args.worker_metrics_addr.to_string()])
+            .args([
+                "run",
+                "--metrics-addr",
+                &args.worker_metrics_addr.to_string(),
+            ])
             .args(["--providers-url", sandbox_url])
             .env("REFUND_WORKER__CONCURRENCY", args.concurrency.to_string())
             .env("REFUND_WORKER__PREFETCH", prefetch.to_string())

@@ -3,24 +3,18 @@
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::helpers::{AMQP_URL, REDIS_URL, binary};
+use crate::helpers::{AMQP_URL, REDIS_URL, binary, succeeds};
 
 async fn bench(args: &[&str]) -> Value {
-    let output = Command::new(binary())
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .env("AMQP_URL", AMQP_URL)
-        .env("REDIS_URL", REDIS_URL)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeds(
+        Command::new(binary())
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .env("AMQP_URL", AMQP_URL)
+            .env("REDIS_URL", REDIS_URL),
+    )
+    .await;
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 

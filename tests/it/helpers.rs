@@ -432,6 +432,19 @@ fn header_text(value: &AMQPValue) -> String {
     }
 }
 
+/// Runs a `refund-worker` command to its end, fails the test (showing both streams) unless it
+/// exits 0, and returns its standard output.
+pub async fn succeeds(command: &mut tokio::process::Command) -> String {
+    let output = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// The path of the `refund-worker` binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_refund-worker")

@@ -1280,18 +1280,12 @@ async fn a_job_refused_for_its_declared_media_is_replayed_as_json_and_refunded_o
     assert!(env.ledger().is_empty(), "refused for its content type");
 
     // `dlq replay` validates the body as a JSON job and republishes it declared as one.
-    let output = tokio::process::Command::new(binary())
-        .args(["dlq", "replay", "--all"])
-        .envs(env.child_env())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::helpers::succeeds(
+        tokio::process::Command::new(binary())
+            .args(["dlq", "replay", "--all"])
+            .envs(env.child_env()),
+    )
+    .await;
     assert!(stdout.contains("1 replayed"), "{stdout}");
     let run = env.run_until_idle().await;
     assert!(

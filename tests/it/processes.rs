@@ -204,27 +204,21 @@ async fn publish_refuses_a_file_with_bad_rows_and_names_each_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_whole_loop_and_checks_the_ledger() {
-    let output = Command::new(binary())
-        .args([
-            "demo",
-            "--jobs",
-            "40",
-            "--governed",
-            "5",
-            "--latency-ms",
-            "1",
-        ])
-        .env("AMQP_URL", crate::helpers::AMQP_URL)
-        .env("REDIS_URL", crate::helpers::REDIS_URL)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::helpers::succeeds(
+        Command::new(binary())
+            .args([
+                "demo",
+                "--jobs",
+                "40",
+                "--governed",
+                "5",
+                "--latency-ms",
+                "1",
+            ])
+            .env("AMQP_URL", crate::helpers::AMQP_URL)
+            .env("REDIS_URL", crate::helpers::REDIS_URL),
+    )
+    .await;
     assert!(
         stdout.contains("OK: ledger refunds (45) == succeeded jobs (45) == unique valid jobs (45)"),
         "{stdout}"
