@@ -111,8 +111,10 @@ impl Guarded {
         }
     }
 
-    /// Admits a call or says how long to stay away.
-    fn admit(&self) -> Result<(), ProviderError> {
+    /// Admits a call or says how long to stay away. The call admitted while the circuit is
+    /// half-open is its probe: the returned [`Probe`] gives the turn back if the call ends
+    /// without a verdict (cancelled), so the circuit can never stay half-open for good.
+    fn admit(&self) -> Result<Probe<'_>, ProviderError> {
         let now = Instant::now();
         let mut state = self.state();
         if let Some(until) = state.open_until {
@@ -125,12 +127,17 @@ impl Guarded {
                     self.limits.circuit_open_for.min(Duration::from_secs(5)),
                 ));
             }
-            state.probing = true;
         }
+        // Checked before taking the probe's turn: a call held back here never probes.
         if let Some(until) = state.blocked_until.filter(|u| *u > now) {
             return Err(self.skip("the provider asked us to slow down".into(), until - now));
         }
-        Ok(())
+        let probing = state.open_until.is_some();
+        state.probing |= probing;
+        Ok(Probe {
+            guard: self,
+            armed: probing,
+        })
     }
 
     /// Books the next free slot of the rate limit and waits for it; a call whose slot is
@@ -161,7 +168,7 @@ impl Guarded {
     where
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        self.admit()?;
+        let mut probe = self.admit()?;
         let outcome = async {
             self.pace().await?;
             let _slot = match &self.slots {
@@ -193,6 +200,7 @@ impl Guarded {
             Err(ProviderError::Skipped { .. }) => Verdict::Skipped,
         };
         self.record(verdict);
+        probe.armed = false;
         outcome
     }
 
@@ -227,6 +235,22 @@ impl Guarded {
         }
         self.circuit_gauge
             .set(i64::from(state.open_until.is_some()));
+    }
+}
+
+/// The half-open circuit's probe turn, held by the one call admitted to probe.
+struct Probe<'a> {
+    guard: &'a Guarded,
+    /// Still to be given back (no verdict recorded yet).
+    armed: bool,
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // The probe was cancelled before it could tell anything: the next call probes.
+            self.guard.state().probing = false;
+        }
     }
 }
 

@@ -197,6 +197,59 @@ async fn a_429_holds_every_call_until_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_half_open_circuit_held_back_by_a_429_probes_once_the_pause_ends() {
+    // Two calls in flight: one answers 429 (pause 60 s), the other fails (opens the circuit
+    // for 30 s). At 31 s the circuit is half-open but the pause still holds.
+    let limited = Err(ProviderError::Transient {
+        why: "429".into(),
+        retry_after: Some(Duration::from_secs(60)),
+    });
+    let provider = Arc::new(Scripted {
+        answers: Mutex::new(vec![limited, down()].into()),
+        delay: Duration::from_secs(1),
+        ..Scripted::default()
+    });
+    let circuit = gauge();
+    let guard = Guarded::new(provider.clone(), limits(1), circuit.clone());
+    let (first, second) = (request(), request());
+    let _ = tokio::join!(guard.refund(&first), guard.refund(&second));
+    assert_eq!(circuit.get(), 1);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let held = guard.refund(&request()).await;
+    assert!(skipped(&held).is_some(), "still paused: {held:?}");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(
+        guard.refund(&request()).await.is_ok(),
+        "the first call after the pause probes, and the circuit closes"
+    );
+    assert_eq!(circuit.get(), 0);
+    assert_eq!(provider.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_lets_the_next_call_probe() {
+    let provider = Arc::new(Scripted {
+        answers: Mutex::new(vec![down()].into()),
+        delay: Duration::from_secs(5),
+        ..Scripted::default()
+    });
+    let circuit = gauge();
+    let guard = Guarded::new(provider.clone(), limits(1), circuit.clone());
+    let _ = guard.refund(&request()).await;
+    assert_eq!(circuit.get(), 1);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // The probe's job is cancelled (a timeout, a shutdown) while the provider works.
+    let cancelled = tokio::time::timeout(Duration::from_secs(1), guard.refund(&request())).await;
+    assert!(cancelled.is_err());
+    assert!(
+        guard.refund(&request()).await.is_ok(),
+        "the next call probes instead of waiting for a probe that will never answer"
+    );
+    assert_eq!(circuit.get(), 0);
+    assert_eq!(provider.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_rate_limit_paces_calls_in_order_and_skips_what_would_wait_too_long() {
     let provider = Scripted::new(vec![]);
     let guard = Arc::new(Guarded::new(
