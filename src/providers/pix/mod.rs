@@ -270,13 +270,20 @@ impl RefundProvider for Pix {
             status => {
                 let error = wire::classify(status.as_u16(), &answer.headers, &answer.body);
                 // PSPs disagree on a repeated id (bacen/pix-api#277): some answer 400
-                // `PixDevolucaoInvalida` instead of the devolução. If ours is there, adopt it.
-                if matches!(&error, ProviderError::Permanent { code: Some(c), .. } if c == "PixDevolucaoInvalida")
-                    && let Ok(Some(existing)) = self.look_up(&call).await
-                {
-                    return existing.into_refund(request.amount);
+                // `PixDevolucaoInvalida` instead of the devolução. If ours is there, adopt it;
+                // if the look-up cannot tell, the devolução may exist: the outcome is unknown,
+                // not a refusal.
+                let repeated_id = matches!(&error, ProviderError::Permanent { code: Some(c), .. } if c == "PixDevolucaoInvalida");
+                if !repeated_id {
+                    return Err(error);
                 }
-                Err(error)
+                match self.look_up(&call).await {
+                    Ok(Some(existing)) => existing.into_refund(request.amount),
+                    Ok(None) => Err(error),
+                    Err(lookup) => Err(ProviderError::unknown(format!(
+                        "pix: {error}; looking the devolução up failed ({lookup}): it may exist"
+                    ))),
+                }
             }
         }
     }
