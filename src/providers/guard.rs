@@ -199,8 +199,12 @@ impl Guarded {
             Err(ProviderError::Transient { .. } | ProviderError::Unknown { .. }) => Verdict::Failed,
             Err(ProviderError::Skipped { .. }) => Verdict::Skipped,
         };
+        // A probe skipped before reaching the provider told nothing: dropping `probe` gives
+        // its turn back. Any other verdict settles the circuit, the probe included.
+        if !matches!(verdict, Verdict::Skipped) {
+            probe.armed = false;
+        }
         self.record(verdict);
-        probe.armed = false;
         outcome
     }
 
@@ -208,12 +212,9 @@ impl Guarded {
         let now = Instant::now();
         let mut state = self.state();
         match verdict {
-            Verdict::Skipped => {
-                // Skipped before reaching the provider: a half-open probe that never ran lets
-                // the next call probe instead.
-                state.probing = false;
-                return;
-            }
+            // Only the probe's own turn is given back (by its `Probe`): a call admitted before
+            // the circuit opened and then skipped must not free a probe that is running.
+            Verdict::Skipped => return,
             Verdict::Up | Verdict::Backoff(_) => {
                 state.failures = 0;
                 state.open_until = None;
