@@ -96,14 +96,7 @@ async fn a_governed_job_makes_one_refund_one_credit_note_one_message_and_one_val
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        matches!(
-            run.reports.last().map(|r| &r.outcome),
-            Some(Outcome::Refunded { .. })
-        ),
-        "{:#?}",
-        run.reports
-    );
+    run.last_refund();
     let ledger = env.ledger();
     assert_eq!(ledger.len(), 1, "one refund");
     assert_eq!(ledger[0].provider, "pix", "on the order's own rail");
@@ -188,14 +181,7 @@ async fn a_job_over_its_cap_produces_no_refund_no_note_no_message_and_no_receipt
 
     let run = env.run_until_idle().await;
 
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "mandate");
-    assert!(
-        letters[0].headers["x-refund-error"].contains("cm_support"),
-        "{:?}",
-        letters[0].headers
-    );
+    env.one_dead_letter("mandate", None, &["cm_support"]).await;
     assert!(env.ledger().is_empty(), "no refund");
     assert_eq!(refund_calls(&env), 0, "the provider was never called");
     assert!(env.sandbox.credit_notes().is_empty(), "no credit note");
@@ -380,14 +366,7 @@ async fn a_worker_killed_between_refund_and_credit_note_resumes_without_a_second
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        matches!(
-            run.reports.last().map(|r| &r.outcome),
-            Some(Outcome::Refunded { .. })
-        ),
-        "{:#?}",
-        run.reports
-    );
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1, "no second refund");
     assert_eq!(refund_calls(&env), 1, "the provider was called once");
     assert_eq!(env.sandbox.credit_notes().len(), 1, "one credit note");
@@ -502,10 +481,7 @@ async fn a_credit_note_that_cannot_be_issued_parks_the_job_and_replay_resumes_wi
     fixed.services.invoicing.base_url = format!("{}/invoicing", env.sandbox_url);
     let run = env.run_until_idle_with(&fixed).await;
 
-    assert!(matches!(
-        run.reports.last().map(|r| &r.outcome),
-        Some(Outcome::Refunded { adopted: true, .. })
-    ));
+    assert!(run.last_refund().2, "adopted");
     assert_eq!(env.ledger().len(), 1, "no second refund");
     assert_eq!(refund_calls(&env), 1);
     assert_eq!(env.sandbox.credit_notes().len(), 1);

@@ -14,6 +14,7 @@ use refund_worker::{
     config::Settings,
     job::{IdempotencyKey, JobDate},
     metrics::Metrics,
+    outcome::Outcome,
     sandbox::{FaultOptions, LedgerEntry, Sandbox},
     store::{IdempotencyStore, RecordView},
     worker::{JobReport, RunEnd},
@@ -114,6 +115,36 @@ impl RunningWorker {
 pub struct Run {
     pub reports: Vec<JobReport>,
     pub metrics: Metrics,
+}
+
+impl Run {
+    /// Asserts some report's outcome is `Pending` (under `refund_id`, when given).
+    #[track_caller]
+    pub fn assert_saw_pending(&self, refund_id: Option<&str>) {
+        assert!(
+            self.reports.iter().any(|r| matches!(
+                &r.outcome,
+                Outcome::Pending { refund_id: id, .. } if refund_id.is_none_or(|want| id == want)
+            )),
+            "no Pending outcome (refund id {refund_id:?}) among the reports: {:#?}",
+            self.reports
+        );
+    }
+
+    /// The last report's refund as (refund_id, amount, adopted); panics, showing the reports,
+    /// unless the last report is `Refunded`.
+    #[track_caller]
+    pub fn last_refund(&self) -> (&str, u64, bool) {
+        match self.reports.last().map(|r| &r.outcome) {
+            Some(Outcome::Refunded {
+                refund_id,
+                amount,
+                adopted,
+                ..
+            }) => (refund_id, *amount, *adopted),
+            _ => panic!("the last report is not Refunded: {:#?}", self.reports),
+        }
+    }
 }
 
 /// One test's isolated world.
@@ -328,6 +359,36 @@ impl TestEnv {
         }
         let _ = channel.close(200, "done".into()).await;
         letters
+    }
+
+    /// Drains the dead-letter queue; asserts it held exactly one letter, of `class`, from
+    /// `provider` (when given), whose `x-refund-error` contains every part of `why`.
+    /// Returns that letter's headers for further checks.
+    pub async fn one_dead_letter(
+        &self,
+        class: &str,
+        provider: Option<&str>,
+        why: &[&str],
+    ) -> BTreeMap<String, String> {
+        let mut letters = self.dead_letters().await;
+        assert_eq!(
+            letters.len(),
+            1,
+            "exactly one dead letter: {:#?}",
+            letters.iter().map(|l| &l.headers).collect::<Vec<_>>()
+        );
+        let headers = letters.pop().unwrap().headers;
+        assert_eq!(headers["x-refund-error-class"], class, "{headers:?}");
+        if let Some(provider) = provider {
+            assert_eq!(headers["x-refund-provider"], provider, "{headers:?}");
+        }
+        for part in why {
+            assert!(
+                headers["x-refund-error"].contains(*part),
+                "lacks {part:?}: {headers:?}"
+            );
+        }
+        headers
     }
 
     pub fn ledger(&self) -> Vec<LedgerEntry> {

@@ -180,7 +180,7 @@ async fn a_job_failing_transiently_n_times_succeeds_on_attempt_n_plus_1_with_n_r
     assert!(
         matches!(&tier_retries[0].disposition, Disposition::Retried { queue } if queue.ends_with(".retry.200ms"))
     );
-    assert!(refunded(&run.reports.last().unwrap().outcome));
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(env.refund_posts(), 4, "succeeded on the 4th call");
     let metrics = run.metrics.render();
@@ -220,20 +220,14 @@ async fn provider_that_keeps_failing_is_dead_lettered_exhausted_not_lost() {
     .await;
     env.publish_json(&[stripe_job("pi_always_down", 900)]).await;
 
-    let run = env.run_until_idle().await;
+    env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "exhausted");
+    let headers = env
+        .one_dead_letter("exhausted", Some("stripe"), &["stripe 503"])
+        .await;
     assert_eq!(headers["x-refund-attempts"], "3");
-    assert_eq!(headers["x-refund-provider"], "stripe");
     assert_eq!(headers["x-refund-date"], today().to_string());
-    assert!(
-        headers["x-refund-error"].contains("stripe 503"),
-        "{headers:?}"
-    );
     // A 5xx leaves the outcome uncertain, so every later call must look the refund up first;
     // those look-ups fail too, so the refund is never sent a second time. Three attempts of
     // three calls each: one POST, then only look-ups.
@@ -279,12 +273,9 @@ async fn timeout_after_the_provider_executed_does_not_refund_twice() {
         1,
         "reconciled by looking it up, not by sending again"
     );
-    let last = run.reports.last().unwrap();
-    assert!(
-        matches!(last.outcome, Outcome::Refunded { adopted: true, ref refund_id, .. } if *refund_id == env.ledger()[0].refund_id),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, _, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(refund_id, env.ledger()[0].refund_id);
     env.cleanup().await;
 }
 
@@ -297,10 +288,8 @@ async fn declined_refund_is_dead_lettered_permanent_with_the_providers_reason() 
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains("charge_disputed"));
+    env.one_dead_letter("permanent", None, &["charge_disputed"])
+        .await;
     assert_eq!(env.refund_posts(), 1, "a permanent refusal is not retried");
     env.cleanup().await;
 }
@@ -312,13 +301,11 @@ async fn a_different_refund_under_a_used_key_is_dead_lettered_not_dropped() {
     env.run_until_idle().await;
     env.publish_json(&[stripe_job("pi_conflict", 2500)]).await;
 
-    let run = env.run_until_idle().await;
+    env.run_until_idle().await;
 
     assert_eq!(env.ledger().len(), 1);
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains("needs its own idempotency_key"));
+    env.one_dead_letter("permanent", None, &["needs its own idempotency_key"])
+        .await;
 
     // With its own key, the second refund goes through.
     let mut second = stripe_job("pi_conflict", 2500);
@@ -337,16 +324,8 @@ async fn pending_refund_is_synced_until_it_settles() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. }))
-    );
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.assert_saw_pending(None);
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(
         env.refund_posts(),
@@ -369,15 +348,9 @@ async fn pending_refund_that_fails_at_the_provider_is_dead_lettered_with_its_rea
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. }))
-    );
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains("expired_or_canceled_card"));
+    run.assert_saw_pending(None);
+    env.one_dead_letter("permanent", None, &["expired_or_canceled_card"])
+        .await;
     assert!(env.ledger().is_empty(), "the failed refund paid nothing");
     assert_eq!(
         env.refund_posts(),

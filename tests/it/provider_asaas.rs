@@ -220,12 +220,10 @@ async fn asaas_timeout_after_execution_is_reconciled_by_reading_the_payment() {
         payment_reads(&env) >= 1,
         "reconciled by reading the payment"
     );
-    let last = run.reports.last().unwrap();
-    assert!(
-        matches!(&last.outcome, Outcome::Refunded { adopted: true, refund_id, amount: 5000, .. } if *refund_id == ledger[0].refund_id),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, amount, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(amount, 5000);
+    assert_eq!(refund_id, ledger[0].refund_id);
     let record = env.record(&key_of("pay_slow_timeout")).await.unwrap();
     assert_eq!(record.state, "done");
     env.cleanup().await;
@@ -281,14 +279,8 @@ async fn asaas_pending_refund_ends_refunded_after_sync() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "{:#?}",
-        run.reports
-    );
-    assert!(refunded(run.reports.last().unwrap()), "{:#?}", run.reports);
+    run.assert_saw_pending(None);
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(refund_posts(&env).len(), 1, "status syncs only read");
     let record = env.record(&key_of("pay_card_pending")).await.unwrap();
@@ -307,22 +299,9 @@ async fn asaas_pending_refund_cancelled_by_asaas_is_dead_lettered_with_its_statu
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "{:#?}",
-        run.reports
-    );
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "asaas");
-    assert!(
-        headers["x-refund-error"].contains("asaas refund CANCELLED"),
-        "{headers:?}"
-    );
+    run.assert_saw_pending(None);
+    env.one_dead_letter("permanent", Some("asaas"), &["asaas refund CANCELLED"])
+        .await;
     assert!(env.ledger().is_empty(), "the cancelled refund paid nothing");
     assert_eq!(
         refund_posts(&env).len(),
@@ -348,16 +327,12 @@ async fn asaas_declined_refund_is_dead_lettered_permanent_with_asaas_reason() {
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "asaas");
-    assert!(
-        headers["x-refund-error"].contains("asaas 400: invalid_action")
-            && headers["x-refund-error"].contains("chargeback"),
-        "{headers:?}"
-    );
+    env.one_dead_letter(
+        "permanent",
+        Some("asaas"),
+        &["asaas 400: invalid_action", "chargeback"],
+    )
+    .await;
     assert_eq!(
         refund_posts(&env).len(),
         1,
@@ -374,7 +349,7 @@ async fn asaas_flaky_payment_is_reconciled_retried_and_refunded_once() {
 
     let run = env.run_until_idle().await;
 
-    assert!(refunded(run.reports.last().unwrap()), "{:#?}", run.reports);
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(refund_posts(&env).len(), 3, "two 500s, then the refund");
     // An Asaas 5xx may follow an execution: each one is settled by a payment read that
@@ -398,10 +373,7 @@ async fn non_brl_job_is_dead_lettered_without_calling_asaas() {
     env.run_until_idle().await;
 
     assert!(refund_posts(&env).is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains("only BRL"));
+    env.one_dead_letter("permanent", None, &["only BRL"]).await;
     env.cleanup().await;
 }
 
@@ -415,14 +387,8 @@ async fn refund_beyond_the_refundable_amount_is_dead_lettered_with_asaas_reason(
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(
-        letters[0].headers["x-refund-error"].contains("invalid_value"),
-        "{:?}",
-        letters[0].headers
-    );
+    env.one_dead_letter("permanent", None, &["invalid_value"])
+        .await;
     env.cleanup().await;
 }
 

@@ -27,10 +27,6 @@ fn key_of(payment_id: &str) -> String {
     format!("{payment_id}:{}", today())
 }
 
-fn refunded(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Refunded { .. })
-}
-
 /// Refund-creating calls the twin received.
 fn creates(env: &TestEnv) -> usize {
     env.sandbox
@@ -47,11 +43,7 @@ async fn mercadopago_receives_the_documented_request() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.last_refund();
     let requests = env.sandbox.requests();
     let key = key_of("20359978");
     // First the pre-send snapshot of the payment's refunds, then the one refund call.
@@ -157,12 +149,10 @@ async fn timeout_after_mercado_pago_executed_is_adopted_not_sent_twice() {
         1,
         "reconciled by listing refunds, not by sending again"
     );
-    let last = run.reports.last().unwrap();
-    assert!(
-        matches!(&last.outcome, Outcome::Refunded { adopted: true, refund_id, amount: 5000, .. } if *refund_id == ledger[0].refund_id),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, amount, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(amount, 5000);
+    assert_eq!(refund_id, ledger[0].refund_id);
     let lists = env
         .sandbox
         .requests()
@@ -183,18 +173,8 @@ async fn pending_refund_is_synced_until_mercado_pago_approves_it() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "in_process first: {:#?}",
-        run.reports
-    );
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.assert_saw_pending(None);
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(
         creates(&env),
@@ -226,21 +206,13 @@ async fn pending_refund_rejected_by_mercado_pago_is_dead_lettered_with_its_reaso
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "in_process first: {:#?}",
-        run.reports
-    );
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "mercadopago");
-    let why = &headers["x-refund-error"];
-    assert!(why.contains("mercadopago refund rejected"), "{why}");
-    assert!(why.contains("insufficient_funds"), "{why}");
+    run.assert_saw_pending(None);
+    env.one_dead_letter(
+        "permanent",
+        Some("mercadopago"),
+        &["mercadopago refund rejected", "insufficient_funds"],
+    )
+    .await;
     assert!(env.ledger().is_empty(), "the rejected refund paid nothing");
     assert_eq!(
         creates(&env),
@@ -261,17 +233,15 @@ async fn declined_refund_is_dead_lettered_permanent_with_mercado_pagos_cause() {
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "mercadopago");
-    let why = &headers["x-refund-error"];
-    assert!(why.contains("mercadopago 400 2063"), "{why}");
-    assert!(
-        why.contains("not valid for the current payment state"),
-        "{why}"
-    );
+    env.one_dead_letter(
+        "permanent",
+        Some("mercadopago"),
+        &[
+            "mercadopago 400 2063",
+            "not valid for the current payment state",
+        ],
+    )
+    .await;
     assert_eq!(creates(&env), 1, "a permanent refusal is not retried");
     env.cleanup().await;
 }
@@ -290,7 +260,7 @@ async fn flaky_refund_is_retried_and_refunded_once() {
         "{metrics}"
     );
 
-    assert!(refunded(&run.reports.last().unwrap().outcome));
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(creates(&env), 3);
     // A 503 may hide an executed refund: each resend came after a look-up found nothing new.

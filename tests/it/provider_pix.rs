@@ -5,7 +5,6 @@ use std::{sync::OnceLock, time::Duration};
 
 use refund_worker::{
     job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
-    outcome::Outcome,
     providers::{ProviderError, RefundProvider, RefundRequest, RefundStatus, pix::Pix},
     sandbox::{FaultOptions, RecordedRequest},
 };
@@ -46,10 +45,6 @@ fn token_requests(env: &TestEnv) -> usize {
         .iter()
         .filter(|r| r.path == "/pix/oauth/token")
         .count()
-}
-
-fn refunded(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Refunded { .. })
 }
 
 fn request(e2eid: &str, key: &str, amount: u64, description: Option<&str>) -> RefundRequest {
@@ -246,11 +241,7 @@ async fn pix_receives_the_documented_devolucao_request() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.last_refund();
     let posts = requests(&env, "POST");
     assert_eq!(posts.len(), 1, "one token request: {posts:#?}");
     let token = &posts[0];
@@ -332,12 +323,9 @@ async fn pix_timeout_after_execution_is_adopted_not_sent_twice() {
         gets.iter().all(|g| g.path == puts[0].path),
         "looked up under the same devolução id"
     );
-    let last = run.reports.last().unwrap();
-    assert!(
-        matches!(&last.outcome, Outcome::Refunded { adopted: true, refund_id, .. } if *refund_id == ledger[0].refund_id),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, _, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(refund_id, ledger[0].refund_id);
     env.cleanup().await;
 }
 
@@ -349,18 +337,8 @@ async fn pix_pending_devolucao_is_synced_until_devolvido() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "{:#?}",
-        run.reports
-    );
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.assert_saw_pending(None);
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(requests(&env, "PUT").len(), 1, "status checks are GETs");
     let record = env.record(&format!("{e2e}:{}", today())).await.unwrap();
@@ -376,24 +354,16 @@ async fn pix_pending_devolucao_nao_realizado_is_dead_lettered_with_the_motivo() 
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Pending { .. })),
-        "EM_PROCESSAMENTO first: {:#?}",
-        run.reports
-    );
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "pix");
-    let why = &headers["x-refund-error"];
-    assert!(why.contains("NAO_REALIZADO"), "{why}");
-    assert!(
-        why.contains("rejeitada pelo participante do usuário pagador"),
-        "{why}"
-    );
+    run.assert_saw_pending(None);
+    env.one_dead_letter(
+        "permanent",
+        Some("pix"),
+        &[
+            "NAO_REALIZADO",
+            "rejeitada pelo participante do usuário pagador",
+        ],
+    )
+    .await;
     assert!(env.ledger().is_empty(), "the failed devolução paid nothing");
     assert_eq!(
         requests(&env, "PUT").len(),
@@ -414,12 +384,12 @@ async fn pix_declined_devolucao_is_dead_lettered_permanent_with_the_motivo() {
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    let why = &letters[0].headers["x-refund-error"];
-    assert!(why.contains("NAO_REALIZADO"), "{why}");
-    assert!(why.contains("usuário pagador encerrada"), "{why}");
+    env.one_dead_letter(
+        "permanent",
+        None,
+        &["NAO_REALIZADO", "usuário pagador encerrada"],
+    )
+    .await;
     assert_eq!(requests(&env, "PUT").len(), 1, "not retried");
     env.cleanup().await;
 }
@@ -438,7 +408,7 @@ async fn pix_flaky2_is_retried_under_the_same_devolucao_id_and_refunded_once() {
         "{metrics}"
     );
 
-    assert!(refunded(&run.reports.last().unwrap().outcome));
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     let puts = requests(&env, "PUT");
     assert_eq!(puts.len(), 3);
@@ -460,14 +430,8 @@ async fn pix_payment_id_that_is_not_an_e2eid_is_dead_lettered_naming_the_rule() 
 
     env.run_until_idle().await;
 
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    let why = &letters[0].headers["x-refund-error"];
-    assert!(
-        why.contains("exactly 32 characters of [a-zA-Z0-9]"),
-        "{why}"
-    );
+    env.one_dead_letter("permanent", None, &["exactly 32 characters of [a-zA-Z0-9]"])
+        .await;
     assert!(env.sandbox.requests().is_empty(), "nothing reached the PSP");
     env.cleanup().await;
 }
@@ -491,10 +455,8 @@ async fn pix_valor_carries_ten_digits_of_reais_and_no_more() {
         .collect();
     sent.sort();
     assert_eq!(sent, ["0.01", "9999999999.99"]);
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains(r"\d{1,10}\.\d{2}"));
+    env.one_dead_letter("permanent", None, &[r"\d{1,10}\.\d{2}"])
+        .await;
     let mut amounts: Vec<u64> = env.ledger().iter().map(|e| e.amount).collect();
     amounts.sort();
     assert_eq!(amounts, [1, 999_999_999_999]);
@@ -512,12 +474,12 @@ async fn pix_over_refund_is_dead_lettered_with_pix_devolucao_invalida() {
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    let why = &letters[0].headers["x-refund-error"];
-    assert!(why.contains("PixDevolucaoInvalida"), "{why}");
-    assert!(why.contains("devolucao.valor"), "{why}");
+    env.one_dead_letter(
+        "permanent",
+        None,
+        &["PixDevolucaoInvalida", "devolucao.valor"],
+    )
+    .await;
     env.cleanup().await;
 }
 
@@ -531,10 +493,8 @@ async fn pix_without_a_client_id_is_dead_lettered_with_a_config_hint() {
 
     env.run_until_idle().await;
 
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(letters[0].headers["x-refund-error"].contains("REFUND_PROVIDERS__PIX__CLIENT_ID"));
+    env.one_dead_letter("permanent", None, &["REFUND_PROVIDERS__PIX__CLIENT_ID"])
+        .await;
     assert!(env.sandbox.requests().is_empty());
     env.cleanup().await;
 }

@@ -187,12 +187,10 @@ async fn timeout_after_execution_is_reconciled_through_the_snapshot() {
         gets(&env) >= 2,
         "a snapshot before the send, a look-up after"
     );
-    let last = run.reports.last().unwrap();
-    assert!(
-        matches!(&last.outcome, Outcome::Refunded { adopted: true, refund_id, amount: 5000, .. } if refund_id == "tx_slow_timeout:5000"),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, amount, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(amount, 5000);
+    assert_eq!(refund_id, "tx_slow_timeout:5000");
     env.cleanup().await;
 }
 
@@ -219,11 +217,9 @@ async fn reconciliation_measures_against_the_snapshot_not_against_zero() {
     let amounts: Vec<u64> = env.ledger().iter().map(|e| e.amount).collect();
     assert_eq!(amounts, [1000, 5000], "each job refunded once");
     assert_eq!(posts(&env).len(), 2);
-    assert!(
-        matches!(&run.reports.last().unwrap().outcome, Outcome::Refunded { adopted: true, refund_id, .. } if refund_id == "tx_twice:6000"),
-        "{:#?}",
-        run.reports
-    );
+    let (refund_id, _, adopted) = run.last_refund();
+    assert!(adopted);
+    assert_eq!(refund_id, "tx_twice:6000");
     env.cleanup().await;
 }
 
@@ -235,18 +231,8 @@ async fn pending_refund_is_synced_until_rinne_settles_it() {
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(&r.outcome, Outcome::Pending { refund_id, .. } if refund_id == "tx_card_pending:3000")),
-        "{:#?}",
-        run.reports
-    );
-    assert!(
-        refunded(&run.reports.last().unwrap().outcome),
-        "{:#?}",
-        run.reports
-    );
+    run.assert_saw_pending(Some("tx_card_pending:3000"));
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(
         posts(&env).len(),
@@ -269,24 +255,16 @@ async fn pending_refund_that_fails_at_rinne_is_dead_lettered_with_the_transactio
 
     let run = env.run_until_idle().await;
 
-    assert!(
-        run.reports
-            .iter()
-            .any(|r| matches!(&r.outcome, Outcome::Pending { refund_id, .. } if refund_id == "tx_card_pendingfail:3000")),
-        "{:#?}",
-        run.reports
-    );
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1, "{:#?}", run.reports);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "rinne");
-    let why = &headers["x-refund-error"];
-    assert!(
-        why.contains("the transaction is APPROVED with refunded_amount 0"),
-        "{why}"
-    );
-    assert!(why.contains("status_reason PROVIDER"), "{why}");
+    run.assert_saw_pending(Some("tx_card_pendingfail:3000"));
+    env.one_dead_letter(
+        "permanent",
+        Some("rinne"),
+        &[
+            "the transaction is APPROVED with refunded_amount 0",
+            "status_reason PROVIDER",
+        ],
+    )
+    .await;
     assert!(env.ledger().is_empty(), "the failed refund paid nothing");
     assert_eq!(
         posts(&env).len(),
@@ -317,15 +295,8 @@ async fn declined_refund_is_dead_lettered_permanent_with_rinnes_reason() {
     env.run_until_idle().await;
 
     assert!(env.ledger().is_empty());
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    let headers = &letters[0].headers;
-    assert_eq!(headers["x-refund-error-class"], "permanent");
-    assert_eq!(headers["x-refund-provider"], "rinne");
-    assert!(
-        headers["x-refund-error"].contains("rinne 409 CONFLICT_ERROR"),
-        "{headers:?}"
-    );
+    env.one_dead_letter("permanent", Some("rinne"), &["rinne 409 CONFLICT_ERROR"])
+        .await;
     assert_eq!(posts(&env).len(), 1, "a permanent refusal is not retried");
     env.cleanup().await;
 }
@@ -343,7 +314,7 @@ async fn integration_errors_are_reconciled_then_retried_and_refunded_once() {
         metrics.contains("refunds_retried_total{provider=\"rinne\"} 2"),
         "{metrics}"
     );
-    assert!(refunded(&run.reports.last().unwrap().outcome));
+    run.last_refund();
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(posts(&env).len(), 3);
     // A 502 INTEGRATION_ERROR may hide an executed refund: each retry read the transaction
@@ -363,14 +334,7 @@ async fn over_refund_is_dead_lettered_before_anything_is_sent() {
 
     assert!(env.ledger().is_empty());
     assert!(posts(&env).is_empty(), "the snapshot showed it cannot fit");
-    let letters = env.dead_letters().await;
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].headers["x-refund-error-class"], "permanent");
-    assert!(
-        letters[0].headers["x-refund-error"].contains("= 1000"),
-        "{:?}",
-        letters[0].headers
-    );
+    env.one_dead_letter("permanent", None, &["= 1000"]).await;
     env.cleanup().await;
 }
 
