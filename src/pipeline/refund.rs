@@ -415,6 +415,19 @@ async fn call_provider(
             Err(error) => return (Err(error), false),
         }
     }
+    // Nothing has been sent yet: a claim that is no longer ours, or that Redis cannot renew,
+    // ends the attempt without a send.
+    match pipeline.store.keep_lease_fresh(&request.key, ticket).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let why = "the claim was taken over before sending";
+            return (Err(ProviderError::transient(why)), false);
+        }
+        Err(e) => {
+            let why = format!("cannot renew the claim before sending: {e}");
+            return (Err(ProviderError::transient(why)), false);
+        }
+    }
     (provider.refund(request).await, false)
 }
 

@@ -69,6 +69,9 @@ pub struct ClaimTicket {
     pub takeovers: u32,
     /// The job's finished steps (name → recorded value), so a retry resumes after them.
     pub steps: std::collections::BTreeMap<String, String>,
+    /// When the current lease began, by this process's clock (taken before asking Redis, so
+    /// never later than the server's): see [`IdempotencyStore::keep_lease_fresh`].
+    pub lease_from: std::time::Instant,
 }
 
 /// The answer to a claim.
@@ -341,6 +344,7 @@ impl IdempotencyStore {
     ) -> Result<Claim, StoreError> {
         self.adopt_legacy(key).await?;
         let [redis_key] = self.keys.record_script(key);
+        let asked = std::time::Instant::now();
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.claim.key(&redis_key);
@@ -367,6 +371,7 @@ impl IdempotencyStore {
                     .chunks(2)
                     .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())))
                     .collect(),
+                lease_from: asked,
             })),
             "done" => Ok(Claim::Done(parse_record(field(1))?)),
             "busy" => Ok(Claim::Busy {
@@ -381,12 +386,28 @@ impl IdempotencyStore {
         }
     }
 
+    /// Renews the claim when a third of its lease has gone by, so that a send starts well
+    /// inside the lease: the steps before it (a governed job's ERP and mandate checks, a
+    /// snapshot read) must not leave another worker free to take the job over while the
+    /// refund executes. `false` when another attempt took it over.
+    pub async fn keep_lease_fresh(
+        &self,
+        key: &IdempotencyKey,
+        ticket: &mut ClaimTicket,
+    ) -> Result<bool, StoreError> {
+        if ticket.lease_from.elapsed() < self.lease / 3 {
+            return Ok(true);
+        }
+        self.renew(key, ticket).await
+    }
+
     /// Extends the lease of a claim still held; `false` when another attempt took it over.
     pub async fn renew(
         &self,
         key: &IdempotencyKey,
-        ticket: &ClaimTicket,
+        ticket: &mut ClaimTicket,
     ) -> Result<bool, StoreError> {
+        let asked = std::time::Instant::now();
         let [redis_key] = self.keys.record_script(key);
         let held: i64 = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -395,6 +416,9 @@ impl IdempotencyStore {
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;
+        if held == 1 {
+            ticket.lease_from = asked;
+        }
         Ok(held == 1)
     }
 
