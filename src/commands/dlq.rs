@@ -67,22 +67,33 @@ impl Filter {
             .provider
             .as_ref()
             .is_none_or(|p| letter.provider.as_ref() == Some(p));
-        let age_ok = self
-            .older_than
-            .is_none_or(|min| age(letter).is_none_or(|a| a >= min));
+        let age_ok = self.older_than.is_none_or(|min| {
+            old_enough(
+                age(letter.last_seen.as_deref(), time::OffsetDateTime::now_utc()),
+                min,
+            )
+        });
         class_ok && provider_ok && age_ok
     }
 }
 
-/// How long ago a letter was last handled.
-fn age(letter: &DeadLetter) -> Option<Duration> {
-    let at = time::OffsetDateTime::parse(
-        letter.last_seen.as_deref()?,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    let elapsed = time::OffsetDateTime::now_utc() - at;
+/// How long before `now` a letter was last handled: `None` when its last-seen time is missing
+/// or does not parse; zero when it lies in the future (clock skew between hosts).
+fn age(last_seen: Option<&str>, now: time::OffsetDateTime) -> Option<Duration> {
+    let at =
+        time::OffsetDateTime::parse(last_seen?, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    let elapsed = now - at;
+    if elapsed.is_negative() {
+        return Some(Duration::ZERO);
+    }
     elapsed.try_into().ok()
+}
+
+/// Whether a letter of this age passes `--older-than min`. An unknown age never does: a
+/// filter that may end in a purge selects only what it knows to be old.
+fn old_enough(age: Option<Duration>, min: Duration) -> bool {
+    age.is_some_and(|a| a >= min)
 }
 
 /// The class label of a letter.
@@ -237,6 +248,9 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
         } => {
             let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let edits = parse_edits(&set)?;
+            let fields: Vec<&str> = edits.iter().map(|(field, _)| field.as_str()).collect();
+            let (letters, class) = set_target(&chosen);
+            check_set(&fields, letters, class).map_err(CommandError::Usage)?;
             let store = ctx
                 .connections
                 .idempotency_store(&ctx.settings)
@@ -476,6 +490,49 @@ fn parse_edits(set: &[String]) -> Result<Vec<(String, Option<Value>)>, CommandEr
         .collect()
 }
 
+/// The job fields that make the idempotency key.
+const KEY_FIELDS: [&str; 4] = ["date", "idempotency_key", "payment_id", "order_id"];
+
+/// The letters a `--set` would edit, counted as the replay counts them (identical copies, same
+/// job id and same body, are one letter), and their class: `invalid` only when every copy is.
+fn set_target(chosen: &[&DeadLetter]) -> (usize, Option<FailureClass>) {
+    let letters: BTreeSet<(&str, &[u8])> = chosen
+        .iter()
+        .map(|l| (l.job_id.as_str(), l.body.as_slice()))
+        .collect();
+    let class = chosen
+        .iter()
+        .map(|l| l.class)
+        .find(|c| *c != Some(FailureClass::Invalid))
+        .unwrap_or(Some(FailureClass::Invalid));
+    (letters.len(), class)
+}
+
+/// When `--set` may edit: one letter only (an edit fits one job, not a group), and never a
+/// field of the idempotency key unless the letter is `invalid`, which never reached a provider.
+/// Any other letter may have been refunded under its key (an `exhausted` one after a timeout,
+/// say); a new key would hide that refund from the replay's check and send a second one.
+fn check_set(fields: &[&str], letters: usize, class: Option<FailureClass>) -> Result<(), String> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    if letters != 1 {
+        return Err(format!(
+            "--set edits exactly one dead letter, but this selection has {letters}; name a single JOB_ID"
+        ));
+    }
+    if class == Some(FailureClass::Invalid) {
+        return Ok(());
+    }
+    if let Some(field) = fields.iter().find(|f| KEY_FIELDS.contains(f)) {
+        let class = class.map_or("unknown", |c| c.as_str());
+        return Err(format!(
+            "--set {field}: refused for a letter of class {class}; {field} is part of the idempotency key, so the replay would go out under a new key and a refund already made under the old key would not be seen (only an invalid letter, which never reached a provider, may change it)"
+        ));
+    }
+    Ok(())
+}
+
 /// A replay run.
 struct Replay<'a> {
     publisher: &'a Publisher,
@@ -672,5 +729,94 @@ mod tests {
         assert_eq!(edits[2], ("description".into(), None));
         assert!(parse_edits(&["ammount=1".into()]).is_err());
         assert!(parse_edits(&["amount".into()]).is_err());
+    }
+
+    fn at(rfc3339: &str) -> time::OffsetDateTime {
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+    }
+
+    #[test]
+    fn unknown_age_never_matches_older_than() {
+        let now = at("2024-05-01T12:00:00Z");
+        let hour = Duration::from_secs(3600);
+        assert_eq!(age(None, now), None);
+        assert_eq!(age(Some("yesterday"), now), None);
+        assert_eq!(age(Some("2024-05-01 10:00"), now), None);
+        assert!(!old_enough(age(None, now), hour));
+        assert!(!old_enough(age(Some("not a time"), now), hour));
+        assert!(!old_enough(age(Some("not a time"), now), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_future_last_seen_counts_as_age_zero() {
+        let now = at("2024-05-01T12:00:00Z");
+        let future = age(Some("2024-05-01T12:05:00Z"), now);
+        assert_eq!(future, Some(Duration::ZERO));
+        assert!(!old_enough(future, Duration::from_secs(1)));
+        assert!(!old_enough(future, Duration::from_secs(3600)));
+        assert!(old_enough(future, Duration::ZERO));
+    }
+
+    #[test]
+    fn old_letters_match_and_young_ones_do_not() {
+        let now = at("2024-05-01T12:00:00Z");
+        let hour = Duration::from_secs(3600);
+        let old = age(Some("2024-05-01T10:00:00Z"), now);
+        assert_eq!(old, Some(Duration::from_secs(7200)));
+        assert!(old_enough(old, hour));
+        let exactly = age(Some("2024-05-01T13:00:00+02:00"), now);
+        assert_eq!(exactly, Some(hour));
+        assert!(old_enough(exactly, hour));
+        let young = age(Some("2024-05-01T11:59:30Z"), now);
+        assert_eq!(young, Some(Duration::from_secs(30)));
+        assert!(!old_enough(young, hour));
+    }
+
+    #[test]
+    fn set_edits_exactly_one_letter() {
+        let invalid = Some(FailureClass::Invalid);
+        assert_eq!(check_set(&[], 0, invalid), Ok(()));
+        assert_eq!(check_set(&[], 7, None), Ok(()));
+        assert_eq!(check_set(&["amount"], 1, invalid), Ok(()));
+        for letters in [0, 2, 50] {
+            let refused = check_set(&["amount"], letters, invalid).unwrap_err();
+            assert!(refused.contains("exactly one"), "{refused}");
+            assert!(refused.contains(&letters.to_string()), "{refused}");
+            assert!(!refused.contains('\n'), "{refused}");
+        }
+    }
+
+    #[test]
+    fn set_keeps_the_idempotency_key_unless_the_letter_is_invalid() {
+        for field in KEY_FIELDS {
+            // An invalid letter never reached a provider: its key may change.
+            assert_eq!(
+                check_set(&["amount", field], 1, Some(FailureClass::Invalid)),
+                Ok(())
+            );
+            for class in FailureClass::ALL
+                .into_iter()
+                .filter(|c| *c != FailureClass::Invalid)
+                .map(Some)
+                .chain([None])
+            {
+                let refused = check_set(&["amount", field], 1, class).unwrap_err();
+                assert!(refused.starts_with(&format!("--set {field}:")), "{refused}");
+                assert!(refused.contains("idempotency key"), "{refused}");
+                assert!(
+                    refused.contains(class.map_or("unknown", |c| c.as_str())),
+                    "{refused}"
+                );
+                assert!(!refused.contains('\n'), "{refused}");
+            }
+        }
+        // Other fields may be fixed on any single letter.
+        for class in FailureClass::ALL {
+            assert_eq!(
+                check_set(&["amount", "reason", "description"], 1, Some(class)),
+                Ok(())
+            );
+        }
     }
 }
