@@ -193,7 +193,8 @@ impl Governed<'_> {
                     Ok(done) => done,
                     Err(outcome) => {
                         // A refund that failed for good gives its reservation back (its
-                        // record was settled failed, which clears the steps).
+                        // record was settled failed, which clears the steps). Not when an
+                        // earlier send may have executed (uncertain): the money may be gone.
                         if let (
                             Outcome::DeadLetter {
                                 class: FailureClass::Permanent,
@@ -201,6 +202,7 @@ impl Governed<'_> {
                             },
                             Some(r),
                         ) = (&outcome, &reservation)
+                            && !self.ticket.uncertain
                             && let Err(e) = self.pipeline.mandates.release(r, &self.key).await
                         {
                             warn!(key = %self.key, error = %e, "could not give the mandate reservation back");

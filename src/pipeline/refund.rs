@@ -519,7 +519,14 @@ async fn record_failure(
     let uncertain = ticket.uncertain || matches!(error, ProviderError::Unknown { .. });
     let (settle, record) = match (&error, &ticket.pending) {
         (_, Some(pending)) => (Settle::Pending, Some(pending)),
-        (ProviderError::Permanent { .. }, None) => (Settle::Failed { uncertain }, None),
+        // A refusal can only be taken as final when no earlier send may have executed: for
+        // an uncertain record (say, two candidate refunds found, or a refusal that our own
+        // earlier refund may have caused) the money may have moved. The record stays
+        // uncertain with its steps, so a replay reconciles first and a governed job keeps
+        // its mandate reservation.
+        (ProviderError::Permanent { .. }, None) if !ticket.uncertain => {
+            (Settle::Failed { uncertain }, None)
+        }
         (_, None) => (Settle::Released { uncertain }, None),
     };
     // If this write fails the claim simply stays ours until its lease ends; the next
