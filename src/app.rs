@@ -42,13 +42,11 @@ impl Connections {
         settings: &Settings,
     ) -> Result<IdempotencyStore, StoreError> {
         let conn = store::connect(&self.redis_url).await?;
-        Ok(IdempotencyStore::new(
+        Ok(IdempotencyStore::from_settings(
             conn,
             &self.prefix,
-            settings.idempotency.lease,
-            settings.idempotency.ttl,
-        )
-        .reading_legacy_keys(settings.idempotency.read_legacy_keys))
+            &settings.idempotency,
+        ))
     }
 }
 
@@ -119,13 +117,7 @@ pub async fn assemble(
         .map_err(AssembleError::Redis)?;
     Health::set(&health.redis, true);
     let prefix = &connections.prefix;
-    let store = IdempotencyStore::new(
-        conn.clone(),
-        prefix,
-        settings.idempotency.lease,
-        settings.idempotency.ttl,
-    )
-    .reading_legacy_keys(settings.idempotency.read_legacy_keys);
+    let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = providers::http_client(&settings.providers)?;
     let pipeline = Pipeline::new(PipelineParts {
         store: store.clone(),

@@ -29,7 +29,7 @@ use super::{CommandError, Context, runtime, scratch_world};
 use crate::{
     app::Connections,
     broker::{
-        self, OutgoingJob, Publisher, ROUTING_KEY,
+        self, OutgoingJob, Publisher, Topology,
         events::{EventStatus, OutcomeEvent},
         topology::quorum_args,
     },
@@ -129,12 +129,7 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), CommandError> {
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
     }
-    let store = store::IdempotencyStore::new(
-        redis,
-        &prefix,
-        settings.idempotency.lease,
-        settings.idempotency.ttl,
-    );
+    let store = store::IdempotencyStore::from_settings(redis, &prefix, &settings.idempotency);
     let _ = store.delete_namespace().await;
     let _ = connection.close(200, "bench done".into()).await;
     drop(sandbox);
@@ -178,7 +173,7 @@ async fn measure(
     let topology = connections.topology(&crate::config::Settings::default());
     let mut events = subscribe_events(connection, prefix, &topology.events_exchange()).await?;
     if args.rate.is_none() {
-        publish_all(publisher, &topology.jobs_exchange(), &jobs).await?;
+        publish_all(publisher, &topology, &jobs).await?;
     }
 
     let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch)?;
@@ -188,9 +183,9 @@ async fn measure(
     }
     let pacing = args.rate.map(|rate| {
         let publisher = publisher.clone();
-        let exchange = topology.jobs_exchange();
+        let topology = topology.clone();
         let jobs = jobs.clone();
-        tokio::spawn(async move { publish_paced(&publisher, &exchange, &jobs, rate).await })
+        tokio::spawn(async move { publish_paced(&publisher, &topology, &jobs, rate).await })
     });
     let latency = Duration::from_millis(args.provider_latency_ms);
     let mut tally = Tally::default();
@@ -429,12 +424,10 @@ fn unconfirmed(results: &[Result<(), broker::BrokerError>]) -> Result<(), Comman
 
 async fn publish_all(
     publisher: &Publisher,
-    exchange: &str,
+    topology: &Topology,
     jobs: &[OutgoingJob],
 ) -> Result<(), CommandError> {
-    let results =
-        broker::publish_jobs_to(publisher, (exchange, ROUTING_KEY), jobs, None, |_| {}).await;
-    unconfirmed(&results)
+    unconfirmed(&broker::publish_jobs(publisher, topology, jobs, None, |_| {}).await)
 }
 
 /// Waits until something consumes `queue` (the worker has started).
@@ -460,7 +453,7 @@ async fn wait_for_consumer(publisher: &Publisher, queue: &str) -> Result<(), Com
 /// Publishes `jobs` at `rate` per second, in 2 ms slices.
 async fn publish_paced(
     publisher: &Publisher,
-    exchange: &str,
+    topology: &Topology,
     jobs: &[OutgoingJob],
     rate: u32,
 ) -> Result<(), CommandError> {
@@ -472,7 +465,7 @@ async fn publish_paced(
         let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as usize;
         let upto = due.clamp(sent, jobs.len());
         if upto > sent {
-            publish_all(publisher, exchange, &jobs[sent..upto]).await?;
+            publish_all(publisher, topology, &jobs[sent..upto]).await?;
             sent = upto;
         }
     }

@@ -269,6 +269,16 @@ impl IdempotencyStore {
         }
     }
 
+    /// The records of `namespace` as `[idempotency]` configures them.
+    pub fn from_settings(
+        conn: ConnectionManager,
+        namespace: &str,
+        settings: &crate::config::IdempotencySettings,
+    ) -> Self {
+        Self::new(conn, namespace, settings.lease, settings.ttl)
+            .reading_legacy_keys(settings.read_legacy_keys)
+    }
+
     /// Whether to look for (and adopt) records written before keys carried a hash tag: on
     /// until every such record has expired (one `[idempotency] ttl` after the upgrade).
     pub fn reading_legacy_keys(mut self, read: bool) -> Self {
