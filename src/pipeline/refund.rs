@@ -162,6 +162,18 @@ async fn finish(
     // Sealed before the record says done: a crash in between leaves the job to be taken over,
     // and the seal is idempotent per key, so the retry finds the receipt already there.
     if let Err(outcome) = seal(pipeline, request, bulk_receipt(request, &record), attempt).await {
+        if matches!(outcome, Outcome::DeadLetter { .. }) {
+            // The refund exists but cannot be sealed: leave the record uncertain (not claimed
+            // until its lease ends), so a replay finds the refund at the provider, adopts it
+            // and seals it, instead of sending again.
+            let why = "refund made; its receipt could not be sealed";
+            let released = Settle::Released { uncertain: true };
+            if let Err(e) =
+                settle_durably(pipeline, request, &ticket, released, None, why, attempt).await
+            {
+                warn!(job_id = %request.job_id, key = %request.key, error = %e, "the claim will expire and be reconciled");
+            }
+        }
         return outcome;
     }
     complete(pipeline, request, &ticket, record, adopted, attempt).await
