@@ -236,7 +236,7 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
         }
         let _ = connection.close(200, "publish failed".into()).await;
         return Err(CommandError::Runtime(format!(
-            "{} of {} job(s) were NOT confirmed by the broker; publish those lines again (their idempotency keys make that safe)",
+            "{} of {} job(s) were NOT confirmed by the broker; publish those lines again with \"date\": \"{today}\" on each line that has no date (the idempotency key is payment_id + date, so a re-run on another day without it would be a new refund)",
             failed.len(),
             results.len()
         )));
