@@ -499,3 +499,44 @@ async fn twin_rate_limit_is_a_bodiless_429_with_rinnes_headers() {
     assert_eq!(env.ledger().len(), 1, "a refused call executes nothing");
     env.cleanup().await;
 }
+
+/// A send answered 409 while a refund is in flight on the transaction may have met our own
+/// earlier refund: an unknown outcome (the next attempt's look-up adopts or waits), not a
+/// refusal. A 409 on a transaction with nothing in flight stays a refusal.
+#[tokio::test]
+async fn a_409_while_a_refund_is_in_flight_is_an_unknown_outcome_not_a_refusal() {
+    use refund_worker::{
+        job::{Amount, Currency, IdempotencyKey, Reason, Token},
+        providers::{ProviderError, RefundProvider, RefundRequest, rinne::Rinne},
+    };
+    let env = TestEnv::start("rinne-409").await;
+    let rinne = Rinne::new(reqwest::Client::new(), &env.settings.providers.rinne);
+    let request = |tx: &str| RefundRequest {
+        key: IdempotencyKey::parse(&format!("{tx}:{}", today())).unwrap(),
+        payment_id: Token::parse(tx).unwrap(),
+        amount: Amount::new(3000).unwrap(),
+        currency: Currency::BRL,
+        reason: Reason::CustomerRequest,
+        description: None,
+        job_id: "job-1".into(),
+    };
+    // The first send leaves the transaction PENDING_REFUND; a second one meets it.
+    let first = rinne.refund(&request("tx_card_pending")).await.unwrap();
+    assert_eq!(first.refund_id, "tx_card_pending:3000");
+    let again = rinne.refund(&request("tx_card_pending")).await.unwrap_err();
+    assert!(
+        matches!(&again, ProviderError::Unknown { why } if why.contains("in flight")),
+        "{again:?}"
+    );
+    // Refunded in full, nothing in flight: 409 is a refusal.
+    env.sandbox
+        .seed_payment(ProviderName::Rinne, "tx_paid", 3000, "BRL");
+    rinne.refund(&request("tx_paid")).await.unwrap();
+    let refused = rinne.refund(&request("tx_paid")).await.unwrap_err();
+    assert!(
+        matches!(&refused, ProviderError::Permanent { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(env.ledger().len(), 2, "the repeated sends executed nothing");
+    env.cleanup().await;
+}

@@ -136,7 +136,23 @@ impl RefundProvider for Rinne {
             .await
             .map_err(|e| http::transport_error("rinne", &e))?;
         if !status.is_success() {
-            return Err(wire::classify(status.as_u16(), &headers, &body));
+            let error = wire::classify(status.as_u16(), &headers, &body);
+            // Rinne answers 409 to a send while a refund is in flight on the transaction, and
+            // that refund may be ours (an earlier send that became visible only after the
+            // look-up said "not there"): then the outcome is unknown, and the next attempt's
+            // look-up adopts it or waits for it. Anything else stays a refusal.
+            if status.as_u16() != 409 {
+                return Err(error);
+            }
+            return match self.transaction(request).await {
+                Ok(tx) if tx.status != "PENDING_REFUND" => Err(error),
+                Ok(_) => Err(ProviderError::unknown(format!(
+                    "{error}; a refund is in flight on the transaction and may be this job's"
+                ))),
+                Err(lookup) => Err(ProviderError::unknown(format!(
+                    "{error}; and the transaction could not be read ({lookup}): a refund may be in flight"
+                ))),
+            };
         }
         let tx: wire::Transaction = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::unknown(format!(
