@@ -53,6 +53,16 @@ const OUTAGE_CODES: &[&str] = &[
     "NOAUTH",
 ];
 
+/// Whether Redis refused for an outage, also inside an aborted transaction or a pipeline
+/// (`EXECABORT` wrapping `LOADING` right after a restart is Redis coming back, not bad data).
+fn is_outage(e: &RedisError) -> bool {
+    let outage = |code: &str| OUTAGE_CODES.contains(&code);
+    e.code().is_some_and(outage)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| outage(error.code())))
+}
+
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
         use redis::ErrorKind;
@@ -62,9 +72,7 @@ impl From<RedisError> for StoreError {
             ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::Parse => {
                 StoreError::Corrupt(e.to_string())
             }
-            ErrorKind::Server(_) | ErrorKind::Extension
-                if !e.code().is_some_and(|code| OUTAGE_CODES.contains(&code)) =>
-            {
+            ErrorKind::Server(_) | ErrorKind::Extension if !is_outage(&e) => {
                 StoreError::Corrupt(e.to_string())
             }
             _ => StoreError::Unavailable(e.to_string()),
