@@ -1,13 +1,13 @@
 //! Observability checked with the real tools: `promtool check metrics` on the worker's output,
 //! `promtool check/test rules` on the alerts, a real Prometheus server that scrapes a worker
 //! (and RabbitMQ's Prometheus plugin) and evaluates every PromQL expression of the Grafana
-//! dashboard and of the alert rules, and `docker-compose config` on the compose file.
+//! dashboard and of the alert rules, and the compose file against the Compose Specification's
+//! JSON schema (vendored in specs/compose/).
 //!
-//! The tools come from Debian's `prometheus` package (`prometheus`, `promtool`), RabbitMQ's
-//! `rabbitmq_prometheus` plugin and docker-compose 1.29 in a venv under `target/tools/`; `.ci/run`
-//! installs them. A missing tool fails the test with a hint, unless
-//! `REFUND_SKIP_PROMETHEUS_TESTS=1` (promtool, Prometheus) or `REFUND_SKIP_COMPOSE_TESTS=1`
-//! (docker-compose) is set.
+//! `prometheus` and `promtool` come from Debian's `prometheus` package, which `scripts/test`
+//! installs; a missing tool fails the test with that hint. RabbitMQ's `rabbitmq_prometheus`
+//! plugin runs on a private RabbitMQ node the test starts itself (the machine's broker is
+//! never reconfigured).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,7 +21,12 @@ use refund_worker::metrics;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestEnv, binary, eventually, today};
+use refund_worker::sandbox::FaultOptions;
+
+use crate::{
+    helpers::{REDIS_URL, TestEnv, binary, eventually, today},
+    private_rabbit::PrivateRabbit,
+};
 
 // ------------------------------------------------------------------------------------------
 // Tools and files
@@ -42,47 +47,14 @@ fn in_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn skipping(var: &str, what: &str) -> bool {
-    let skip = std::env::var(var).is_ok_and(|v| v == "1");
-    if skip {
-        eprintln!("SKIPPED ({var}=1): {what}");
-    }
-    skip
-}
-
-/// `prometheus` or `promtool`, or `None` when the Prometheus tests are skipped on purpose.
-fn prometheus_tool(name: &str) -> Option<PathBuf> {
-    if skipping("REFUND_SKIP_PROMETHEUS_TESTS", name) {
-        return None;
-    }
-    Some(in_path(name).unwrap_or_else(|| {
+/// `prometheus` or `promtool` (Debian's `prometheus` package; `scripts/test` installs it).
+fn prometheus_tool(name: &str) -> PathBuf {
+    in_path(name).unwrap_or_else(|| {
         panic!(
-            "`{name}` is not installed: run ./.ci/run (it installs Debian's `prometheus` package, \
-             which provides prometheus and promtool), or set REFUND_SKIP_PROMETHEUS_TESTS=1 to \
-             skip these tests"
+            "`{name}` is not installed: run scripts/test (it installs Debian's `prometheus` \
+             package, which provides prometheus and promtool)"
         )
-    }))
-}
-
-/// docker-compose v1 (1.29.2: it validates the file against the compose schema).
-fn docker_compose() -> Option<PathBuf> {
-    if skipping("REFUND_SKIP_COMPOSE_TESTS", "docker-compose") {
-        return None;
-    }
-    let found = std::env::var_os("REFUND_DOCKER_COMPOSE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv = repo("target/tools/compose-venv/bin/docker-compose");
-            venv.is_file().then_some(venv)
-        })
-        .or_else(|| in_path("docker-compose"));
-    Some(found.unwrap_or_else(|| {
-        panic!(
-            "docker-compose is not installed: run ./.ci/run (it installs docker-compose==1.29.2 \
-             into target/tools/compose-venv), point REFUND_DOCKER_COMPOSE at one, or set \
-             REFUND_SKIP_COMPOSE_TESTS=1 to skip this test"
-        )
-    }))
+    })
 }
 
 /// Runs a tool, optionally feeding `stdin`; returns (success, stdout + stderr).
@@ -432,13 +404,13 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts `prometheus` on a free port with the repository's prometheus.yml, rewritten to
-    /// scrape `worker` and RabbitMQ on this host every second, with alerts.yml loaded.
-    async fn start(tool: &Path, name: &str, worker: &str) -> Self {
+    /// scrape `worker` and RabbitMQ's plugin at `rabbitmq` every second, with alerts.yml loaded.
+    async fn start(tool: &Path, name: &str, worker: &str, rabbitmq: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("{name}-prometheus"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
-        std::fs::write(&config, test_config(worker)).unwrap();
+        std::fs::write(&config, test_config(worker, rabbitmq)).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = tokio::process::Command::new(tool)
@@ -537,7 +509,7 @@ impl Prometheus {
 
 /// The repository's prometheus.yml with local targets, a 1 s interval and an absolute path
 /// to alerts.yml (job names, metrics paths and params kept as they are).
-fn test_config(worker: &str) -> String {
+fn test_config(worker: &str, rabbitmq: &str) -> String {
     use serde_yaml_ng::{Mapping, Value as Yaml};
     let mut config: Yaml = serde_yaml_ng::from_str(&read("config/prometheus/prometheus.yml"))
         .expect("prometheus.yml is YAML");
@@ -553,7 +525,7 @@ fn test_config(worker: &str) -> String {
     for mut job in jobs.drain(..) {
         let target = match job["job_name"].as_str() {
             Some("refund-worker") => worker.to_owned(),
-            Some("rabbitmq") => "127.0.0.1:15692".to_owned(),
+            Some("rabbitmq") => rabbitmq.to_owned(),
             _ => continue,
         };
         let map = job.as_mapping_mut().expect("a scrape config is a mapping");
@@ -578,8 +550,8 @@ fn test_config(worker: &str) -> String {
     serde_yaml_ng::to_string(&config).unwrap()
 }
 
-async fn rabbitmq_plugin_answers() -> bool {
-    reqwest::get("http://127.0.0.1:15692/metrics")
+async fn rabbitmq_plugin_answers(address: &str) -> bool {
+    reqwest::get(format!("http://{address}/metrics"))
         .await
         .is_ok_and(|r| r.status().is_success())
 }
@@ -644,9 +616,7 @@ fn the_dashboard_uses_the_provisioned_datasource_and_has_a_query_per_panel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_check_metrics_passes_on_the_worker_output_after_a_mixed_batch() {
-    let Some(promtool) = prometheus_tool("promtool") else {
-        return;
-    };
+    let promtool = prometheus_tool("promtool");
     let env = TestEnv::start("obs-promtool").await;
     let total = publish_mixed_batch(&env).await;
     let port = free_port();
@@ -721,9 +691,7 @@ async fn promtool_check_metrics_passes_on_the_worker_output_after_a_mixed_batch(
 
 #[test]
 fn promtool_checks_the_prometheus_config_the_alert_rules_and_their_unit_tests() {
-    let Some(promtool) = prometheus_tool("promtool") else {
-        return;
-    };
+    let promtool = prometheus_tool("promtool");
     for args in [
         ["check", "rules", "config/prometheus/alerts.yml"],
         ["check", "config", "config/prometheus/prometheus.yml"],
@@ -772,16 +740,27 @@ fn promtool_checks_the_prometheus_config_the_alert_rules_and_their_unit_tests() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_worker() {
-    let Some(prometheus_bin) = prometheus_tool("prometheus") else {
-        return;
-    };
-    assert!(
-        rabbitmq_plugin_answers().await,
-        "RabbitMQ's Prometheus plugin does not answer on 127.0.0.1:15692: run ./.ci/run (it \
-         runs `rabbitmq-plugins enable rabbitmq_prometheus`), or set \
-         REFUND_SKIP_PROMETHEUS_TESTS=1 to skip"
+    let prometheus_bin = prometheus_tool("prometheus");
+    // A private node with the Prometheus plugin: the machine's own broker is not reconfigured.
+    let rabbit = PrivateRabbit::start_with_prometheus().await;
+    let rabbit_metrics = format!(
+        "127.0.0.1:{}",
+        rabbit.prometheus_port.expect("the node runs the plugin")
     );
-    let env = TestEnv::start("obs-prom").await;
+    eventually(
+        Duration::from_secs(60),
+        "RabbitMQ's Prometheus plugin answers",
+        || rabbitmq_plugin_answers(&rabbit_metrics),
+    )
+    .await;
+    let env = TestEnv::with_infra(
+        "obs-prom",
+        FaultOptions::default(),
+        |_| {},
+        &rabbit.url,
+        REDIS_URL,
+    )
+    .await;
     let worker = env.spawn_worker().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let worker_addr = listener.local_addr().unwrap().to_string();
@@ -792,7 +771,8 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
         worker.health.clone(),
         stop_server.clone(),
     ));
-    let prometheus = Prometheus::start(&prometheus_bin, env.prefix(), &worker_addr).await;
+    let prometheus =
+        Prometheus::start(&prometheus_bin, env.prefix(), &worker_addr, &rabbit_metrics).await;
 
     let mut last_up = String::new();
     let started = tokio::time::Instant::now();
@@ -955,28 +935,71 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
     env.cleanup().await;
 }
 
+/// docker-compose.yml as Compose reads it: YAML with its anchors and `<<` merge keys resolved,
+/// as JSON for the schema.
+fn compose_file() -> (serde_yaml_ng::Value, Value) {
+    let mut file: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
+    file.apply_merge()
+        .expect("the compose file's merge keys resolve");
+    let json = serde_json::to_value(&file).expect("the compose file converts to JSON");
+    (file, json)
+}
+
+/// Every violation of the Compose Specification's JSON schema (vendored unmodified in
+/// specs/compose/, see specs/NOTICE.md) by `instance`.
+fn compose_violations(instance: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(&read("specs/compose/compose-spec.json"))
+        .expect("the compose schema is JSON");
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .build(&schema)
+        .expect("the compose schema compiles");
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect()
+}
+
 #[test]
-fn docker_compose_validates_the_compose_file() {
-    let Some(compose) = docker_compose() else {
-        return;
-    };
-    let (ok, output) = run_tool(
-        &compose,
-        &["-f", "docker-compose.yml", "config", "-q"],
-        None,
-    );
+fn the_compose_schema_check_rejects_a_broken_compose_file() {
+    // The check below must be able to fail: a typo'd key, a wrong type and an unknown
+    // restart policy are each caught.
+    let (_, valid) = compose_file();
+    assert_eq!(compose_violations(&valid), Vec::<String>::new());
+    let mut typo = valid.clone();
+    typo["services"]["redis"]["imagee"] = json!("redis:7");
+    let mut wrong_type = valid.clone();
+    wrong_type["services"]["redis"]["ports"] = json!(6379);
+    let mut no_services = valid.clone();
+    no_services["services"]["worker"] = json!("not a service");
+    for (what, broken) in [
+        ("an unknown key", typo),
+        ("ports as a number", wrong_type),
+        ("a service that is a string", no_services),
+    ] {
+        assert!(
+            !compose_violations(&broken).is_empty(),
+            "the schema check accepts {what}"
+        );
+    }
+}
+
+#[test]
+fn the_compose_file_is_valid_against_the_compose_specification() {
+    let (file, json) = compose_file();
+    let violations = compose_violations(&json);
     assert!(
-        ok,
-        "docker-compose config -q rejects docker-compose.yml:\n{output}"
+        violations.is_empty(),
+        "docker-compose.yml breaks the Compose Specification: {violations:#?}"
     );
-    println!("docker-compose -f docker-compose.yml config -q: ok");
-    let (ok, services) = run_tool(
-        &compose,
-        &["-f", "docker-compose.yml", "config", "--services"],
-        None,
-    );
-    assert!(ok, "{services}");
-    let services: BTreeSet<&str> = services.lines().map(str::trim).collect();
+    println!("docker-compose.yml: valid against specs/compose/compose-spec.json");
+    let services: BTreeSet<&str> = json["services"]
+        .as_object()
+        .expect("services")
+        .keys()
+        .map(String::as_str)
+        .collect();
     for needed in [
         "rabbitmq",
         "redis",
@@ -991,9 +1014,38 @@ fn docker_compose_validates_the_compose_file() {
             "service {needed} in {services:?}"
         );
     }
+    // What `docker compose config` checks beyond the schema: every service a service depends
+    // on exists, and every named volume it mounts is declared at the top level.
+    let volumes: BTreeSet<&str> = json["volumes"]
+        .as_object()
+        .map(|v| v.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    for (name, service) in json["services"].as_object().unwrap() {
+        let depends: Vec<&str> = match &service["depends_on"] {
+            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+            Value::Object(map) => map.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for dependency in depends {
+            assert!(
+                services.contains(dependency),
+                "{name} depends on {dependency}, which is not a service"
+            );
+        }
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let Some(source) = volume.as_str().and_then(|v| v.split(':').next()) else {
+                continue;
+            };
+            if !source.starts_with(['.', '/', '~']) {
+                assert!(
+                    volumes.contains(source),
+                    "{name} mounts the named volume {source}, which is not declared"
+                );
+            }
+        }
+    }
 
     // Every bind-mounted file or folder exists, and so does every file the image copies.
-    let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("docker-compose.yml")).unwrap();
     for (name, service) in file["services"].as_mapping().unwrap() {
         for volume in service["volumes"].as_sequence().into_iter().flatten() {
             let source = volume.as_str().unwrap().split(':').next().unwrap();

@@ -31,6 +31,8 @@ pub struct PrivateRabbit {
     dist_port: u16,
     /// Data, logs, cookie (as `$HOME`), configuration.
     dir: PathBuf,
+    /// The `rabbitmq_prometheus` plugin's port, when the node runs it.
+    pub prometheus_port: Option<u16>,
     /// The VM while it runs (its stdin is the pipe that keeps it alive).
     child: Option<Child>,
     /// How long each start took, for the figures.
@@ -57,16 +59,38 @@ fn script(name: &str) -> PathBuf {
 impl PrivateRabbit {
     /// Starts a fresh node and waits until it takes AMQP connections.
     pub async fn start() -> Self {
+        Self::start_node(false).await
+    }
+
+    /// A fresh node that also runs RabbitMQ's `rabbitmq_prometheus` plugin on a free port
+    /// ([`Self::prometheus_port`]), for the tests that scrape the broker's own metrics.
+    pub async fn start_with_prometheus() -> Self {
+        Self::start_node(true).await
+    }
+
+    async fn start_node(with_prometheus: bool) -> Self {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let dir = std::env::temp_dir().join(format!("rw-rabbit-{id}"));
         for sub in ["mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).expect("a temp dir for the private RabbitMQ");
         }
-        // Empty on purpose: no plugins (no management or Prometheus ports to clash), and none
-        // of /etc/rabbitmq's settings (its node name and listener belong to the shared node).
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        // No plugins but the one asked for, each on a port of its own (nothing clashes with
+        // the shared node's), and none of /etc/rabbitmq's settings (its node name and listener
+        // belong to the shared node).
+        let prometheus_port = with_prometheus.then(free_port);
+        let mut conf = String::from("log.console = false\n");
+        let plugins = match prometheus_port {
+            Some(port) => {
+                conf.push_str(&format!(
+                    "prometheus.tcp.port = {port}\nprometheus.tcp.ip = 127.0.0.1\n"
+                ));
+                "[rabbitmq_prometheus].\n"
+            }
+            None => "[].\n",
+        };
+        std::fs::write(dir.join("enabled_plugins"), plugins).unwrap();
         std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
-        std::fs::write(dir.join("rabbitmq.conf"), "log.console = false\n").unwrap();
+        std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         let amqp_port = free_port();
         let mut rabbit = Self {
             url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"),
@@ -74,6 +98,7 @@ impl PrivateRabbit {
             amqp_port,
             dist_port: free_port(),
             dir,
+            prometheus_port,
             child: None,
             starts: Vec::new(),
         };
