@@ -17,6 +17,9 @@ pub mod config;
 pub mod diagnostics;
 /// Spend mandates and sealed receipts (pure).
 pub mod governance;
+/// HTTP plumbing shared by the connectors and the services: client, transport failures,
+/// retry hints.
+mod http;
 /// The refund job schema: strict parsing and validation (pure).
 pub mod job;
 /// Prometheus metrics, health and readiness.

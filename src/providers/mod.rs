@@ -8,7 +8,7 @@
 
 pub mod asaas;
 pub mod guard;
-mod http;
+use crate::http;
 pub mod mercadopago;
 pub mod pix;
 pub mod rinne;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{CreditNote, CreditNoteRequest, Invoicing};
 use crate::{
     config::{Secret, ServiceSettings},
+    http,
     providers::ProviderError,
 };
 
@@ -139,7 +140,7 @@ pub(crate) fn read_issued(body: &[u8]) -> Result<CreditNote, ProviderError> {
     let issued: IssuedBody = serde_json::from_slice(body).map_err(|e| {
         ProviderError::unknown(format!(
             "invoicing: unreadable answer to a credit note ({e}); asking again with the same key is safe: {}",
-            snippet(body)
+            http::snippet(body)
         ))
     })?;
     match issued.status.as_str() {
@@ -188,7 +189,7 @@ pub(crate) fn classify(
     let code = parsed.as_ref().and_then(|b| b.error.code.clone());
     let message = parsed
         .and_then(|b| b.error.message)
-        .unwrap_or_else(|| snippet(body));
+        .unwrap_or_else(|| http::snippet(body));
     let why = format!("invoicing: HTTP {status}: {message}");
     match status {
         409 | 429 => ProviderError::Transient { why, retry_after },
@@ -199,39 +200,8 @@ pub(crate) fn classify(
     }
 }
 
-/// The start of a body, for an error message.
-fn snippet(body: &[u8]) -> String {
-    crate::job::truncate(&String::from_utf8_lossy(body), 200)
-}
-
-/// `Retry-After` in seconds.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(std::time::Duration::from_secs)
-}
-
-/// Classifies a transport failure: a refused connection sent nothing; anything later may
-/// have issued the note.
-fn transport_error(error: &reqwest::Error) -> ProviderError {
-    let cause = crate::diagnostics::root_cause(error);
-    if error.is_connect() {
-        ProviderError::transient(format!("invoicing: cannot connect: {cause}"))
-    } else if error.is_timeout() {
-        ProviderError::unknown(
-            "invoicing: no answer in time (the note may have been issued; the same key finds it)",
-        )
-    } else {
-        ProviderError::unknown(format!(
-            "invoicing: connection failed after sending: {cause} (the note may have been issued; the same key finds it)"
-        ))
-    }
-}
+/// What a lost answer to a credit-note request may hide.
+const NOTE_MAY_EXIST: &str = "the note may have been issued; the same key finds it";
 
 /// The invoicing service's client.
 #[derive(Debug, Clone)]
@@ -266,17 +236,20 @@ impl Invoicing for InvoicingClient {
             .json(&body(request))
             .send()
             .await
-            .map_err(|e| transport_error(&e))?;
+            .map_err(|e| http::transport_failure("invoicing", NOTE_MAY_EXIST, e))?;
         let status = response.status();
-        let hint = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let hint = http::retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| http::transport_failure("invoicing", NOTE_MAY_EXIST, e))?;
         if status == StatusCode::OK || status == StatusCode::CREATED {
             return read_issued(&bytes);
         }
         if status.is_success() {
             return Err(ProviderError::unknown(format!(
                 "invoicing: unexpected HTTP {status} to a credit note: {}",
-                snippet(&bytes)
+                http::snippet(&bytes)
             )));
         }
         Err(classify(status.as_u16(), hint, &bytes))

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Message, Notifier, SentMessage};
 use crate::{
     config::{Secret, ServiceSettings},
+    http,
     job::{Amount, Currency, format_minor},
     providers::ProviderError,
 };
@@ -146,7 +147,7 @@ pub(crate) fn read_sent(body: &[u8]) -> Result<SentMessage, ProviderError> {
         Some(message_id) => Ok(SentMessage { message_id }),
         None => Err(ProviderError::unknown(format!(
             "whatsapp: accepted but unreadable answer (the message may have been sent): {}",
-            snippet(body)
+            http::snippet(body)
         ))),
     }
 }
@@ -166,7 +167,7 @@ pub(crate) fn classify(
             (Some(e), Some(m)) => Some(format!("{e}: {m}")),
             (e, m) => e.or(m),
         })
-        .unwrap_or_else(|| snippet(body));
+        .unwrap_or_else(|| http::snippet(body));
     let why = format!("whatsapp: HTTP {status}: {text}");
     match status {
         429 => ProviderError::Transient { why, retry_after },
@@ -180,36 +181,8 @@ pub(crate) fn classify(
     }
 }
 
-/// Classifies a transport failure: only a refused connection is known to have sent nothing.
-pub(crate) fn transport_error(error: reqwest::Error) -> ProviderError {
-    let connect = error.is_connect();
-    let timeout = error.is_timeout();
-    let cause = crate::diagnostics::root_cause(&error.without_url());
-    if connect {
-        ProviderError::transient(format!("whatsapp: cannot connect: {cause}"))
-    } else if timeout {
-        ProviderError::unknown("whatsapp: no answer in time (the message may have been sent)")
-    } else {
-        ProviderError::unknown(format!(
-            "whatsapp: connection failed after sending: {cause} (the message may have been sent)"
-        ))
-    }
-}
-
-fn snippet(body: &[u8]) -> String {
-    crate::job::truncate(&String::from_utf8_lossy(body), 200)
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(std::time::Duration::from_secs)
-}
+/// What a lost answer to a message request may hide.
+const MESSAGE_MAY_EXIST: &str = "the message may have been sent";
 
 /// Whether a path segment from configuration is safe to put in the URL as it is.
 fn path_safe(segment: &str) -> bool {
@@ -294,10 +267,13 @@ impl Notifier for ZApi {
             .json(&body)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| http::transport_failure("whatsapp", MESSAGE_MAY_EXIST, e))?;
         let status = response.status();
-        let hint = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(transport_error)?;
+        let hint = http::retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| http::transport_failure("whatsapp", MESSAGE_MAY_EXIST, e))?;
         if status.is_success() {
             return read_sent(&bytes);
         }

@@ -113,13 +113,13 @@ impl RefundProvider for Asaas {
             .json(&wire::body(request))
             .send()
             .await
-            .map_err(|e| http::transport_error("asaas", &e))?;
+            .map_err(|e| http::transport_error("asaas", e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| http::transport_error("asaas", &e))?;
+            .map_err(|e| http::transport_error("asaas", e))?;
         if !status.is_success() {
             return Err(wire::classify(status.as_u16(), &headers, &body));
         }

@@ -81,13 +81,13 @@ impl RefundProvider for MercadoPago {
             .body(wire::body(request))
             .send()
             .await
-            .map_err(|e| http::transport_error("mercadopago", &e))?;
+            .map_err(|e| http::transport_error("mercadopago", e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| http::transport_error("mercadopago", &e))?;
+            .map_err(|e| http::transport_error("mercadopago", e))?;
         // 201 as documented; older documentation shows 200 for the same call.
         if status != StatusCode::CREATED && status != StatusCode::OK {
             return Err(wire::classify(status.as_u16(), &headers, &body));

@@ -141,13 +141,13 @@ impl Pix {
             .form(&[("grant_type", "client_credentials"), ("scope", SCOPES)])
             .send()
             .await
-            .map_err(|e| calm(http::transport_error("pix token endpoint", &e)))?;
+            .map_err(|e| calm(http::transport_error("pix token endpoint", e)))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| calm(http::transport_error("pix token endpoint", &e)))?;
+            .map_err(|e| calm(http::transport_error("pix token endpoint", e)))?;
         if status != StatusCode::OK {
             return Err(wire::classify_token(status.as_u16(), &headers, &body));
         }
@@ -191,7 +191,7 @@ impl Pix {
             let response = builder
                 .send()
                 .await
-                .map_err(|e| http::transport_error("pix", &e))?;
+                .map_err(|e| http::transport_error("pix", e))?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 self.forget(&token).await;
@@ -202,7 +202,7 @@ impl Pix {
             let body = response
                 .bytes()
                 .await
-                .map_err(|e| http::transport_error("pix", &e))?
+                .map_err(|e| http::transport_error("pix", e))?
                 .to_vec();
             return Ok(Answer {
                 status,

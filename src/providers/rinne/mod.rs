@@ -128,13 +128,13 @@ impl RefundProvider for Rinne {
             .json(&wire::body(request))
             .send()
             .await
-            .map_err(|e| http::transport_error("rinne", &e))?;
+            .map_err(|e| http::transport_error("rinne", e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| http::transport_error("rinne", &e))?;
+            .map_err(|e| http::transport_error("rinne", e))?;
         if !status.is_success() {
             let error = wire::classify(status.as_u16(), &headers, &body);
             // Rinne answers 409 to a send while a refund is in flight on the transaction, and

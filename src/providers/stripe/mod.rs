@@ -69,13 +69,13 @@ impl RefundProvider for Stripe {
             .form(&wire::form(request))
             .send()
             .await
-            .map_err(|e| http::transport_error("stripe", &e))?;
+            .map_err(|e| http::transport_error("stripe", e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| http::transport_error("stripe", &e))?;
+            .map_err(|e| http::transport_error("stripe", e))?;
         if status != StatusCode::OK {
             return Err(wire::classify(status.as_u16(), &headers, &body));
         }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 
 use crate::{
+    http,
     job::{self, Currency, ProviderName, Token},
     providers::ProviderError,
     services::{Customer, Invoice, Order, OrderPayment, invoicing::is_access_key},
@@ -110,7 +111,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Reply {
         if success {
             return Reply::Data;
         }
-        let why = format!("erp: HTTP {status}: {}", snippet(body));
+        let why = format!("erp: HTTP {status}: {}", http::snippet(body));
         return Reply::Failed(match status {
             401 | 403 => ProviderError::Permanent {
                 code: Some("omie_auth".into()),
@@ -118,7 +119,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Reply {
             },
             425 | 429 => ProviderError::Transient {
                 why,
-                retry_after: header_retry_after(headers),
+                retry_after: http::retry_after(headers),
             },
             408 | 500..=599 => ProviderError::transient(why),
             _ => ProviderError::permanent(why),
@@ -163,7 +164,7 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Reply {
     {
         return Reply::Failed(ProviderError::Transient {
             why,
-            retry_after: seconds_in(&text).or_else(|| header_retry_after(headers)),
+            retry_after: seconds_in(&text).or_else(|| http::retry_after(headers)),
         });
     }
     if has(&[
@@ -191,21 +192,6 @@ fn seconds_in(text: &str) -> Option<std::time::Duration> {
             .flatten()
             .map(std::time::Duration::from_secs)
     })
-}
-
-fn header_retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
-    headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(std::time::Duration::from_secs)
-}
-
-fn snippet(body: &[u8]) -> String {
-    job::truncate(&String::from_utf8_lossy(body), 200)
 }
 
 /// `ConsultarPedido`'s answer.
@@ -304,7 +290,7 @@ pub(crate) fn read_pedido(body: &[u8]) -> Result<Pedido, ProviderError> {
         .map_err(|e| {
             ProviderError::transient(format!(
                 "erp: unreadable ConsultarPedido answer ({e}): {}",
-                snippet(body)
+                http::snippet(body)
             ))
         })
 }
@@ -314,7 +300,7 @@ pub(crate) fn read_cliente(body: &[u8]) -> Result<Cliente, ProviderError> {
     serde_json::from_slice(body).map_err(|e| {
         ProviderError::transient(format!(
             "erp: unreadable ConsultarCliente answer ({e}): {}",
-            snippet(body)
+            http::snippet(body)
         ))
     })
 }

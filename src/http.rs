@@ -1,12 +1,13 @@
-//! HTTP plumbing shared by the connectors: one pooled client, and the one rule for what a
-//! transport failure means for money.
+//! HTTP plumbing shared by the provider connectors and the services of governed refunds (ERP,
+//! invoicing, WhatsApp): one pooled client, the one rule for what a transport failure means
+//! for money, the one reading of a server's "come back later" hint, and the one way a body is
+//! quoted in an error. No copy of these lives anywhere else.
 
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
-use super::ProviderError;
-use crate::config::ProvidersSettings;
+use crate::{config::ProvidersSettings, providers::ProviderError};
 
 /// The pooled client every connector shares (connections are reused across jobs).
 pub(crate) fn client(settings: &ProvidersSettings) -> Result<reqwest::Client, reqwest::Error> {
@@ -18,24 +19,33 @@ pub(crate) fn client(settings: &ProvidersSettings) -> Result<reqwest::Client, re
         .build()
 }
 
-/// Classifies a transport error: a failed connect sent nothing (transient); anything after
-/// the request may have left (timeout, reset, unreadable answer) is an unknown outcome.
-pub(crate) fn transport_error(provider: &str, error: &reqwest::Error) -> ProviderError {
-    if error.is_connect() {
-        return ProviderError::transient(format!(
-            "{provider}: cannot connect: {}",
-            crate::diagnostics::root_cause(error)
-        ));
+/// What a lost answer to a refund request may hide.
+const REFUND_MAY_EXIST: &str = "the refund may have been executed";
+
+/// Classifies a transport error of a refund request ([`transport_failure`] with "the refund
+/// may have been executed").
+pub(crate) fn transport_error(provider: &str, error: reqwest::Error) -> ProviderError {
+    transport_failure(provider, REFUND_MAY_EXIST, error)
+}
+
+/// Classifies a transport error: a failed connect sent nothing (transient); anything after the
+/// request may have left (timeout, reset, unreadable answer) is an unknown outcome, whose
+/// message says what may have happened (`effect`). The URL is dropped from the error first: some
+/// services carry credentials in the path (Z-API's instance token), and messages reach logs and
+/// dead letters.
+pub(crate) fn transport_failure(what: &str, effect: &str, error: reqwest::Error) -> ProviderError {
+    let connect = error.is_connect();
+    let timeout = error.is_timeout();
+    let cause = crate::diagnostics::root_cause(&error.without_url());
+    if connect {
+        ProviderError::transient(format!("{what}: cannot connect: {cause}"))
+    } else if timeout {
+        ProviderError::unknown(format!("{what}: no answer in time ({effect})"))
+    } else {
+        ProviderError::unknown(format!(
+            "{what}: connection failed after sending: {cause} ({effect})"
+        ))
     }
-    if error.is_timeout() {
-        return ProviderError::unknown(format!(
-            "{provider}: no answer in time (the refund may have been executed)"
-        ));
-    }
-    ProviderError::unknown(format!(
-        "{provider}: connection failed after sending: {} (the refund may have been executed)",
-        crate::diagnostics::root_cause(error)
-    ))
 }
 
 /// A provider's hint of when to come back: `Retry-After` in seconds, or a rate-limit reset
@@ -63,7 +73,12 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
     classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
 ) -> Result<T, ProviderError> {
-    let failed = |e: reqwest::Error| ProviderError::transient(format!("{what} failed: {e}"));
+    let failed = |e: reqwest::Error| {
+        ProviderError::transient(format!(
+            "{what} failed: {}",
+            crate::diagnostics::root_cause(&e.without_url())
+        ))
+    };
     let response = request.send().await.map_err(failed)?;
     let status = response.status();
     let headers = response.headers().clone();
