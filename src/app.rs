@@ -8,7 +8,7 @@ use crate::{
     config::Settings,
     metrics::{Health, Metrics},
     pipeline::{Pipeline, PipelineOptions, PipelineParts},
-    providers::{self, Providers},
+    providers::Providers,
     services::Services,
     signing::{BadKey, KeyPair},
     store::{self, IdempotencyStore, MandatePolicy, MandateStore, ReceiptChain, StoreError},
@@ -118,7 +118,7 @@ pub async fn assemble(
     Health::set(&health.redis, true);
     let prefix = &connections.prefix;
     let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
-    let client = providers::http_client(&settings.providers)?;
+    let client = crate::http::client(&settings.providers)?;
     let pipeline = Pipeline::new(PipelineParts {
         store: store.clone(),
         providers: Providers::from_settings(settings, &metrics, client.clone()),

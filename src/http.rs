@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
-use crate::{config::ProvidersSettings, providers::ProviderError};
+use crate::{config::ProvidersSettings, providers::error::ProviderError};
 
-/// The pooled client every connector shares (connections are reused across jobs).
+/// The pooled client every connector and service shares (connections are reused across jobs).
 pub(crate) fn client(settings: &ProvidersSettings) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(settings.timeout)

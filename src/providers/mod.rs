@@ -7,17 +7,18 @@
 //! compares provider strings. Adding a provider touches no core code beyond [`Providers`].
 
 pub mod asaas;
+pub(crate) mod error;
 pub mod guard;
-use crate::http;
 pub mod mercadopago;
 pub mod pix;
 pub mod rinne;
 pub mod stripe;
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::error::ProviderError;
 use crate::{
     config::Settings,
     job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
@@ -69,67 +70,6 @@ pub struct ProviderRefund {
     pub amount: u64,
 }
 
-/// A failed provider call, classified once by the connector that made it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    /// Nothing was executed (connection refused, 5xx before execution, 429, 409 in flight):
-    /// sending again with the same key is safe.
-    #[error("{why}")]
-    Transient {
-        /// What happened, for logs and the retry header.
-        why: String,
-        /// The provider's own hint (`Retry-After`, rate-limit reset).
-        retry_after: Option<Duration>,
-    },
-    /// No retry can fix it (declined, over-refund, unknown payment, bad credential).
-    #[error("{why}")]
-    Permanent {
-        /// The provider's error code, when it gave one.
-        code: Option<String>,
-        /// What the provider said.
-        why: String,
-    },
-    /// The request may have executed (timeout, connection dropped after sending, an
-    /// unreadable success): look it up before any resend.
-    #[error("{why}")]
-    Unknown {
-        /// What happened.
-        why: String,
-    },
-    /// Not sent at all: the provider's guard held it back (circuit open, rate limit, the
-    /// provider's own `Retry-After`, no free call slot). Costs the job no attempt.
-    #[error("{why}")]
-    Skipped {
-        /// Why it was held back.
-        why: String,
-        /// When it is worth trying again.
-        retry_after: Option<Duration>,
-    },
-}
-
-impl ProviderError {
-    /// A transient error without a hint.
-    pub fn transient(why: impl Into<String>) -> Self {
-        Self::Transient {
-            why: why.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A permanent error without a code.
-    pub fn permanent(why: impl Into<String>) -> Self {
-        Self::Permanent {
-            code: None,
-            why: why.into(),
-        }
-    }
-
-    /// An unknown outcome.
-    pub fn unknown(why: impl Into<String>) -> Self {
-        Self::Unknown { why: why.into() }
-    }
-}
-
 /// One payment rail's refund API.
 #[async_trait::async_trait]
 pub trait RefundProvider: Send + Sync + fmt::Debug {
@@ -169,13 +109,6 @@ pub trait RefundProvider: Send + Sync + fmt::Debug {
         request: &RefundRequest,
         refund_id: &str,
     ) -> Result<ProviderRefund, ProviderError>;
-}
-
-/// The pooled HTTP client every connector and service shares (connections are reused).
-pub fn http_client(
-    settings: &crate::config::ProvidersSettings,
-) -> Result<reqwest::Client, reqwest::Error> {
-    http::client(settings)
 }
 
 /// The connectors this worker can use, by rail.

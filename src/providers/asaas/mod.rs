@@ -14,7 +14,8 @@ mod wire;
 use reqwest::{Client, header::HeaderValue};
 use tracing::warn;
 
-use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus, http};
+use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus};
+use crate::http;
 use crate::{
     config::{ProviderSettings, Secret},
     job::{Currency, ProviderName, Token},

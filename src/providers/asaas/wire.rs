@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
+    http,
     job::{self, IdempotencyKey},
-    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus, http},
+    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus},
 };
 
 /// The longest `description` we send. Asaas documents no limit for a refund's description;

@@ -13,7 +13,8 @@ mod wire;
 
 use reqwest::{Client, StatusCode};
 
-use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, http};
+use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest};
+use crate::http;
 use crate::{
     config::{ProviderSettings, Secret},
     job::ProviderName,

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
 
 use crate::{
+    http,
     job::{Amount, Currency, parse_decimal},
-    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus, http},
+    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus},
 };
 
 /// Decimal places of the reais Mercado Pago's `amount` carries.

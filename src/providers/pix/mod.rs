@@ -23,7 +23,8 @@ use std::{
 use reqwest::{Client, Method, StatusCode, header::HeaderMap};
 use tokio::sync::Mutex;
 
-use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, http};
+use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest};
+use crate::http;
 use crate::{
     config::{ProviderSettings, Secret},
     job::ProviderName,

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    http,
     job::{Amount, Currency, IdempotencyKey, Reason, parse_decimal},
-    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus, http},
+    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus},
 };
 
 /// An EndToEndId is exactly this many characters of `[a-zA-Z0-9]`.

@@ -23,7 +23,8 @@ mod wire;
 
 use reqwest::Client;
 
-use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, http};
+use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest};
+use crate::http;
 use crate::{
     config::{ProviderSettings, Secret},
     job::{Currency, ProviderName},

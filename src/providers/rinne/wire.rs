@@ -17,8 +17,9 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    http,
     job::Reason,
-    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus, http},
+    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus},
 };
 
 /// The longest wait a rate-limit answer may ask for. Rinne's windows are one second

@@ -8,8 +8,9 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
 use crate::{
+    http,
     job::Reason,
-    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus, http},
+    providers::{ProviderError, ProviderRefund, RefundRequest, RefundStatus},
 };
 
 /// Which parameter names the original payment: charges (`ch_`, `py_`) or PaymentIntents.
