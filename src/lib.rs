@@ -9,6 +9,8 @@ pub mod app;
 pub mod broker;
 /// Command-line definitions.
 pub mod cli;
+/// Wall-clock timestamps (RFC 3339, UTC).
+pub mod clock;
 /// One module per subcommand.
 pub mod commands;
 /// Typed settings from `config/default.toml` and the environment.

@@ -218,7 +218,7 @@ pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
     let mut set: Vec<(&str, String)> = vec![
         (headers::JOB_ID, envelope.job_id.clone()),
         (headers::ATTEMPTS, "0".into()),
-        ("x-refund-replayed-at", super::envelope::now_rfc3339()),
+        ("x-refund-replayed-at", crate::clock::now_rfc3339()),
     ];
     if let Some(date) = envelope.keyed_date {
         set.push((headers::DATE, date.to_string()));

@@ -208,13 +208,6 @@ fn rebuild_properties(
     properties
 }
 
-/// Now, as RFC 3339 UTC, for the seen headers.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

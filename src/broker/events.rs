@@ -95,7 +95,7 @@ impl OutcomeEvent {
             class: None,
             error: None,
             attempts: envelope.attempts,
-            at: super::envelope::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
             duration_us: Some(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)),
         };
         match (&processed.outcome, disposition) {

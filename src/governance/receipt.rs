@@ -93,7 +93,13 @@ pub struct Receipt {
 impl Receipt {
     /// Seals `body` at `seq` after the receipt whose hash is `prev_hash`, timestamped now.
     pub fn seal(seq: u64, prev_hash: String, body: ReceiptBody, key: &KeyPair) -> Receipt {
-        Self::seal_at(seq, prev_hash, now_rfc3339(), body, key)
+        Self::seal_at(
+            seq,
+            prev_hash,
+            crate::clock::now_rfc3339_millis(),
+            body,
+            key,
+        )
     }
 
     /// [`Receipt::seal`] with a given `sealed_at` (deterministic, for tests and tools).
@@ -222,16 +228,6 @@ fn write_canonical(value: &Value, out: &mut String) {
 fn write_string(text: &str, out: &mut String) {
     // Serializing a &str cannot fail.
     out.push_str(&serde_json::to_string(text).expect("a string serializes"));
-}
-
-/// Now, RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    ))
-    // A UTC time with a four-digit year always formats.
-    .expect("UTC time formats")
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tracing::warn;
 
 use super::{Attempt, Pipeline, refund};
 use crate::{
-    broker::envelope::now_rfc3339,
+    clock::now_rfc3339,
     governance::{
         mandate::Reservation,
         receipt::{ReceiptBody, mask_card, mask_pix_key},

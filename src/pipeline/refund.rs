@@ -205,7 +205,7 @@ fn bulk_receipt(request: &RefundRequest, record: &RefundRecord) -> ReceiptBody {
         notification: None,
         steps: std::collections::BTreeMap::from([(
             STEP_REFUNDED.to_owned(),
-            crate::broker::envelope::now_rfc3339(),
+            crate::clock::now_rfc3339(),
         )]),
     }
 }

@@ -332,7 +332,7 @@ async fn accept(sandbox: Sandbox, issue: Issue) -> Response {
             let note = IssuedCreditNote {
                 number: number.to_string(),
                 access_key: fixtures::access_key(&yymm, 2, number),
-                issued_at: crate::broker::envelope::now_rfc3339(),
+                issued_at: crate::clock::now_rfc3339(),
                 status: "authorized".into(),
                 idempotency_key: issue.key.clone(),
                 order_id: issue.order_id,

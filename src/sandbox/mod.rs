@@ -393,7 +393,7 @@ impl Sandbox {
             refund_id: refund_id.to_owned(),
             amount,
             idempotency_key: idempotency_key.map(str::to_owned),
-            created_at: crate::broker::envelope::now_rfc3339(),
+            created_at: crate::clock::now_rfc3339(),
         });
         Ok(())
     }

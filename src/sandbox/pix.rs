@@ -592,7 +592,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
             "rtrId": rtr_id,
             "valor": format_minor(asked.valor, 2),
             "natureza": asked.natureza,
-            "horario": { "solicitacao": crate::broker::envelope::now_rfc3339() },
+            "horario": { "solicitacao": crate::clock::now_rfc3339() },
             "status": "EM_PROCESSAMENTO",
         });
         if let Some(descricao) = &asked.descricao {
@@ -656,7 +656,7 @@ fn rtr_id() -> String {
 
 fn settle(object: &mut Value) {
     object["status"] = json!("DEVOLVIDO");
-    object["horario"]["liquidacao"] = json!(crate::broker::envelope::now_rfc3339());
+    object["horario"]["liquidacao"] = json!(crate::clock::now_rfc3339());
 }
 
 /// A devolução as a look-up sees it: a pending one settles at the first look-up a second

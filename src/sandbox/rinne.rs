@@ -27,7 +27,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{Magic, Payment, RefundBlocked, Refusal, Sandbox, lock};
-use crate::{broker::envelope::now_rfc3339, job::ProviderName};
+use crate::{clock::now_rfc3339, job::ProviderName};
 
 const REASONS: [&str; 4] = [
     "BANKING_ERROR",

@@ -231,7 +231,7 @@ async fn deliver(sandbox: Sandbox, instance_id: String, send: SendText) -> Respo
             instance_id,
             phone: send.phone,
             message: send.message,
-            sent_at: crate::broker::envelope::now_rfc3339(),
+            sent_at: crate::clock::now_rfc3339(),
         };
         state.messages.push(delivered.clone());
         delivered

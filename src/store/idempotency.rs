@@ -513,7 +513,7 @@ impl IdempotencyStore {
         let key = self.keys.health();
         let _: () = redis::cmd("SET")
             .arg(&key)
-            .arg(crate::broker::envelope::now_rfc3339())
+            .arg(crate::clock::now_rfc3339())
             .arg("PX")
             .arg(60_000)
             .query_async(&mut conn)

@@ -114,7 +114,7 @@ fn plan(
     processed: &Processed,
 ) -> (Disposition, Option<Replacement>) {
     let topology = &shared.options.topology;
-    let now = envelope::now_rfc3339();
+    let now = crate::clock::now_rfc3339();
     let mut headers: Vec<(&'static str, String)> = vec![
         (headers::JOB_ID, envelope.job_id.clone()),
         (

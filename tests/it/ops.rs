@@ -167,7 +167,7 @@ async fn publish_dead_letter(
     let original = BasicProperties::default()
         .with_message_id(job_id.into())
         .with_content_type("application/json".into());
-    let now = refund_worker::broker::envelope::now_rfc3339();
+    let now = refund_worker::clock::now_rfc3339();
     let properties = republish_properties(
         &original,
         &[
