@@ -31,6 +31,8 @@ pub struct Settings {
     pub mandates: MandateSettings,
     /// Sealed receipts.
     pub receipts: ReceiptSettings,
+    /// What the service trusts in the messages it reads back.
+    pub broker: BrokerSettings,
 }
 
 /// The services a governed refund uses besides its provider.
@@ -80,6 +82,15 @@ pub struct MandateSettings {
 pub struct ReceiptSettings {
     /// Ed25519 seed (hex) that signs receipts.
     pub signing_key: Secret,
+}
+
+/// The seal on what the service itself publishes (SPEC §3a).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// HMAC keys, each `"<key id>:<hex secret>"`: the first seals retries, dead letters and
+    /// replays; every one listed is accepted when a sealed message is read back (rotation).
+    pub seal_keys: Vec<Secret>,
 }
 
 /// How jobs are consumed.
@@ -281,6 +292,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("retry.delays")
+                    .with_list_parse_key("broker.seal_keys")
                     .source(Some(env.into_iter().collect())),
             )
             .build()
@@ -309,6 +321,8 @@ impl Settings {
         if self.retry.delays.is_empty() || self.retry.delays.iter().any(Duration::is_zero) {
             return bad("[retry] delays needs at least one delay, none of them zero");
         }
+        crate::broker::seal::Sealer::from_config(&self.broker.seal_keys)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.idempotency.lease <= self.providers.timeout {
             return bad(
                 "[idempotency] lease must be longer than [providers] timeout, or a slow call could be taken over while it runs",
@@ -461,6 +475,29 @@ mod tests {
         );
         assert_eq!(s.idempotency.lease, Duration::from_secs(45));
         assert_eq!(s.worker.chunk_size, 10);
+    }
+
+    #[test]
+    fn seal_keys_rotate_from_the_environment_and_bad_ones_are_refused() {
+        let new = format!("new:{}", "ab".repeat(32));
+        let old = format!("old:{}", "cd".repeat(32));
+        let env = HashMap::from([(
+            "REFUND_BROKER__SEAL_KEYS".to_owned(),
+            format!("{new},{old}"),
+        )]);
+        let s = Settings::load_from(shipped(), true, env).unwrap();
+        let sealer = crate::broker::seal::Sealer::from_config(&s.broker.seal_keys).unwrap();
+        assert_eq!(sealer.sealing_key_id(), "new");
+        assert_eq!(s.broker.seal_keys.len(), 2);
+
+        let env = HashMap::from([(
+            "REFUND_BROKER__SEAL_KEYS".to_owned(),
+            "short:00ff".to_owned(),
+        )]);
+        let err = Settings::load_from(shipped(), true, env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[broker] seal_keys: key 1 (short)"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod dead_letters;
 pub mod envelope;
 pub mod events;
 mod outgoing;
+pub mod seal;
 pub mod topology;
 
 use lapin::{

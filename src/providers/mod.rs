@@ -40,7 +40,8 @@ pub struct RefundRequest {
     pub reason: Reason,
     /// Free text, passed on where the provider has a field for it.
     pub description: Option<String>,
-    /// Our job id, attached as metadata where the provider keeps it.
+    /// Our job id, for logs only: never sent, because a re-publish changes it and one key must
+    /// always carry the same request body (SPEC §3a).
     pub job_id: String,
 }
 

@@ -33,6 +33,10 @@ pub(crate) fn reason(reason: Reason) -> Option<&'static str> {
 }
 
 /// The `application/x-www-form-urlencoded` body of a create-refund call.
+///
+/// Stripe keeps the parameters a key was first used with and refuses the same key with other
+/// parameters (`idempotency_error`): the form is a function of the refund alone, never of the
+/// delivery that carries it (no job id, which a re-publish changes).
 pub(crate) fn form(request: &RefundRequest) -> Vec<(&'static str, String)> {
     let mut form = vec![
         (
@@ -45,7 +49,6 @@ pub(crate) fn form(request: &RefundRequest) -> Vec<(&'static str, String)> {
         form.push(("reason", reason.to_owned()));
     }
     form.push(("metadata[idempotency_key]", request.key.to_string()));
-    form.push(("metadata[job_id]", request.job_id.clone()));
     form.push((
         "metadata[refund_reason]",
         request.reason.as_str().to_owned(),
@@ -161,6 +164,16 @@ mod tests {
             description: None,
             job_id: "job-1".into(),
         }
+    }
+
+    #[test]
+    fn one_refund_has_one_form_whatever_delivery_carries_it() {
+        let first = request("pi_1", Reason::Fraud);
+        let republished = RefundRequest {
+            job_id: "a-new-message-id".into(),
+            ..first.clone()
+        };
+        assert_eq!(form(&first), form(&republished));
     }
 
     #[test]
