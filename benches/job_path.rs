@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lapin::BasicProperties;
 use refund_worker::{
-    broker::{Envelope, events::OutcomeEvent, job_properties},
+    broker::{Envelope, events::OutcomeEvent, job_properties, seal::Sealer},
     config::Secret,
     governance::receipt::{GENESIS, Receipt, ReceiptBody},
     job::{JobDate, ProviderName, RefundJob},
@@ -44,6 +44,12 @@ fn parsing(c: &mut Criterion) {
     group.finish();
 }
 
+/// The built-in development seal key, as a worker with the default settings has it.
+fn sealer() -> Sealer {
+    Sealer::from_config(&refund_worker::config::Settings::default().broker.seal_keys)
+        .expect("the default seal key is valid")
+}
+
 fn keys_and_envelope(c: &mut Criterion) {
     let job = RefundJob::parse(VALID).expect("valid");
     let date = JobDate::today();
@@ -51,14 +57,15 @@ fn keys_and_envelope(c: &mut Criterion) {
         b.iter(|| black_box(&job).idempotency_key(date))
     });
     let properties: BasicProperties = job_properties("8d0f5a7e-4a43-4b8e-9d55-1c1d2f3a4b5c", None);
+    let sealer = sealer();
     c.bench_function("envelope_read", |b| {
-        b.iter(|| Envelope::read(black_box(&properties), VALID, false))
+        b.iter(|| Envelope::read(black_box(&properties), VALID, false, &sealer))
     });
 }
 
 fn outcome_mapping(c: &mut Criterion) {
     let job = RefundJob::parse(VALID).expect("valid");
-    let envelope = Envelope::read(&job_properties("job-1", None), VALID, false);
+    let envelope = Envelope::read(&job_properties("job-1", None), VALID, false, &sealer());
     let processed = Processed {
         outcome: Outcome::Refunded {
             provider: ProviderName::Stripe,

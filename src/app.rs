@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use crate::{
-    broker::Topology,
+    broker::{
+        Topology,
+        seal::{SealKeyError, Sealer},
+    },
     config::Settings,
     metrics::{Health, Metrics},
     pipeline::{Pipeline, PipelineOptions, PipelineParts},
@@ -74,12 +77,15 @@ pub enum AssembleError {
     /// A setting is unusable (a signing key, …).
     #[error("invalid configuration: {0}")]
     Config(#[from] BadKey),
+    /// `[broker] seal_keys` is unusable.
+    #[error("invalid configuration: {0}")]
+    Seal(#[from] SealKeyError),
 }
 
 impl AssembleError {
     /// Whether the fix is in the configuration (exit 2) rather than outside (exit 1).
     pub fn is_config(&self) -> bool {
-        matches!(self, AssembleError::Config(_))
+        matches!(self, AssembleError::Config(_) | AssembleError::Seal(_))
     }
 }
 
@@ -140,6 +146,7 @@ pub async fn assemble(
         max_attempts: settings.retry.max_attempts,
         exit_when_idle,
         connection_name: connection_name.to_owned(),
+        sealer: Sealer::from_config(&settings.broker.seal_keys)?,
     };
     let worker = Worker::new(options, pipeline, metrics.clone(), Arc::clone(&health));
     Ok(App {

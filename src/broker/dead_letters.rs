@@ -13,7 +13,12 @@ use lapin::{
 };
 use serde_json::Value;
 
-use super::{BrokerError, Envelope, Topology, headers};
+use super::{
+    BrokerError, Envelope, Topology,
+    envelope::Republish,
+    headers,
+    seal::{SealCheck, Sealer},
+};
 use crate::outcome::FailureClass;
 
 /// One dead letter, read but not removed.
@@ -25,7 +30,13 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     /// The message's properties as stored.
     pub properties: BasicProperties,
-    /// Why it is here (`x-refund-error-class`, or the broker's own reason).
+    /// Whether this deployment sealed it: only then are its `x-refund-*` headers (class,
+    /// reason, date, attempts) believed; an unsealed letter was planted or edited, and is
+    /// replayed only as a new job keyed from its body.
+    pub seal: SealCheck,
+    /// What its properties say, read with the seal in mind.
+    pub envelope: Envelope,
+    /// Why it is here (the sealed `x-refund-error-class`, or the broker's own reason).
     pub class: Option<FailureClass>,
     /// The reason, in words.
     pub error: String,
@@ -49,8 +60,9 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Reads a fetched message.
-    fn read(properties: BasicProperties, body: Vec<u8>, acker: Acker) -> Self {
-        let envelope = Envelope::read(&properties, &body, false);
+    fn read(properties: BasicProperties, body: Vec<u8>, acker: Acker, sealer: &Sealer) -> Self {
+        let envelope = Envelope::read(&properties, &body, false, sealer);
+        let sealed = envelope.seal.is_sealed();
         let headers: BTreeMap<String, String> = properties
             .headers()
             .as_ref()
@@ -61,11 +73,19 @@ impl DeadLetter {
                     .collect()
             })
             .unwrap_or_default();
-        let class = headers
-            .get(headers::ERROR_CLASS)
+        // Class and reason only from our own seal; an unsealed letter says what it is.
+        let ours = |name: &str| headers.get(name).filter(|_| sealed);
+        let class = ours(headers::ERROR_CLASS)
             .and_then(|c| FailureClass::parse(c))
             .or_else(|| envelope.broker_death_class());
-        let error = headers.get(headers::ERROR).cloned().unwrap_or_else(|| match (class, &envelope.death_reason) {
+        let error = match (&envelope.seal, ours(headers::ERROR)) {
+            (_, Some(error)) => Some(error.clone()),
+            (SealCheck::Untrusted { why }, None) => Some(format!(
+                "not sealed by this deployment ({why}): its x-refund-* headers are ignored, and a replay sends it as a new job keyed from its body"
+            )),
+            (SealCheck::Sealed { .. } | SealCheck::Plain, None) => None,
+        };
+        let error = error.unwrap_or_else(|| match (class, &envelope.death_reason) {
             (Some(FailureClass::DeliveryLimit), _) => {
                 "delivered again and again without ever being acknowledged: it crashes or hangs the worker".into()
             }
@@ -86,8 +106,7 @@ impl DeadLetter {
             .and_then(|a| crate::job::Amount::new(a).ok())
             .zip(currency)
             .map(|(a, c)| (a.minor(), c.code().to_owned()));
-        let provider = headers
-            .get(headers::PROVIDER)
+        let provider = ours(headers::PROVIDER)
             .filter(|p| p.as_str() != crate::metrics::NO_PROVIDER)
             .cloned()
             .or_else(|| field("provider").and_then(|p| p.as_str().map(str::to_owned)));
@@ -98,11 +117,12 @@ impl DeadLetter {
             provider,
             amount,
             payment_id: field("payment_id").and_then(|p| p.as_str().map(str::to_owned)),
-            last_seen: headers
-                .get(headers::LAST_SEEN)
+            last_seen: ours(headers::LAST_SEEN)
                 .cloned()
                 .or_else(|| death_time(&properties)),
             attempts: envelope.attempts,
+            seal: envelope.seal.clone(),
+            envelope,
             headers,
             body,
             properties,
@@ -117,11 +137,6 @@ impl DeadLetter {
         self.removed
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
-    }
-
-    /// The envelope of the stored message (job id, date, attempts).
-    pub fn envelope(&self) -> Envelope {
-        Envelope::read(&self.properties, &self.body, false)
     }
 }
 
@@ -165,11 +180,13 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    /// Fetches up to `limit` dead letters, without removing any.
+    /// Fetches up to `limit` dead letters, without removing any; `sealer` tells the
+    /// deployment's own letters from planted ones.
     pub async fn read(
         connection: &Connection,
         topology: &Topology,
         limit: usize,
+        sealer: &Sealer,
     ) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
         channel.basic_qos(0, BasicQosOptions::default()).await?;
@@ -189,6 +206,7 @@ impl DeadLetterQueue {
                 delivery.properties,
                 delivery.data,
                 delivery.acker,
+                sealer,
             ));
         }
         Ok(Self { channel, letters })
@@ -209,25 +227,31 @@ impl DeadLetterQueue {
     }
 }
 
-/// The properties of a replayed job: the stored ones, with the attempts reset, the failure
-/// headers dropped, and the day it is keyed under kept. Replay publishes only bodies it has
-/// validated as JSON jobs, so they are declared `application/json`, never in the original's
-/// refused media (a job dead-lettered for `content_type: text/xml` is replayable as is).
-pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
-    let envelope = letter.envelope();
+/// The properties of a replayed job carrying `body`: the stored ones, with the attempts reset,
+/// the failure headers dropped, and — for a letter this deployment sealed — the job id and
+/// the day it is keyed under kept. An unsealed letter keeps none of its `x-refund-*` headers:
+/// it goes out as a new job, keyed from its body like any publisher's. The result is sealed.
+/// Replay publishes only bodies it has validated as JSON jobs, so they are declared
+/// `application/json`, never in the original's refused media (a job dead-lettered for
+/// `content_type: text/xml` is replayable as is).
+pub fn replay_properties(letter: &DeadLetter, body: &[u8], sealer: &Sealer) -> BasicProperties {
+    let envelope = &letter.envelope;
     let mut set: Vec<(&str, String)> = vec![
-        (headers::JOB_ID, envelope.job_id.clone()),
         (headers::ATTEMPTS, "0".into()),
         ("x-refund-replayed-at", crate::clock::now_rfc3339()),
     ];
-    if let Some(date) = envelope.keyed_date {
-        set.push((headers::DATE, date.to_string()));
+    if envelope.seal.is_sealed() {
+        set.push((headers::JOB_ID, envelope.job_id.clone()));
+        if let Some(date) = envelope.keyed_date {
+            set.push((headers::DATE, date.to_string()));
+        }
+        if let Some(first) = &envelope.first_seen {
+            set.push((headers::FIRST_SEEN, first.clone()));
+        }
     }
-    if let Some(first) = envelope.first_seen {
-        set.push((headers::FIRST_SEEN, first));
-    }
-    let mut properties = super::envelope::json_job_properties(&letter.properties, &set);
-    if let Some(table) = properties.headers().clone() {
+    // The failure headers stay with the letter; the replayed job starts clean.
+    let mut original = letter.properties.clone();
+    if let Some(table) = letter.properties.headers() {
         let kept: FieldTable = table
             .inner()
             .iter()
@@ -240,7 +264,13 @@ pub fn replay_properties(letter: &DeadLetter) -> BasicProperties {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<std::collections::BTreeMap<_, _>>()
             .into();
-        properties = properties.with_headers(kept);
+        original = original.with_headers(kept);
     }
-    properties
+    let from = Republish {
+        original: &original,
+        original_sealed: envelope.seal.is_sealed(),
+        body,
+        sealer,
+    };
+    super::envelope::json_job_properties(from, &set)
 }

@@ -45,7 +45,17 @@ impl Topology {
         &self.prefix
     }
 
-    /// The direct exchange jobs are published to.
+    /// Whether `name` is one of this topology's exchanges or queues (`{prefix}` or
+    /// `{prefix}.…`): a publisher's `reply_to` may not name them, or a reply would land in
+    /// the jobs or the dead-letter queue.
+    pub fn owns(&self, name: &str) -> bool {
+        name == self.prefix
+            || name
+                .strip_prefix(self.prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// The jobs exchange (`{prefix}`).
     pub fn jobs_exchange(&self) -> String {
         self.prefix.clone()
     }

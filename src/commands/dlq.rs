@@ -18,6 +18,7 @@ use crate::{
     broker::{
         self, Publisher, ROUTING_KEY,
         dead_letters::{DeadLetter, DeadLetterQueue, replay_properties},
+        seal::{SealCheck, Sealer},
     },
     cli::{DlqArgs, DlqCommand, DlqFilter},
     job::{self, RefundJob, format_minor},
@@ -216,7 +217,9 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
         .declare(publisher.channel())
         .await
         .map_err(runtime)?;
-    let queue = DeadLetterQueue::read(&connection, &topology, READ_LIMIT)
+    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let queue = DeadLetterQueue::read(&connection, &topology, READ_LIMIT, &sealer)
         .await
         .map_err(runtime)?;
     if queue.letters.len() == READ_LIMIT {
@@ -249,8 +252,6 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let edits = parse_edits(&set)?;
             let fields: Vec<&str> = edits.iter().map(|(field, _)| field.as_str()).collect();
-            let (letters, class) = set_target(&chosen);
-            check_set(&fields, letters, class).map_err(CommandError::Usage)?;
             let store = ctx
                 .connections
                 .idempotency_store(&ctx.settings)
@@ -262,7 +263,21 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 store: &store,
                 edits: &edits,
                 dry_run,
+                sealer: &sealer,
             };
+            let (letters, class) = set_target(&chosen);
+            // A letter whose key belongs to another refund never reached a provider under it:
+            // it may be given a key of its own.
+            let collision = match chosen.first() {
+                Some(letter) if letters == 1 && !fields.is_empty() => {
+                    matches!(
+                        replay.standing(letter, &letter.body).await?,
+                        Standing::Collision(_)
+                    )
+                }
+                _ => false,
+            };
+            check_set(&fields, letters, class, collision).map_err(CommandError::Usage)?;
             replay.run(&chosen).await
         }
     };
@@ -378,6 +393,16 @@ fn show(queue: &DeadLetterQueue, job_id: &str) -> Result<(), CommandError> {
     line("job", &letter.job_id);
     line("class", class_of(letter));
     line("reason", &letter.error);
+    line(
+        "sealed",
+        &match &letter.seal {
+            SealCheck::Sealed { key_id } => format!("yes (key {key_id})"),
+            SealCheck::Plain => "no (no x-refund-* headers)".to_owned(),
+            SealCheck::Untrusted { why } => {
+                format!("NO: {why}; its x-refund-* headers are ignored")
+            }
+        },
+    );
     line("provider", letter.provider.as_deref().unwrap_or("-"));
     line("payment", letter.payment_id.as_deref().unwrap_or("-"));
     line(
@@ -509,10 +534,18 @@ fn set_target(chosen: &[&DeadLetter]) -> (usize, Option<FailureClass>) {
 }
 
 /// When `--set` may edit: one letter only (an edit fits one job, not a group), and never a
-/// field of the idempotency key unless the letter is `invalid`, which never reached a provider.
-/// Any other letter may have been refunded under its key (an `exhausted` one after a timeout,
-/// say); a new key would hide that refund from the replay's check and send a second one.
-fn check_set(fields: &[&str], letters: usize, class: Option<FailureClass>) -> Result<(), String> {
+/// field of the idempotency key unless the letter is `invalid` (sealed: it never reached a
+/// provider), or — for `idempotency_key` alone — its key is held by a different refund (it was
+/// refused at the claim, before any provider call). Any other letter may have been refunded
+/// under its key (an `exhausted` one after a timeout, say); a new key would hide that refund
+/// from the replay's check and send a second one. The class is the sealed one: a planted
+/// letter's class header is not believed, so it counts as unknown.
+fn check_set(
+    fields: &[&str],
+    letters: usize,
+    class: Option<FailureClass>,
+    collision: bool,
+) -> Result<(), String> {
     if fields.is_empty() {
         return Ok(());
     }
@@ -524,7 +557,11 @@ fn check_set(fields: &[&str], letters: usize, class: Option<FailureClass>) -> Re
     if class == Some(FailureClass::Invalid) {
         return Ok(());
     }
-    if let Some(field) = fields.iter().find(|f| KEY_FIELDS.contains(f)) {
+    let allowed = |field: &&&str| collision && **field == "idempotency_key";
+    if let Some(field) = fields
+        .iter()
+        .find(|f| KEY_FIELDS.contains(f) && !allowed(f))
+    {
         let class = class.map_or("unknown", |c| c.as_str());
         return Err(format!(
             "--set {field}: refused for a letter of class {class}; {field} is part of the idempotency key, so the replay would go out under a new key and a refund already made under the old key would not be seen (only an invalid letter, which never reached a provider, may change it)"
@@ -540,6 +577,17 @@ struct Replay<'a> {
     store: &'a crate::store::IdempotencyStore,
     edits: &'a [(String, Option<Value>)],
     dry_run: bool,
+    sealer: &'a Sealer,
+}
+
+/// Where a letter's job stands against its idempotency record.
+enum Standing {
+    /// Refunded under its key, by this very job (same fingerprint): the text says where.
+    Refunded(String),
+    /// Its key is held by a different refund: the text says which and what to do.
+    Collision(String),
+    /// Nothing finished under its key (or its key is not known before the worker pins it).
+    Open(Option<job::IdempotencyKey>),
 }
 
 /// What a replay did with one letter.
@@ -552,6 +600,58 @@ enum Replayed {
 }
 
 impl Replay<'_> {
+    /// Where the job `body` (the letter's, edited or not) stands: keyed by its own date, else
+    /// by the sealed day it was keyed under, else by the day pinned to its message id or body
+    /// (an unsealed letter's headers choose nothing). "Already refunded" only when the record
+    /// under that key holds this very refund (same fingerprint).
+    async fn standing(&self, letter: &DeadLetter, body: &[u8]) -> Result<Standing, CommandError> {
+        let Ok(job) = RefundJob::parse(body) else {
+            return Ok(Standing::Open(None));
+        };
+        let envelope = &letter.envelope;
+        let date = match job.date.or(envelope.keyed_date) {
+            Some(date) => Some(date),
+            None => {
+                let by_message = match &envelope.message_id {
+                    Some(id) => self.store.pinned_date(id).await.map_err(runtime)?,
+                    None => None,
+                };
+                match by_message {
+                    Some(date) => Some(date),
+                    None => self
+                        .store
+                        .pinned_date(&envelope.body_id)
+                        .await
+                        .map_err(runtime)?,
+                }
+            }
+        };
+        let Some(date) = date else {
+            return Ok(Standing::Open(None));
+        };
+        let key = job.idempotency_key(date);
+        let Some(record) = self.store.get(&key).await.map_err(runtime)? else {
+            return Ok(Standing::Open(Some(key)));
+        };
+        let ours = crate::pipeline::fingerprint(&job);
+        let refund = record
+            .result
+            .as_ref()
+            .map_or("-".into(), |r| r.refund.refund_id.clone());
+        match record.fingerprint {
+            Some(theirs) if theirs != ours && record.state != "failed" => {
+                Ok(Standing::Collision(format!(
+                    "kept: its key {key} belongs to a different refund ({theirs}, {} {refund}), not to this job ({ours}); if this is a second refund, give it its own key: dlq replay {} --set idempotency_key=<a new key>",
+                    record.state, letter.job_id
+                )))
+            }
+            _ if record.state == "done" => Ok(Standing::Refunded(format!(
+                "already refunded under {key} (refund {refund})"
+            ))),
+            _ => Ok(Standing::Open(Some(key))),
+        }
+    }
+
     async fn run(&self, chosen: &[&DeadLetter]) -> Result<(), CommandError> {
         let (mut replayed, mut refunded, mut skipped, mut copies) = (0, 0, 0, 0);
         // Dead-lettering is at-least-once: a worker that dies between the broker's confirm of
@@ -643,32 +743,25 @@ impl Replay<'_> {
             }
             serde_json::to_vec(&object).map_err(runtime)?
         };
-        let job = match RefundJob::parse(&body) {
-            Ok(job) => job,
-            Err(e) => {
-                return Ok(Replayed::Skipped(format!(
-                    "still invalid: {e}; fix it with --set field=value"
-                )));
-            }
-        };
-        let envelope = letter.envelope();
-        if let Some(date) = job.date.or(envelope.keyed_date) {
-            let key = job.idempotency_key(date);
-            let record = self.store.get(&key).await.map_err(runtime)?;
-            if let Some(record) = record.filter(|r| r.state == "done") {
-                let refund = record.result.map_or("-".into(), |r| r.refund.refund_id);
+        if let Err(e) = RefundJob::parse(&body) {
+            return Ok(Replayed::Skipped(format!(
+                "still invalid: {e}; fix it with --set field=value"
+            )));
+        }
+        match self.standing(letter, &body).await? {
+            Standing::Refunded(text) => {
                 if !self.dry_run {
                     letter.remove().await.map_err(runtime)?;
                 }
-                return Ok(Replayed::AlreadyRefunded(format!(
-                    "already refunded under {key} (refund {refund})"
-                )));
+                return Ok(Replayed::AlreadyRefunded(text));
             }
-            if !self.dry_run {
+            Standing::Collision(text) => return Ok(Replayed::Skipped(text)),
+            Standing::Open(Some(key)) if !self.dry_run => {
                 // A poison message gets a fresh start; its record stays uncertain, so the
                 // replay reconciles with the provider before it sends anything.
                 self.store.reset_takeovers(&key).await.map_err(runtime)?;
             }
+            Standing::Open(_) => {}
         }
         if self.dry_run {
             return Ok(Replayed::Republished(format!("({})", class_of(letter))));
@@ -679,7 +772,7 @@ impl Replay<'_> {
                 &self.exchange,
                 ROUTING_KEY,
                 &body,
-                replay_properties(letter),
+                replay_properties(letter, &body, self.sealer),
             )
             .await
             .map_err(runtime)?;
@@ -776,11 +869,11 @@ mod tests {
     #[test]
     fn set_edits_exactly_one_letter() {
         let invalid = Some(FailureClass::Invalid);
-        assert_eq!(check_set(&[], 0, invalid), Ok(()));
-        assert_eq!(check_set(&[], 7, None), Ok(()));
-        assert_eq!(check_set(&["amount"], 1, invalid), Ok(()));
+        assert_eq!(check_set(&[], 0, invalid, false), Ok(()));
+        assert_eq!(check_set(&[], 7, None, false), Ok(()));
+        assert_eq!(check_set(&["amount"], 1, invalid, false), Ok(()));
         for letters in [0, 2, 50] {
-            let refused = check_set(&["amount"], letters, invalid).unwrap_err();
+            let refused = check_set(&["amount"], letters, invalid, false).unwrap_err();
             assert!(refused.contains("exactly one"), "{refused}");
             assert!(refused.contains(&letters.to_string()), "{refused}");
             assert!(!refused.contains('\n'), "{refused}");
@@ -792,7 +885,7 @@ mod tests {
         for field in KEY_FIELDS {
             // An invalid letter never reached a provider: its key may change.
             assert_eq!(
-                check_set(&["amount", field], 1, Some(FailureClass::Invalid)),
+                check_set(&["amount", field], 1, Some(FailureClass::Invalid), false),
                 Ok(())
             );
             for class in FailureClass::ALL
@@ -801,7 +894,7 @@ mod tests {
                 .map(Some)
                 .chain([None])
             {
-                let refused = check_set(&["amount", field], 1, class).unwrap_err();
+                let refused = check_set(&["amount", field], 1, class, false).unwrap_err();
                 assert!(refused.starts_with(&format!("--set {field}:")), "{refused}");
                 assert!(refused.contains("idempotency key"), "{refused}");
                 assert!(
@@ -814,9 +907,28 @@ mod tests {
         // Other fields may be fixed on any single letter.
         for class in FailureClass::ALL {
             assert_eq!(
-                check_set(&["amount", "reason", "description"], 1, Some(class)),
+                check_set(&["amount", "reason", "description"], 1, Some(class), false),
                 Ok(())
             );
+        }
+    }
+
+    #[test]
+    fn a_key_collision_may_take_a_key_of_its_own_and_nothing_else_of_the_key() {
+        for class in FailureClass::ALL.into_iter().map(Some).chain([None]) {
+            assert_eq!(
+                check_set(&["idempotency_key"], 1, class, true),
+                Ok(()),
+                "{class:?}"
+            );
+            if class == Some(FailureClass::Invalid) {
+                continue;
+            }
+            for field in ["date", "payment_id", "order_id"] {
+                let refused = check_set(&["idempotency_key", field], 1, class, true).unwrap_err();
+                assert!(refused.starts_with(&format!("--set {field}:")), "{refused}");
+            }
+            assert!(check_set(&["idempotency_key"], 1, class, false).is_err());
         }
     }
 }

@@ -210,29 +210,35 @@ impl Pipeline {
             }
         };
         let facts = Some(JobFacts::of(&job));
-        let keyed = job
-            .date
-            .or(attempt.envelope.keyed_date)
-            .or_else(|| attempt.envelope.timestamp.and_then(JobDate::from_unix));
-        let date = match keyed {
+        // The first key wins (SPEC §3a): a date in the body is the job's own; otherwise the day
+        // pinned at first sight to its message id and its body, which no later copy changes.
+        let date = match job.date {
             Some(date) => date,
-            // No date anywhere: pin the day of first sight to the job id, so a redelivery
-            // after midnight cannot derive a second key.
-            None => match self
-                .store
-                .pin_date(&attempt.envelope.job_id, JobDate::today())
-                .await
-            {
-                Ok(date) => date,
-                Err(e) => {
-                    return Processed {
-                        outcome: store_failure(e, job.provider),
-                        date: None,
-                        job: facts,
-                        existing: None,
-                    };
+            None => {
+                let first_sight = envelope
+                    .keyed_date
+                    .or_else(|| envelope.timestamp.and_then(JobDate::from_unix))
+                    .unwrap_or_else(JobDate::today);
+                let pinned = self
+                    .store
+                    .pin_job_date(
+                        envelope.message_id.as_deref(),
+                        &envelope.body_id,
+                        first_sight,
+                    )
+                    .await;
+                match pinned {
+                    Ok(date) => date,
+                    Err(e) => {
+                        return Processed {
+                            outcome: store_failure(e, job.provider),
+                            date: None,
+                            job: facts,
+                            existing: None,
+                        };
+                    }
                 }
-            },
+            }
         };
         tracing::Span::current().record("key", job.idempotency_key(date).as_str());
         let (outcome, existing) = self.process_job(&job, date, attempt).await;
@@ -274,7 +280,35 @@ impl Pipeline {
             description: job.description.clone(),
             job_id: attempt.envelope.job_id.clone(),
         };
-        refund::run(self, provider.as_ref(), &request, attempt).await
+        refund::run(
+            self,
+            provider.as_ref(),
+            &request,
+            &fingerprint(job),
+            attempt,
+        )
+        .await
+    }
+}
+
+/// What the idempotency record remembers of the refund a key was first used for: the rail
+/// and payment (or the order, for a governed job), the amount and the currency. A job whose
+/// fingerprint differs from its key's record is a different refund that collided with that key
+/// (never "already refunded"), whether the worker or a replay finds it.
+pub fn fingerprint(job: &RefundJob) -> String {
+    match (&job.order_id, job.provider, &job.payment_id) {
+        (Some(order), _, _) => format!("order|{order}|{}|{}", job.amount, job.currency),
+        (None, Some(provider), Some(payment)) => {
+            format!("{provider}|{payment}|{}|{}", job.amount, job.currency)
+        }
+        // RefundJob::from_object refuses a bulk job without both; named for what it is.
+        (None, provider, payment) => format!(
+            "unroutable|{}|{}|{}|{}",
+            provider.map_or("-".into(), |p| p.to_string()),
+            payment.as_ref().map_or("-".into(), |p| p.to_string()),
+            job.amount,
+            job.currency
+        ),
     }
 }
 

@@ -67,17 +67,14 @@ pub(super) async fn run(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
+    fingerprint: &str,
     attempt: Attempt<'_>,
 ) -> (Outcome, Option<RefundRecord>) {
     let name = provider.name();
-    let fingerprint = format!(
-        "{name}|{}|{}|{}",
-        request.payment_id, request.amount, request.currency
-    );
     let ticket = match claim(
         pipeline,
         &request.key,
-        &fingerprint,
+        fingerprint,
         &request.job_id,
         attempt.owner,
         Some(name),

@@ -20,7 +20,8 @@
 //!
 //! ```text
 //! <ns>:idem:{<idempotency key>}   hash: the record (state, owner, lease, result, steps...)
-//! <ns>:jobdate:<job id>           string: the day a dateless job was first seen
+//! <ns>:jobdate:<identity>         string: the day a dateless job was first seen, under its
+//!                                 message id and under its body digest (`body-…`)
 //! <ns>:order-refunds:<order id>   hash: idempotency key -> minor units refunded on the order
 //! <ns>:dlq-amounts                hash: job id -> "amount currency" waiting in the DLQ
 //! <ns>:health                     string: the readiness probe's last write
@@ -125,6 +126,8 @@ pub struct RecordView {
     pub reason: Option<String>,
     /// Whether an unrecorded provider call may exist.
     pub uncertain: bool,
+    /// What refund the key was first used for ([`crate::pipeline::fingerprint`]).
+    pub fingerprint: Option<String>,
 }
 
 /// The Redis keys of one namespace's records, and the KEYS of every script call: pure, so a
@@ -158,7 +161,8 @@ impl RecordKeys {
         format!("{}:idem:{key}", self.namespace)
     }
 
-    /// `<ns>:jobdate:<job id>`: the day a dateless job was first seen.
+    /// `<ns>:jobdate:<identity>`: the day a dateless job was first seen (identity: its message
+    /// id, or its body digest).
     pub fn job_date(&self, job_id: &str) -> String {
         format!("{}:jobdate:{job_id}", self.namespace)
     }
@@ -521,9 +525,54 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// The day a job without a date of its own is keyed under: the day it was first seen,
-    /// pinned by job id, so a redelivery on a later day derives the same idempotency key.
-    pub async fn pin_date(&self, job_id: &str, today: JobDate) -> Result<JobDate, StoreError> {
+    /// The day a dateless job is keyed under, fixed at its first sight (SPEC §3a: the first key
+    /// wins). A job is "the same job" when it comes back with the same AMQP `message_id` or
+    /// with the same body: both identities are pinned to one day, and a later copy under
+    /// either one finds that day whatever its headers or `timestamp` say. `first_sight` (the
+    /// sealed day of our own copy, else the message's `timestamp`, else today) is used only
+    /// when neither identity was seen before. The message id is the authority when the two
+    /// disagree (a body first seen under another message id pins a new message id to its day).
+    ///
+    /// Each step is a single-key `SET NX` + `GET` (one Redis Cluster slot each): two copies
+    /// racing at first sight agree, because both read back what the first `SET NX` wrote.
+    pub async fn pin_job_date(
+        &self,
+        message_id: Option<&str>,
+        body_id: &str,
+        first_sight: JobDate,
+    ) -> Result<JobDate, StoreError> {
+        let Some(message_id) = message_id else {
+            return self.pin_date(body_id, first_sight).await;
+        };
+        let body_pin = self.pinned_date(body_id).await?;
+        let pinned = self
+            .pin_date(message_id, body_pin.unwrap_or(first_sight))
+            .await?;
+        if body_pin.is_none() {
+            self.pin_date(body_id, pinned).await?;
+        }
+        Ok(pinned)
+    }
+
+    /// The day pinned to one identity, if any (read-only).
+    pub async fn pinned_date(&self, identity: &str) -> Result<Option<JobDate>, StoreError> {
+        let redis_key = self.keys.job_date(identity);
+        let pinned: Option<String> = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let key = redis_key.clone();
+            async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+        })
+        .await?;
+        pinned
+            .map(|d| {
+                JobDate::parse(&d)
+                    .map_err(|e| StoreError::Corrupt(format!("pinned date of {identity}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Pins one identity to `day` unless it already has one; returns the pinned day.
+    async fn pin_date(&self, job_id: &str, today: JobDate) -> Result<JobDate, StoreError> {
         let [redis_key] = self.keys.pin_date_script(job_id);
         let today = today.to_string();
         let pinned: String = redis_call(|| {
@@ -702,7 +751,7 @@ impl IdempotencyStore {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(&redis_key)
-                .arg(&["state", "result", "claims", "reason", "uncertain"]);
+                .arg(&["state", "result", "claims", "reason", "uncertain", "fp"]);
             async move { cmd.query_async(&mut conn).await }
         })
         .await?;
@@ -716,6 +765,7 @@ impl IdempotencyStore {
             claims: text(2).and_then(|c| c.parse().ok()).unwrap_or(0),
             reason: text(3).filter(|r| !r.is_empty()),
             uncertain: text(4).as_deref() == Some("1"),
+            fingerprint: text(5).filter(|f| !f.is_empty()),
         }))
     }
 }

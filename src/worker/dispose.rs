@@ -20,7 +20,13 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::{
-    broker::{BrokerError, Envelope, Publisher, envelope, events::OutcomeEvent, headers},
+    broker::{
+        BrokerError, Envelope, Publisher,
+        envelope::{self, Republish},
+        events::OutcomeEvent,
+        headers,
+        seal::Sealer,
+    },
     metrics::NO_PROVIDER,
     outcome::{FailureClass, Outcome},
     pipeline::Processed,
@@ -72,9 +78,21 @@ pub(super) async fn dispose(
         // delivers the message again.
         return disposition;
     }
-    let events = shared.options.topology.events_exchange();
+    let topology = &shared.options.topology;
+    let reply_to = envelope.reply_to.as_deref().filter(|queue| {
+        let own = topology.owns(queue);
+        if own {
+            warn!(job_id = %envelope.job_id, reply_to = %queue, "reply_to names one of the service's own queues or exchanges; no reply is sent there");
+        }
+        !own
+    });
+    let outgoing = Outgoing {
+        events_exchange: topology.events_exchange(),
+        reply_to,
+        sealer: &shared.options.sealer,
+    };
     let event = OutcomeEvent::of(envelope, processed, &disposition, arrived.elapsed());
-    match carry_out(publisher, &events, delivery, envelope, event, replacement).await {
+    match carry_out(publisher, &outgoing, delivery, envelope, event, replacement).await {
         Ok(()) => {
             if let (Disposition::DeadLettered { .. }, Some(job)) = (&disposition, &processed.job) {
                 // The money-stuck gauge's tally; best effort (the queue itself is the truth).
@@ -198,21 +216,37 @@ fn plan(
     }
 }
 
+/// Where a delivery's messages go and how its replacement is sealed.
+struct Outgoing<'a> {
+    /// The events exchange.
+    events_exchange: String,
+    /// The job's own reply queue, unless it names one of ours.
+    reply_to: Option<&'a str>,
+    /// Seals the replacement.
+    sealer: &'a Sealer,
+}
+
 /// Publishes the event and the replacement, each confirmed, then acks.
 async fn carry_out(
     publisher: &Publisher,
-    events_exchange: &str,
+    outgoing: &Outgoing<'_>,
     delivery: &Delivery,
     envelope: &Envelope,
     event: Option<OutcomeEvent>,
     replacement: Option<Replacement>,
 ) -> Result<(), BrokerError> {
     if let Some(event) = event {
-        publish_event(publisher, events_exchange, envelope, &event).await?;
+        publish_event(publisher, outgoing, envelope, &event).await?;
     }
     if let Some(replacement) = replacement {
+        let from = Republish {
+            original: &delivery.properties,
+            original_sealed: envelope.seal.is_sealed(),
+            body: &delivery.data,
+            sealer: outgoing.sealer,
+        };
         let properties: BasicProperties =
-            envelope::republish_properties(&delivery.properties, &replacement.headers);
+            envelope::republish_properties(from, &replacement.headers);
         publisher
             .publish(
                 &replacement.exchange,
@@ -232,7 +266,7 @@ async fn carry_out(
 /// The event on the events exchange, and to the job's `reply_to` if it asked for one.
 async fn publish_event(
     publisher: &Publisher,
-    exchange: &str,
+    outgoing: &Outgoing<'_>,
     envelope: &Envelope,
     event: &OutcomeEvent,
 ) -> Result<(), BrokerError> {
@@ -251,13 +285,13 @@ async fn publish_event(
     }
     publisher
         .notify(
-            exchange,
+            &outgoing.events_exchange,
             event.status.routing_key(),
             &body,
             properties.clone(),
         )
         .await?;
-    if let Some(reply_to) = &envelope.reply_to {
+    if let Some(reply_to) = outgoing.reply_to {
         publisher.notify("", reply_to, &body, properties).await?;
     }
     Ok(())

@@ -33,7 +33,7 @@ use tracing::{Instrument, error, info, warn};
 pub use dispose::Disposition;
 
 use crate::{
-    broker::{self, BrokerError, Envelope, Publisher, Topology},
+    broker::{self, BrokerError, Envelope, Publisher, Topology, seal::Sealer},
     config::WorkerSettings,
     metrics::{Health, Metrics, NO_PROVIDER},
     outcome::Outcome,
@@ -58,6 +58,8 @@ pub struct WorkerOptions {
     pub exit_when_idle: bool,
     /// The connection name shown in RabbitMQ's management UI.
     pub connection_name: String,
+    /// Seals what the worker republishes and tells its own copies from a publisher's.
+    pub sealer: Sealer,
 }
 
 /// One job's end, for progress bars and tests.
@@ -422,7 +424,12 @@ impl Job {
         {
             return;
         }
-        let envelope = Envelope::read(&delivery.properties, &delivery.data, delivery.redelivered);
+        let envelope = Envelope::read(
+            &delivery.properties,
+            &delivery.data,
+            delivery.redelivered,
+            &shared.options.sealer,
+        );
         // Every log line about this job carries its id, and its idempotency key once known.
         let span =
             tracing::info_span!("job", job_id = %envelope.job_id, key = tracing::field::Empty);

@@ -187,12 +187,14 @@ async fn the_keys_a_worker_leaves_in_redis_are_the_layouts() {
         stripe_job("pi_layout_declined", 100),
     ])
     .await;
-    // No date and no timestamp: the worker pins the day it first saw the job.
+    // No date and no timestamp: the worker pins the day it first saw the job, to its message
+    // id and to its body.
+    let undated = serde_json::to_vec(
+        &json!({"payment_id": "pi_layout_2", "amount": 100, "provider": "stripe"}),
+    )
+    .unwrap();
     env.publish_raw(
-        &serde_json::to_vec(
-            &json!({"payment_id": "pi_layout_2", "amount": 100, "provider": "stripe"}),
-        )
-        .unwrap(),
+        &undated,
         BasicProperties::default().with_message_id("job-layout-nodate".into()),
     )
     .await;
@@ -204,6 +206,7 @@ async fn the_keys_a_worker_leaves_in_redis_are_the_layouts() {
         .map(|p| records.record(&key(&format!("{p}:{today}"))))
         .collect();
     expected.insert(records.job_date("job-layout-nodate"));
+    expected.insert(records.job_date(&refund_worker::broker::envelope::body_id(&undated)));
     expected.insert(records.dead_letter_amounts());
     assert_eq!(keys_under(env.prefix()).await, expected);
     env.cleanup().await;

@@ -6,6 +6,7 @@ mod chaos;
 mod faults;
 mod governed;
 mod helpers;
+mod hostile;
 mod key_layout;
 mod malformed;
 mod mandates;

@@ -14,7 +14,12 @@ use lapin::{
     types::FieldTable,
 };
 use refund_worker::{
-    broker::{self, Publisher, envelope::republish_properties, headers},
+    broker::{
+        self, Publisher,
+        envelope::{Republish, republish_properties},
+        headers,
+        seal::Sealer,
+    },
     sandbox::FaultOptions,
 };
 use serde_json::{Value, json};
@@ -60,7 +65,7 @@ fn child_env(env: &TestEnv) -> Vec<(String, String)> {
 }
 
 /// Runs `refund-worker ARGS` to its end.
-async fn cli(env: &TestEnv, args: &[&str]) -> Output {
+pub(crate) async fn cli(env: &TestEnv, args: &[&str]) -> Output {
     tokio::time::timeout(
         Duration::from_secs(60),
         Command::new(binary())
@@ -75,7 +80,7 @@ async fn cli(env: &TestEnv, args: &[&str]) -> Output {
 }
 
 /// Runs `refund-worker ARGS`, which must succeed; returns its standard output.
-async fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
+pub(crate) async fn cli_ok(env: &TestEnv, args: &[&str]) -> String {
     let output = cli(env, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
@@ -128,14 +133,14 @@ async fn sigterm(child: Child) {
     assert_eq!(output.status.code(), Some(0), "graceful stop exits 0");
 }
 
-async fn amqp() -> lapin::Connection {
+pub(crate) async fn amqp() -> lapin::Connection {
     broker::connect(AMQP_URL, "refund-worker ops tests")
         .await
         .expect("RabbitMQ must be running on 127.0.0.1:5672 (see README)")
 }
 
 /// Messages ready in `queue`, counted without consuming any (a passive declare).
-async fn ready(connection: &lapin::Connection, queue: &str) -> u32 {
+pub(crate) async fn ready(connection: &lapin::Connection, queue: &str) -> u32 {
     let channel = connection.create_channel().await.unwrap();
     let declared = channel
         .queue_declare(
@@ -168,8 +173,15 @@ async fn publish_dead_letter(
         .with_message_id(job_id.into())
         .with_content_type("application/json".into());
     let now = refund_worker::clock::now_rfc3339();
+    let sealer = Sealer::from_config(&env.settings.broker.seal_keys).unwrap();
+    let from = Republish {
+        original: &original,
+        original_sealed: false,
+        body,
+        sealer: &sealer,
+    };
     let properties = republish_properties(
-        &original,
+        from,
         &[
             (headers::JOB_ID, job_id.to_owned()),
             (headers::ERROR_CLASS, class.to_owned()),

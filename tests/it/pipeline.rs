@@ -382,13 +382,18 @@ async fn a_job_without_date_or_timestamp_is_keyed_by_the_day_it_was_first_seen()
     assert_eq!(ledger.len(), 1);
     let key = format!("pi_undated:{}", today());
     assert_eq!(ledger[0].idempotency_key.as_deref(), Some(key.as_str()));
-    // The day is pinned to the job id, so a copy delivered on a later day keys alike.
-    let pinned = env
-        .store
-        .pin_date("undated", JobDate::parse("2099-01-01").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(pinned, today());
+    // The day is pinned to the message id and to the body, so a copy delivered on a later
+    // day, under either identity, keys alike.
+    let later = JobDate::parse("2099-01-01").unwrap();
+    let body_id = refund_worker::broker::envelope::body_id(body);
+    for message_id in [Some("undated"), Some("another-message-id"), None] {
+        let pinned = env
+            .store
+            .pin_job_date(message_id, &body_id, later)
+            .await
+            .unwrap();
+        assert_eq!(pinned, today(), "{message_id:?}");
+    }
     env.publish_raw(
         body,
         BasicProperties::default().with_message_id("undated".into()),

@@ -1,0 +1,325 @@
+//! Hostile input (SPEC §3a): a publisher with bad intent, or a careless operator, tries to make
+//! money move twice. Every test publishes raw AMQP as such a publisher would (forged
+//! `x-refund-*` headers, shifted timestamps, letters planted straight into the dead-letter
+//! queue, `reply_to` aimed at the service's own queues) and asserts on the sandbox's ledger:
+//! one refund, or a dead letter with a reason, never two refunds and never a lost job.
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use refund_worker::{broker::Publisher, outcome::Outcome};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{TestEnv, stripe_job, today},
+    ops::{amqp, cli, cli_ok, ready},
+};
+
+/// Headers as a publisher writes them (nothing sealed).
+fn forged(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert((*k).into(), AMQPValue::LongString(LongString::from(*v)));
+    }
+    table
+}
+
+fn dateless(payment_id: &str, provider: &str, amount: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "payment_id": payment_id, "amount": amount, "provider": provider }))
+        .unwrap()
+}
+
+/// Refunds recorded by the sandbox for `payment_id`.
+fn refunds_of(env: &TestEnv, payment_id: &str) -> usize {
+    env.ledger()
+        .iter()
+        .filter(|e| e.payment_id == payment_id)
+        .count()
+}
+
+/// Puts a letter into the dead-letter queue the way an attacker with publish rights can:
+/// through the dead-letter exchange, with whatever headers they like and no seal.
+async fn plant_dead_letter(env: &TestEnv, body: &[u8], message_id: &str, headers: FieldTable) {
+    let connection = amqp().await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let properties = BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    publisher
+        .publish(&env.topology.dead_exchange(), "", body, properties)
+        .await
+        .expect("the planted letter is confirmed");
+    let _ = connection.close(200, "planted".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_refund_headers_on_a_second_copy_cannot_rekey_the_job() {
+    let env = TestEnv::start("hostile-headers").await;
+    // Asaas and Rinne have no provider-side idempotency: only the worker's key stands between
+    // a second copy and a second refund.
+    let jobs = [("pay_hostile_h1", "asaas"), ("tx_hostile_h2", "rinne")];
+    for (payment, provider) in jobs {
+        env.publish_raw(
+            &dateless(payment, provider, 500),
+            BasicProperties::default().with_message_id(format!("m-{payment}").into()),
+        )
+        .await;
+    }
+    let first = env.run_until_idle().await;
+    assert_eq!(first.reports.len(), 2, "{:#?}", first.reports);
+
+    for (payment, provider) in jobs {
+        // The same message id, with every header that once chose a key, a job id or a class.
+        let headers = forged(&[
+            ("x-refund-date", "2026-12-04"),
+            ("x-refund-job-id", "a-job-id-of-my-choosing"),
+            ("x-refund-attempts", "0"),
+            ("x-refund-seal", "v1:dev-1:00ff"),
+        ]);
+        env.publish_raw(
+            &dateless(payment, provider, 500),
+            BasicProperties::default()
+                .with_message_id(format!("m-{payment}").into())
+                .with_headers(headers),
+        )
+        .await;
+        // And a copy under a new message id: the same body is the same job.
+        env.publish_raw(
+            &dateless(payment, provider, 500),
+            BasicProperties::default()
+                .with_message_id(format!("other-{payment}").into())
+                .with_headers(forged(&[("x-refund-date", "2026-12-03")])),
+        )
+        .await;
+    }
+    let second = env.run_until_idle().await;
+    assert_eq!(second.reports.len(), 4, "{:#?}", second.reports);
+    for report in &second.reports {
+        assert_eq!(report.outcome, Outcome::Duplicate, "{report:#?}");
+    }
+    for (payment, _) in jobs {
+        assert_eq!(
+            refunds_of(&env, payment),
+            1,
+            "{payment}: {:#?}",
+            env.ledger()
+        );
+    }
+    assert!(env.dead_letters().await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_timestamp_cannot_rekey_a_job() {
+    let env = TestEnv::start("hostile-timestamp").await;
+    let body = dateless("pay_hostile_ts", "asaas", 700);
+    let noon = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let day = 86_400;
+    env.publish_raw(
+        &body,
+        BasicProperties::default()
+            .with_message_id("m-ts".into())
+            .with_timestamp(noon),
+    )
+    .await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pay_hostile_ts"), 1);
+
+    // An outbox re-sending across midnight, then a copy under a new id two days later.
+    env.publish_raw(
+        &body,
+        BasicProperties::default()
+            .with_message_id("m-ts".into())
+            .with_timestamp(noon + day),
+    )
+    .await;
+    env.publish_raw(
+        &body,
+        BasicProperties::default()
+            .with_message_id("m-ts-resent".into())
+            .with_timestamp(noon + 2 * day),
+    )
+    .await;
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2, "{:#?}", run.reports);
+    assert!(run.reports.iter().all(|r| r.outcome == Outcome::Duplicate));
+    assert_eq!(refunds_of(&env, "pay_hostile_ts"), 1, "{:#?}", env.ledger());
+    let key = format!("pay_hostile_ts:{}", today());
+    assert_eq!(
+        env.ledger()[0].idempotency_key.as_deref(),
+        Some(key.as_str()),
+        "keyed by the day of first sight"
+    );
+    assert_eq!(env.record(&key).await.unwrap().state, "done");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_dead_letter_is_replayed_under_its_bodys_key_and_refunds_nothing_twice() {
+    let env = TestEnv::start("hostile-planted").await;
+    let body = dateless("pay_hostile_pl", "asaas", 900);
+    env.publish_raw(
+        &body,
+        BasicProperties::default().with_message_id("m-planted".into()),
+    )
+    .await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pay_hostile_pl"), 1);
+
+    // A letter for the refunded payment that claims another day and an exhausted job, under
+    // a new message id; and one claiming the original id.
+    for id in ["m-planted", "m-planted-2"] {
+        let headers = forged(&[
+            ("x-refund-error-class", "exhausted"),
+            ("x-refund-error", "gave up after 6 attempts"),
+            ("x-refund-date", "2026-12-01"),
+            ("x-refund-job-id", id),
+        ]);
+        plant_dead_letter(&env, &body, id, headers).await;
+    }
+    let shown = cli_ok(&env, &["dlq", "show", "m-planted-2"]).await;
+    assert!(shown.contains("sealed       NO"), "{shown}");
+    assert!(shown.contains("class        unknown"), "{shown}");
+
+    let stdout = cli_ok(&env, &["dlq", "replay", "--all"]).await;
+    assert!(
+        stdout.contains("0 replayed, 2 already refunded"),
+        "the replay keys each letter from its body and finds the refund: {stdout}"
+    );
+    let run = env.run_until_idle().await;
+    assert!(run.reports.is_empty(), "{:#?}", run.reports);
+    assert_eq!(refunds_of(&env, "pay_hostile_pl"), 1, "{:#?}", env.ledger());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_invalid_class_does_not_unlock_editing_the_key() {
+    let env = TestEnv::start("hostile-class").await;
+    let job = stripe_job("pi_hostile_cls", 1200);
+    let body = serde_json::to_vec(&job).unwrap();
+    let ids = env.publish_json(std::slice::from_ref(&job)).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_hostile_cls"), 1);
+
+    let headers = forged(&[
+        ("x-refund-error-class", "invalid"),
+        ("x-refund-error", "field `date`: looks wrong"),
+    ]);
+    plant_dead_letter(&env, &body, &ids[0], headers).await;
+    let output = cli(
+        &env,
+        &["dlq", "replay", &ids[0], "--set", "date=2026-01-02"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--set date: refused for a letter of class unknown"),
+        "{stderr}"
+    );
+    let connection = amqp().await;
+    assert_eq!(
+        ready(&connection, &env.topology.dead_queue()).await,
+        1,
+        "kept"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_hostile_cls"), 1, "{:#?}", env.ledger());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_keeps_a_letter_whose_key_belongs_to_another_refund_until_it_gets_its_own() {
+    let env = TestEnv::start("hostile-collision").await;
+    // R$ 2,00 refunded; then R$ 6,00 of the same payment on the same day: the key is taken.
+    env.publish_json(&[stripe_job("pi_hostile_col", 200)]).await;
+    env.run_until_idle().await;
+    let second = env.publish_json(&[stripe_job("pi_hostile_col", 600)]).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_hostile_col"), 1);
+
+    for args in [
+        vec!["dlq", "replay", "--all", "--dry-run"],
+        vec!["dlq", "replay", "--all"],
+    ] {
+        let stdout = cli_ok(&env, &args).await;
+        assert!(
+            stdout.contains("kept: its key pi_hostile_col:")
+                && stdout.contains("belongs to a different refund")
+                && stdout.contains("--set idempotency_key="),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("0 replayed, 0 already refunded"),
+            "{stdout}"
+        );
+    }
+    let connection = amqp().await;
+    assert_eq!(
+        ready(&connection, &env.topology.dead_queue()).await,
+        1,
+        "kept"
+    );
+
+    // The operator decides it is a second refund and gives it its own key.
+    let stdout = cli_ok(
+        &env,
+        &[
+            "dlq",
+            "replay",
+            &second[0],
+            "--set",
+            "idempotency_key=pi_hostile_col-second",
+        ],
+    )
+    .await;
+    assert!(stdout.contains("1 replayed"), "{stdout}");
+    env.run_until_idle().await;
+    let amounts: Vec<u64> = env
+        .ledger()
+        .iter()
+        .filter(|e| e.payment_id == "pi_hostile_col")
+        .map(|e| e.amount)
+        .collect();
+    assert_eq!(amounts, vec![200, 600]);
+    assert_eq!(ready(&connection, &env.topology.dead_queue()).await, 0);
+    let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_to_cannot_aim_outcome_events_at_the_services_own_queues() {
+    let env = TestEnv::start("hostile-reply").await;
+    let targets = [env.topology.dead_queue(), env.topology.jobs_queue()];
+    for (i, target) in targets.iter().enumerate() {
+        let job: Value = stripe_job(&format!("pi_hostile_reply_{i}"), 300);
+        env.publish_raw(
+            &serde_json::to_vec(&job).unwrap(),
+            BasicProperties::default()
+                .with_message_id(format!("m-reply-{i}").into())
+                .with_reply_to(target.as_str().into())
+                .with_correlation_id("c-1".into()),
+        )
+        .await;
+    }
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2, "{:#?}", run.reports);
+    assert_eq!(env.ledger().len(), 2);
+    let connection = amqp().await;
+    assert_eq!(
+        ready(&connection, &env.topology.dead_queue()).await,
+        0,
+        "no event landed in the dead-letter queue"
+    );
+    assert_eq!(
+        ready(&connection, &env.topology.jobs_queue()).await,
+        0,
+        "no event landed in the jobs queue"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
+}
