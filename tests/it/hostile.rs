@@ -323,3 +323,110 @@ async fn reply_to_cannot_aim_outcome_events_at_the_services_own_queues() {
     let _ = connection.close(200, "done".into()).await;
     env.cleanup().await;
 }
+
+/// The headers a poisoned message carries, in turn: oversized ids (the 300-character id once
+/// panicked a task and stalled the worker), forged seals and classes, binary values.
+fn poison_headers(i: usize) -> FieldTable {
+    let mut table = FieldTable::default();
+    let long = |n: usize| AMQPValue::LongString(LongString::from("j".repeat(n)));
+    match i % 5 {
+        0 => {
+            table.insert("x-refund-job-id".into(), long(300));
+        }
+        1 => {
+            table.insert("x-refund-job-id".into(), long(100 * 1024));
+        }
+        2 => {
+            table.insert(
+                "x-refund-seal".into(),
+                AMQPValue::LongString(LongString::from("v1:dev-1:deadbeef")),
+            );
+            table.insert(
+                "x-refund-error-class".into(),
+                AMQPValue::LongString(LongString::from("permanent")),
+            );
+        }
+        3 => {
+            table.insert("x-refund-attempts".into(), AMQPValue::LongLongInt(-5));
+            table.insert("x-refund-date".into(), long(5000));
+        }
+        _ => {
+            table.insert(
+                "x-refund-first-seen".into(),
+                AMQPValue::ByteArray(vec![0xff, 0, 0xfe].into()),
+            );
+        }
+    }
+    table
+}
+
+/// A body the worker must dead-letter as `invalid`, in turn.
+fn poison_body(i: usize) -> Vec<u8> {
+    match i % 4 {
+        0 => br#"{"payment_id":"pi_poison","ammount":100,"provider":"stripe"}"#.to_vec(),
+        1 => vec![0xff, 0xfe, 0x00, 0x01],
+        2 => {
+            // Over SPEC §2's 64 KiB.
+            let mut body =
+                br#"{"payment_id":"pi_poison","amount":100,"provider":"stripe","description":""#
+                    .to_vec();
+            body.extend(std::iter::repeat_n(b'x', 70 * 1024));
+            body.extend(br#""}"#);
+            body
+        }
+        _ => br#"{"payment_id":"pi_poison","amount":0,"provider":"stripe"}"#.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_poisoned_messages_among_a_thousand_jobs_stop_nothing() {
+    let env = TestEnv::start("hostile-poison").await;
+    const EACH: usize = 1000;
+    for i in 0..EACH {
+        env.publish_raw(
+            &poison_body(i),
+            BasicProperties::default()
+                .with_message_id(format!("poison-{i}").into())
+                .with_headers(poison_headers(i)),
+        )
+        .await;
+        // Valid jobs, every tenth one carrying a poisoned header too: it is ignored.
+        let job = stripe_job(&format!("pi_poison_ok_{i}"), 100);
+        let mut properties = BasicProperties::default().with_message_id(format!("ok-{i}").into());
+        if i % 10 == 0 {
+            properties = properties.with_headers(poison_headers(i / 10));
+        }
+        env.publish_raw(&serde_json::to_vec(&job).unwrap(), properties)
+            .await;
+    }
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2 * EACH);
+
+    let ledger = env.ledger();
+    let paid: std::collections::BTreeMap<&str, usize> =
+        ledger.iter().fold(Default::default(), |mut seen, e| {
+            *seen.entry(e.payment_id.as_str()).or_default() += 1;
+            seen
+        });
+    assert_eq!(paid.len(), EACH, "every valid job refunded");
+    assert!(paid.values().all(|n| *n == 1), "each once");
+    assert!(!paid.contains_key("pi_poison"));
+
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), EACH, "every poisoned message dead-lettered");
+    for letter in &letters {
+        assert_eq!(
+            letter.headers["x-refund-error-class"], "invalid",
+            "{:?}",
+            letter.headers
+        );
+        assert!(!letter.headers["x-refund-error"].is_empty());
+        let job_id = &letter.headers["x-refund-job-id"];
+        assert!(
+            job_id.starts_with("poison-"),
+            "the message id, not a forged one: {job_id}"
+        );
+        assert!(letter.headers.values().all(|v| v.len() <= 4096));
+    }
+    env.cleanup().await;
+}
