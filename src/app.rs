@@ -118,6 +118,7 @@ pub async fn assemble(
     }
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
+    health.progress.set_stall_after(settings.worker.stall_after);
     let conn = store::connect(&connections.redis_url)
         .await
         .map_err(AssembleError::Redis)?;

@@ -109,6 +109,10 @@ pub struct WorkerSettings {
     /// How long a job may run before it counts as hung and is handed back.
     #[serde(deserialize_with = "duration")]
     pub job_timeout: Duration,
+    /// How long a worker may hold jobs without finishing any before `/readyz` reports it
+    /// stalled.
+    #[serde(deserialize_with = "duration")]
+    pub stall_after: Duration,
     /// How long a stopping worker waits for in-flight jobs before handing them back.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
@@ -309,6 +313,9 @@ impl Settings {
         if self.worker.concurrency == 0 || self.worker.chunk_size == 0 || self.worker.prefetch == 0
         {
             return bad("[worker] concurrency, chunk_size and prefetch must be at least 1");
+        }
+        if self.worker.stall_after.is_zero() {
+            return bad("[worker] stall_after must be more than zero");
         }
         if !(MIN_BODY_LIMIT..=MAX_BODY_LIMIT).contains(&self.worker.max_body_bytes) {
             return bad(&format!(

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -53,6 +53,8 @@ pub struct Metrics {
     pub amount: IntCounterVec,
     /// Jobs being processed right now.
     pub in_flight: IntGauge,
+    /// Deliveries whose handling panicked (each handed back to the broker).
+    pub panicked: IntCounter,
     /// Time from delivery to outcome.
     pub duration: HistogramVec,
     /// Time per pipeline step.
@@ -118,6 +120,11 @@ impl Metrics {
         .expect("static metric");
         let in_flight = IntGauge::new("refunds_in_flight", "Refund jobs being processed now.")
             .expect("static metric");
+        let panicked = IntCounter::new(
+            "refunds_worker_panics_total",
+            "Deliveries whose handling panicked; each was handed back to the broker.",
+        )
+        .expect("static metric");
         let dead_letter_depth = IntGauge::new(
             "refunds_dead_letter_depth",
             "Messages waiting in the dead-letter queue.",
@@ -157,6 +164,7 @@ impl Metrics {
         for metric in [
             Box::new(deduplicated.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
+            Box::new(panicked.clone()),
             Box::new(dead_letter_depth.clone()),
             Box::new(duration.clone()),
             Box::new(step_duration.clone()),
@@ -195,6 +203,7 @@ impl Metrics {
             deduplicated,
             amount,
             in_flight,
+            panicked,
             duration,
             step_duration,
             dead_letter_depth,
@@ -218,7 +227,7 @@ impl Default for Metrics {
     }
 }
 
-/// What `/readyz` reports: ready only while connected to both and consuming.
+/// What `/readyz` reports: ready only while connected to both, consuming, and making progress.
 #[derive(Debug, Default)]
 pub struct Health {
     /// Connected to RabbitMQ.
@@ -227,6 +236,65 @@ pub struct Health {
     pub redis: AtomicBool,
     /// The consumer is running (false while paused for a Redis outage).
     pub consuming: AtomicBool,
+    /// Jobs held and when one last finished.
+    pub progress: Progress,
+}
+
+/// Whether a worker that holds jobs still finishes them: a worker whose jobs all hang (or
+/// whose deliveries were never settled) holds its prefetch and takes nothing new, while every
+/// other signal says it is fine.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Jobs this worker holds: received, not yet finished.
+    held: AtomicU64,
+    /// When one last finished (or, from idle, the first was taken), in ms on [`monotonic_ms`].
+    last_ms: AtomicU64,
+    /// Holding jobs with none finished for longer than this is a stall (0: never).
+    stall_after_ms: AtomicU64,
+}
+
+impl Progress {
+    /// Sets the stall threshold (`[worker] stall_after`).
+    pub fn set_stall_after(&self, after: std::time::Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.stall_after_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A job was received.
+    pub fn started(&self) {
+        if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Time spent idle is not time without progress.
+            self.last_ms.store(monotonic_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A job finished (whatever its outcome, panics included).
+    pub fn finished(&self) {
+        self.last_ms.store(monotonic_ms(), Ordering::Relaxed);
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Why this worker counts as stalled at `now_ms`, or `None`.
+    fn stalled_at(&self, now_ms: u64) -> Option<String> {
+        let held = self.held.load(Ordering::Relaxed);
+        let after = self.stall_after_ms.load(Ordering::Relaxed);
+        let quiet = now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        (held > 0 && after > 0 && quiet > after).then(|| {
+            format!(
+                "stalled: holding {held} job(s) with none finished for {}s",
+                quiet / 1000
+            )
+        })
+    }
+}
+
+/// Milliseconds since the first call in this process (a monotonic clock).
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Health {
@@ -242,6 +310,9 @@ impl Health {
         if !self.consuming.load(Ordering::Relaxed) {
             missing.push("not consuming");
         }
+        let stalled = self.progress.stalled_at(monotonic_ms());
+        let mut missing: Vec<String> = missing.into_iter().map(str::to_owned).collect();
+        missing.extend(stalled);
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 
@@ -337,5 +408,33 @@ mod tests {
         Health::set(&h.redis, true);
         Health::set(&h.consuming, true);
         assert_eq!(h.not_ready(), None);
+    }
+
+    #[test]
+    fn holding_jobs_that_never_finish_is_a_stall_and_finishing_one_clears_it() {
+        let p = Progress::default();
+        p.set_stall_after(std::time::Duration::from_secs(60));
+        let now = monotonic_ms();
+        assert_eq!(p.stalled_at(now + 3_600_000), None, "idle is not stalled");
+        p.started();
+        p.started();
+        assert_eq!(p.stalled_at(now + 30_000), None, "within the threshold");
+        let stalled = p.stalled_at(now + 120_000).expect("stalled");
+        assert!(
+            stalled.starts_with("stalled: holding 2 job(s)"),
+            "{stalled}"
+        );
+        p.finished();
+        assert_eq!(p.stalled_at(monotonic_ms() + 30_000), None, "one finished");
+        p.finished();
+        p.finished();
+        assert_eq!(p.stalled_at(monotonic_ms() + 3_600_000), None, "none held");
+        p.set_stall_after(std::time::Duration::ZERO);
+        p.started();
+        assert_eq!(
+            p.stalled_at(monotonic_ms() + 3_600_000),
+            None,
+            "0 disables it"
+        );
     }
 }

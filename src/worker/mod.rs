@@ -409,8 +409,42 @@ struct Job {
 }
 
 impl Job {
-    /// Processes one delivery to its disposition.
+    /// Processes one delivery to its disposition, under one containment for every step from
+    /// delivery to ack: a panic anywhere (the pipeline, the disposition, the metrics) hands
+    /// the message back to the broker at once instead of leaving it unacknowledged for the
+    /// life of the channel, where it would hold a prefetch slot forever and, enough of them,
+    /// stop the worker. The broker's delivery limit then dead-letters a message that keeps
+    /// panicking (`delivery_limit`).
     async fn run(self, delivery: Delivery) {
+        let acker = delivery.acker.clone();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let metrics = self.shared.metrics.clone();
+        let health = Arc::clone(&self.shared.health);
+        health.progress.started();
+        let _finished = scopeguard(|| health.progress.finished());
+        if AssertUnwindSafe(self.run_contained(delivery))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            metrics.panicked.inc();
+            error!(%message_id, "handling a delivery panicked; handing it back (the delivery limit bounds repeats)");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            // Fails only if the delivery was already settled or the channel is gone: either
+            // way the broker has it.
+            let _ = acker.nack(requeue).await;
+        }
+    }
+
+    async fn run_contained(self, delivery: Delivery) {
         let arrived = Instant::now();
         let shared = &self.shared;
         let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {

@@ -430,3 +430,49 @@ async fn a_thousand_poisoned_messages_among_a_thousand_jobs_stop_nothing() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holding_jobs_it_cannot_finish_reports_itself_stalled() {
+    let faults = refund_worker::sandbox::FaultOptions {
+        latency: std::time::Duration::from_millis(2500),
+        ..Default::default()
+    };
+    let env = TestEnv::with("hostile-stall", faults, |s| {
+        s.worker.stall_after = std::time::Duration::from_millis(800);
+        s.providers.timeout = std::time::Duration::from_secs(5);
+        s.idempotency.lease = std::time::Duration::from_secs(10);
+    })
+    .await;
+    let mut worker = env.spawn_worker().await;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the worker is ready",
+        || async { worker.health.not_ready().is_none() },
+    )
+    .await;
+    env.publish_json(&[stripe_job("pi_hostile_stall", 100)])
+        .await;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(5),
+        "/readyz says stalled while the only job hangs",
+        || async {
+            worker
+                .health
+                .not_ready()
+                .is_some_and(|why| why.contains("stalled: holding 1 job(s)"))
+        },
+    )
+    .await;
+    worker
+        .collect_until(std::time::Duration::from_secs(20), |r| r.len() == 1)
+        .await;
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(2),
+        "ready again once the job finished",
+        || async { worker.health.not_ready().is_none() },
+    )
+    .await;
+    assert_eq!(refunds_of(&env, "pi_hostile_stall"), 1);
+    worker.stop().await;
+    env.cleanup().await;
+}
