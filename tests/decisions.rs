@@ -4,8 +4,10 @@
 //! A retry is driven by hand: the next delivery carries the copy the worker would publish.
 //!
 //! Each test has its own Redis prefix and its own sandbox, so they run in parallel. Real
-//! time, no sleeps: the sandbox and Redis are real sockets, and a paused clock would fire
-//! the provider's and Redis's I/O timeouts while an answer is on its way.
+//! time, and no test sleeps: the sandbox and Redis are real sockets, and a paused clock
+//! (`tokio::time::pause`) auto-advances while an answer is on its way, so Redis calls time
+//! out at random ("Redis is unavailable: timed out"). The one wait that matters, the client
+//! timeout of a lost answer, is set to 300 ms instead.
 
 use std::time::Duration;
 
