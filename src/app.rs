@@ -199,8 +199,6 @@ pub struct JobRunner {
     retry: RetryPolicy,
     /// Names the retry tiers and the dead-letter exchange.
     topology: Topology,
-    /// The metrics the pipeline reports into.
-    metrics: Metrics,
     /// Never cancelled: a runner does not stop mid-job.
     shutdown: CancellationToken,
 }
@@ -216,13 +214,13 @@ impl JobRunner {
             pipeline: wiring.pipeline,
             retry: wiring.retry,
             topology: wiring.topology,
-            metrics: wiring.metrics,
             shutdown: CancellationToken::new(),
         })
     }
 
     /// Runs one delivery of `body` with `properties` (as first delivered: not a redelivery)
-    /// through the pipeline and returns how the worker would end it.
+    /// through the pipeline and returns how the worker would end it. Where a worker would
+    /// wait for an unreachable Redis and run the job again, the runner returns the hand-back.
     pub async fn try_execute(&self, body: &[u8], properties: &BasicProperties) -> JobEnd {
         let envelope = Envelope::read(properties, body, false);
         let owner = uuid::Uuid::new_v4().to_string();
@@ -252,10 +250,5 @@ impl JobRunner {
             Action::Retry(copy) => Some(copy.properties(properties)),
             Action::DeadLetter(_) | Action::Ack | Action::Leave => None,
         }
-    }
-
-    /// The metrics the pipeline reported into (provider steps, circuits).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 }
