@@ -1,6 +1,6 @@
 //! The per-job CPU path, without I/O: parsing and validating a body, rejecting bad ones,
-//! deriving the idempotency key, reading the delivery's envelope, mapping the outcome to its
-//! event, and sealing a receipt. `cargo bench --bench job_path`; figures in
+//! deriving the idempotency key, reading the delivery's envelope, planning the job's end and
+//! its event, and sealing a receipt. `cargo bench --bench job_path`; figures in
 //! docs/PERFORMANCE.md.
 
 use std::hint::black_box;
@@ -8,14 +8,14 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lapin::BasicProperties;
 use refund_worker::{
-    broker::{Envelope, events::OutcomeEvent, job_properties, seal::Sealer},
+    broker::{Envelope, Topology, events::OutcomeEvent, job_properties, seal::Sealer},
     config::Secret,
     governance::receipt::{GENESIS, Receipt, ReceiptBody},
     job::{JobDate, ProviderName, RefundJob},
     outcome::Outcome,
     pipeline::{JobFacts, Processed},
     signing::KeyPair,
-    worker::Disposition,
+    worker::{Delivered, RetryPolicy, plan},
 };
 
 const VALID: &[u8] = br#"{"payment_id":"pi_3MtwBwLkdIwHu7ix28a3tqPa","amount":4990,"provider":"stripe","reason":"CUSTOMER_REQUEST","description":"late delivery","date":"2026-11-24","metadata":{"ticket":"T-10042"}}"#;
@@ -77,15 +77,13 @@ fn outcome_mapping(c: &mut Criterion) {
         job: Some(JobFacts::of(&job)),
         existing: None,
     };
+    let topology = Topology::new("bench", &[std::time::Duration::from_secs(1)], 20);
+    let policy = RetryPolicy::new(&topology, 6);
     c.bench_function("outcome_event", |b| {
         b.iter(|| {
-            let event = OutcomeEvent::of(
-                black_box(&envelope),
-                &processed,
-                &Disposition::Acked,
-                std::time::Duration::from_micros(1_234),
-            )
-            .expect("terminal");
+            let end = plan(&processed, &Delivered::of(black_box(&envelope)), &policy);
+            let event =
+                OutcomeEvent::of(&end, std::time::Duration::from_micros(1_234)).expect("terminal");
             serde_json::to_vec(&event).expect("serializes")
         })
     });

@@ -1,21 +1,28 @@
 //! Assembles a worker from connection settings: the one wiring that `run`, `demo` and the
-//! integration tests share, so they run the same thing.
+//! integration tests share, so they run the same thing. A [`JobRunner`] is the same wiring
+//! without RabbitMQ: it runs one delivery through the pipeline and the worker's plan, so the
+//! decisions that move money are tested against Redis and the sandbox in milliseconds.
 
 use std::sync::Arc;
 
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     broker::{
-        Topology,
+        Envelope, Topology,
+        envelope::Republish,
         seal::{SealKeyError, Sealer},
     },
     config::Settings,
+    ending::JobEnd,
     metrics::{Health, Metrics},
-    pipeline::{Pipeline, PipelineOptions, PipelineParts},
+    pipeline::{Attempt, Pipeline, PipelineOptions, PipelineParts},
     providers::Providers,
     services::Services,
     signing::{BadKey, KeyPair},
     store::{self, IdempotencyStore, MandatePolicy, MandateStore, ReceiptChain, StoreError},
-    worker::{Worker, WorkerOptions},
+    worker::{self, Action, Delivered, RetryPolicy, Worker, WorkerOptions},
 };
 
 /// Where the worker's infrastructure is.
@@ -95,14 +102,20 @@ const DEV_KEYS: [&str; 2] = [
     "726563656970742d6465762d6b65792d6e6f742d666f722d70726f6475637421",
 ];
 
-/// Builds a worker. Connects to Redis now (failing with a clear message if it is down);
-/// RabbitMQ is connected when the worker runs.
-pub async fn assemble(
-    connections: &Connections,
-    settings: &Settings,
-    exit_when_idle: bool,
-    connection_name: &str,
-) -> Result<App, AssembleError> {
+/// What a worker and a job runner are both made of, built one way.
+struct Wiring {
+    pipeline: Pipeline,
+    metrics: Metrics,
+    health: Arc<Health>,
+    store: IdempotencyStore,
+    topology: Topology,
+    retry: RetryPolicy,
+    sealer: Sealer,
+}
+
+/// Builds the pipeline and what surrounds it. Connects to Redis now (failing with a clear
+/// message if it is down).
+async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, AssembleError> {
     let mandate_key = KeyPair::from_seed(&settings.mandates.signing_key, "[mandates] signing_key")?;
     let receipt_key = KeyPair::from_seed(&settings.receipts.signing_key, "[receipts] signing_key")?;
     for secret in [
@@ -140,14 +153,44 @@ pub async fn assemble(
         health: Arc::clone(&health),
         options: PipelineOptions::from_settings(settings),
     });
+    let topology = connections.topology(settings);
+    let retry = RetryPolicy::new(&topology, settings.retry.max_attempts);
+    Ok(Wiring {
+        pipeline,
+        metrics,
+        health,
+        store,
+        topology,
+        retry,
+        sealer: Sealer::from_config(&settings.broker.seal_keys)?,
+    })
+}
+
+/// Builds a worker. Connects to Redis now (failing with a clear message if it is down);
+/// RabbitMQ is connected when the worker runs.
+pub async fn assemble(
+    connections: &Connections,
+    settings: &Settings,
+    exit_when_idle: bool,
+    connection_name: &str,
+) -> Result<App, AssembleError> {
+    let Wiring {
+        pipeline,
+        metrics,
+        health,
+        store,
+        topology,
+        retry,
+        sealer,
+    } = wire(connections, settings).await?;
     let options = WorkerOptions {
         amqp_url: connections.amqp_url.clone(),
-        topology: connections.topology(settings),
+        topology,
         worker: settings.worker.clone(),
-        max_attempts: settings.retry.max_attempts,
+        retry,
         exit_when_idle,
         connection_name: connection_name.to_owned(),
-        sealer: Sealer::from_config(&settings.broker.seal_keys)?,
+        sealer,
     };
     let worker = Worker::new(options, pipeline, metrics.clone(), Arc::clone(&health));
     Ok(App {
@@ -156,4 +199,76 @@ pub async fn assemble(
         health,
         store,
     })
+}
+
+/// One delivery at a time through the worker's pipeline and plan, without RabbitMQ: what a
+/// worker would decide for a message, and nothing carried out (no ack, no publish, no event).
+/// Redis and the providers are real (the sandbox, in tests).
+pub struct JobRunner {
+    /// The same pipeline a worker runs.
+    pipeline: Pipeline,
+    /// The retry tiers and the attempt limit the plan applies.
+    retry: RetryPolicy,
+    /// Names the retry tiers and the dead-letter exchange.
+    topology: Topology,
+    /// Reads seals as the worker does, and seals the copies it would publish.
+    sealer: Sealer,
+    /// Never cancelled: a runner does not stop mid-job.
+    shutdown: CancellationToken,
+}
+
+impl JobRunner {
+    /// A runner wired exactly as [`assemble`] wires a worker. Connects to Redis now.
+    pub async fn assemble(
+        connections: &Connections,
+        settings: &Settings,
+    ) -> Result<Self, AssembleError> {
+        let wiring = wire(connections, settings).await?;
+        Ok(Self {
+            pipeline: wiring.pipeline,
+            retry: wiring.retry,
+            topology: wiring.topology,
+            sealer: wiring.sealer,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Runs one delivery of `body` with `properties` (as first delivered: not a redelivery)
+    /// through the pipeline and returns how the worker would end it. Where a worker would
+    /// wait for an unreachable Redis and run the job again, the runner returns the hand-back.
+    pub async fn try_execute(&self, body: &[u8], properties: &BasicProperties) -> JobEnd {
+        let envelope = Envelope::read(properties, body, false, &self.sealer);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let attempt = Attempt {
+            body,
+            envelope: &envelope,
+            owner: &owner,
+            shutdown: &self.shutdown,
+        };
+        let processed = self.pipeline.process(attempt).await;
+        worker::plan(&processed, &Delivered::of(&envelope), &self.retry)
+    }
+
+    /// The properties of the copy the worker would publish to a retry tier for `end` (its
+    /// `x-refund-*` headers: attempts, syncs, the key's date), or `None` when the job does
+    /// not come back (finished, dead-lettered, handed back as it is).
+    pub fn retry_copy(
+        &self,
+        end: &JobEnd,
+        body: &[u8],
+        properties: &BasicProperties,
+    ) -> Option<BasicProperties> {
+        let envelope = Envelope::read(properties, body, false, &self.sealer);
+        let now = crate::clock::now_rfc3339();
+        let dead_exchange = self.topology.dead_exchange();
+        match worker::action(end, envelope.first_seen.as_deref(), &now, &dead_exchange) {
+            Action::Retry(copy) => Some(copy.properties(Republish {
+                original: properties,
+                original_sealed: envelope.seal.is_sealed(),
+                body,
+                sealer: &self.sealer,
+            })),
+            Action::DeadLetter(_) | Action::Ack | Action::Leave => None,
+        }
+    }
 }

@@ -17,6 +17,8 @@ pub mod commands;
 pub mod config;
 /// How failures are worded for people.
 pub mod diagnostics;
+/// How a delivery ends, as one value every report of it derives from.
+pub mod ending;
 /// Spend mandates and sealed receipts (pure).
 pub mod governance;
 /// HTTP plumbing shared by the connectors and the services: client, transport failures,

@@ -17,7 +17,11 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{job::ProviderName, outcome::FailureClass};
+use crate::{
+    ending::{Fate, JobEnd},
+    job::ProviderName,
+    outcome::FailureClass,
+};
 
 /// The provider label of a job whose provider is not known (an unparseable job).
 pub const NO_PROVIDER: &str = "none";
@@ -213,6 +217,50 @@ impl Metrics {
         }
     }
 
+    /// Counts how a job ended (`elapsed`: from the start of its processing). A message handed
+    /// back is counted when it ends for good; a pending refund and a retry that waits on
+    /// another worker's claim are not failures.
+    pub fn record_end(&self, end: &JobEnd, elapsed: std::time::Duration) {
+        let elapsed = elapsed.as_secs_f64();
+        let observe = |provider: &str, outcome: &str| {
+            self.duration
+                .with_label_values(&[provider, outcome])
+                .observe(elapsed);
+        };
+        let label = |p: &Option<ProviderName>| p.map_or(NO_PROVIDER, |p| p.as_str());
+        match &end.fate {
+            Fate::Refunded {
+                provider, amount, ..
+            } => {
+                let p = provider.as_str();
+                self.succeeded.with_label_values(&[p]).inc();
+                let currency = end.job.as_ref().map_or("BRL", |j| j.currency.code());
+                self.amount
+                    .with_label_values(&[p, currency])
+                    .inc_by(*amount);
+                observe(p, "succeeded");
+            }
+            Fate::Duplicate { .. } => self.deduplicated.inc(),
+            Fate::DeadLetter {
+                class, provider, ..
+            } => {
+                let p = label(provider);
+                self.failed.with_label_values(&[p, class.as_str()]).inc();
+                observe(p, "dead_lettered");
+            }
+            Fate::Retry {
+                provider,
+                counted: true,
+                ..
+            } => {
+                let p = label(provider);
+                self.retried.with_label_values(&[p]).inc();
+                observe(p, "retried");
+            }
+            Fate::Retry { counted: false, .. } | Fate::Pending { .. } | Fate::HandBack { .. } => {}
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         TextEncoder::new()
@@ -395,6 +443,93 @@ mod tests {
         }
         assert!(text.contains(r#"refunds_succeeded_total{provider="stripe"} 1"#));
         assert!(text.contains(r#"refunds_failed_total{class="invalid",provider="stripe"} 1"#));
+    }
+
+    #[test]
+    fn each_end_moves_its_own_counters() {
+        use std::time::Duration;
+
+        use crate::ending::RetryTier;
+        let tier = RetryTier {
+            queue: "refunds.retry.1s".into(),
+            delay: Duration::from_secs(1),
+        };
+        let retry = |counted| Fate::Retry {
+            provider: Some(ProviderName::Stripe),
+            why: "503".into(),
+            tier: tier.clone(),
+            attempts: 1,
+            counted,
+        };
+        // (fate, the exposition lines it must produce; an empty list: it moves nothing).
+        let table: Vec<(Fate, Vec<&str>)> = vec![
+            (
+                Fate::Refunded {
+                    provider: ProviderName::Stripe,
+                    refund_id: "re_1".into(),
+                    amount: 4990,
+                    adopted: false,
+                },
+                vec![
+                    r#"refunds_succeeded_total{provider="stripe"} 1"#,
+                    r#"refunds_amount_minor_total{currency="BRL",provider="stripe"} 4990"#,
+                    r#"refunds_duration_seconds_count{outcome="succeeded",provider="stripe"} 1"#,
+                ],
+            ),
+            (
+                Fate::Duplicate { earlier: None },
+                vec!["refunds_deduplicated_total 1"],
+            ),
+            (
+                Fate::DeadLetter {
+                    class: FailureClass::Invalid,
+                    provider: None,
+                    why: "not json".into(),
+                    attempts: 0,
+                },
+                vec![
+                    r#"refunds_failed_total{class="invalid",provider="none"} 1"#,
+                    r#"refunds_duration_seconds_count{outcome="dead_lettered",provider="none"} 1"#,
+                ],
+            ),
+            (
+                retry(true),
+                vec![
+                    r#"refunds_retried_total{provider="stripe"} 1"#,
+                    r#"refunds_duration_seconds_count{outcome="retried",provider="stripe"} 1"#,
+                ],
+            ),
+            (retry(false), vec![]),
+            (
+                Fate::Pending {
+                    provider: ProviderName::Stripe,
+                    refund_id: "re_p".into(),
+                    syncs: 1,
+                    tier: tier.clone(),
+                },
+                vec![],
+            ),
+            (Fate::HandBack { why: "stop".into() }, vec![]),
+        ];
+        let untouched = Metrics::new().render();
+        for (fate, lines) in table {
+            let m = Metrics::new();
+            let end = JobEnd {
+                job_id: "job-1".into(),
+                job: None,
+                date: None,
+                prior_attempts: 0,
+                fate: fate.clone(),
+            };
+            m.record_end(&end, Duration::from_millis(3));
+            let text = m.render();
+            if lines.is_empty() {
+                assert_eq!(text, untouched, "{fate:?} moves nothing");
+            }
+            for line in lines {
+                assert!(text.contains(line), "{fate:?}: no {line:?} in\n{text}");
+            }
+        }
     }
 
     #[test]

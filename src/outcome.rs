@@ -1,5 +1,7 @@
-//! How one delivery of one job ends. The pipeline returns an [`Outcome`]; the worker alone
-//! turns it into an ack, a retry publish or a dead letter.
+//! How one delivery of one job ends, as the pipeline sees it. The pipeline returns an
+//! [`Outcome`]; the worker's plan (`worker::plan`) alone reads it, into the
+//! [`JobEnd`](crate::ending::JobEnd) that the ack, the retry publish or the dead letter, the
+//! metrics and the events are derived from.
 
 use std::time::Duration;
 

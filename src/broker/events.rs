@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Envelope;
-use crate::{outcome::Outcome, pipeline::Processed, worker::Disposition};
+use crate::{
+    ending::{Fate, JobEnd},
+    outcome::FailureClass,
+};
 
 /// Where a job ended, as an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,16 +78,12 @@ pub struct OutcomeEvent {
 }
 
 impl OutcomeEvent {
-    /// The event for a disposed delivery, or `None` when the outcome is not terminal.
-    pub fn of(
-        envelope: &Envelope,
-        processed: &Processed,
-        disposition: &Disposition,
-        duration: std::time::Duration,
-    ) -> Option<Self> {
-        let job = processed.job.as_ref();
+    /// The event for a job that ends so, or `None` when the end is not terminal (retries,
+    /// pending refunds, messages handed back). `duration` runs from the delivery's arrival.
+    pub fn of(end: &JobEnd, duration: std::time::Duration) -> Option<Self> {
+        let job = end.job.as_ref();
         let mut event = Self {
-            job_id: envelope.job_id.clone(),
+            job_id: end.job_id.clone(),
             status: EventStatus::Succeeded,
             payment_id: job.and_then(|j| j.payment_id.clone()),
             provider: job.and_then(|j| j.provider).map(|p| p.to_string()),
@@ -94,43 +92,193 @@ impl OutcomeEvent {
             currency: job.map(|j| j.currency.code().to_owned()),
             class: None,
             error: None,
-            attempts: envelope.attempts,
+            attempts: end.prior_attempts,
             at: crate::clock::now_rfc3339(),
             duration_us: Some(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)),
         };
-        match (&processed.outcome, disposition) {
-            (
-                Outcome::Refunded {
-                    provider,
-                    refund_id,
-                    amount,
-                    ..
-                },
-                Disposition::Acked,
-            ) => {
+        match &end.fate {
+            Fate::Refunded {
+                provider,
+                refund_id,
+                amount,
+                adopted: _,
+            } => {
                 event.provider = Some(provider.to_string());
                 event.refund_id = Some(refund_id.clone());
                 event.amount = Some(*amount);
             }
-            (Outcome::Duplicate, Disposition::Acked) => {
+            Fate::Duplicate { earlier } => {
                 event.status = EventStatus::Deduplicated;
-                if let Some(existing) = &processed.existing {
-                    event.provider = Some(existing.provider.to_string());
-                    event.refund_id = Some(existing.refund.refund_id.clone());
+                if let Some(earlier) = earlier {
+                    event.provider = Some(earlier.provider.to_string());
+                    event.refund_id = Some(earlier.refund_id.clone());
                 }
             }
-            (_, Disposition::DeadLettered { class, why }) => {
-                use crate::outcome::FailureClass::{Exhausted, Permanent};
-                event.status = if matches!(class, Permanent | Exhausted) {
-                    EventStatus::Failed
-                } else {
-                    EventStatus::DeadLettered
-                };
+            Fate::DeadLetter { class, why, .. } => {
+                event.status = status_of(*class);
                 event.class = Some(class.as_str().to_owned());
                 event.error = Some(why.clone());
             }
-            _ => return None,
+            Fate::Pending { .. } | Fate::Retry { .. } | Fate::HandBack { .. } => return None,
         }
         Some(event)
+    }
+}
+
+/// A dead letter's event status: `failed` when a refund was attempted and failed,
+/// `dead_lettered` when the job was parked without one.
+fn status_of(class: FailureClass) -> EventStatus {
+    match class {
+        FailureClass::Permanent | FailureClass::Exhausted => EventStatus::Failed,
+        FailureClass::Invalid
+        | FailureClass::Mandate
+        | FailureClass::Verification
+        | FailureClass::DeliveryLimit => EventStatus::DeadLettered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        ending::{EarlierRefund, JobFacts, RetryTier},
+        job::{ProviderName, RefundJob},
+    };
+
+    fn end(fate: Fate) -> JobEnd {
+        let job = RefundJob::parse(
+            br#"{"payment_id":"pi_1","amount":4990,"provider":"stripe","date":"2026-11-24"}"#,
+        )
+        .expect("valid");
+        JobEnd {
+            job_id: "job-1".into(),
+            job: Some(JobFacts::of(&job)),
+            date: job.date,
+            prior_attempts: 3,
+            fate,
+        }
+    }
+
+    fn dead(class: FailureClass) -> Fate {
+        Fate::DeadLetter {
+            class,
+            provider: None,
+            why: "why".into(),
+            attempts: 3,
+        }
+    }
+
+    #[test]
+    fn terminal_ends_publish_their_status_and_the_others_nothing() {
+        let tier = RetryTier {
+            queue: "refunds.retry.1s".into(),
+            delay: Duration::from_secs(1),
+        };
+        let table = [
+            (
+                Fate::Refunded {
+                    provider: ProviderName::Stripe,
+                    refund_id: "re_1".into(),
+                    amount: 4990,
+                    adopted: true,
+                },
+                Some("refund.succeeded"),
+            ),
+            (
+                Fate::Duplicate { earlier: None },
+                Some("refund.deduplicated"),
+            ),
+            (dead(FailureClass::Permanent), Some("refund.failed")),
+            (dead(FailureClass::Exhausted), Some("refund.failed")),
+            (dead(FailureClass::Invalid), Some("refund.dead_lettered")),
+            (dead(FailureClass::Mandate), Some("refund.dead_lettered")),
+            (
+                dead(FailureClass::Verification),
+                Some("refund.dead_lettered"),
+            ),
+            (
+                dead(FailureClass::DeliveryLimit),
+                Some("refund.dead_lettered"),
+            ),
+            (
+                Fate::Pending {
+                    provider: ProviderName::Stripe,
+                    refund_id: "re_p".into(),
+                    syncs: 1,
+                    tier: tier.clone(),
+                },
+                None,
+            ),
+            (
+                Fate::Retry {
+                    provider: None,
+                    why: "503".into(),
+                    tier,
+                    attempts: 1,
+                    counted: true,
+                },
+                None,
+            ),
+            (Fate::HandBack { why: "stop".into() }, None),
+        ];
+        for (fate, key) in table {
+            let event = OutcomeEvent::of(&end(fate.clone()), Duration::from_micros(7));
+            assert_eq!(event.map(|e| e.status.routing_key()), key, "{fate:?}");
+        }
+    }
+
+    #[test]
+    fn a_success_reports_the_refund_and_the_job() {
+        let event = OutcomeEvent::of(
+            &end(Fate::Refunded {
+                provider: ProviderName::Stripe,
+                refund_id: "re_1".into(),
+                amount: 4990,
+                adopted: false,
+            }),
+            Duration::from_micros(1_234),
+        )
+        .expect("terminal");
+        assert_eq!(event.job_id, "job-1");
+        assert!(event.status.is_success());
+        assert_eq!(event.payment_id.as_deref(), Some("pi_1"));
+        assert_eq!(event.provider.as_deref(), Some("stripe"));
+        assert_eq!(event.refund_id.as_deref(), Some("re_1"));
+        assert_eq!(
+            (event.amount, event.currency.as_deref()),
+            (Some(4990), Some("BRL"))
+        );
+        assert_eq!((event.class, event.error), (None, None));
+        assert_eq!((event.attempts, event.duration_us), (3, Some(1_234)));
+    }
+
+    #[test]
+    fn a_duplicate_names_the_earlier_copys_refund() {
+        let earlier = EarlierRefund {
+            provider: ProviderName::Asaas,
+            refund_id: "pay_r1".into(),
+        };
+        let event = OutcomeEvent::of(
+            &end(Fate::Duplicate {
+                earlier: Some(earlier),
+            }),
+            Duration::ZERO,
+        )
+        .expect("terminal");
+        assert_eq!(event.status, EventStatus::Deduplicated);
+        assert_eq!(event.provider.as_deref(), Some("asaas"));
+        assert_eq!(event.refund_id.as_deref(), Some("pay_r1"));
+    }
+
+    #[test]
+    fn a_dead_letter_carries_its_class_and_reason() {
+        let event =
+            OutcomeEvent::of(&end(dead(FailureClass::Mandate)), Duration::ZERO).expect("terminal");
+        assert!(!event.status.is_success());
+        assert_eq!(event.class.as_deref(), Some("mandate"));
+        assert_eq!(event.error.as_deref(), Some("why"));
+        assert_eq!(event.refund_id, None);
     }
 }

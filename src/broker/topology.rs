@@ -85,27 +85,6 @@ impl Topology {
         &self.retry_delays
     }
 
-    /// The retry queue for the `attempt`-th retry (1-based): `delays[attempt-1]`, the last
-    /// tier repeating; and the delay it gives.
-    pub fn retry_tier(&self, attempt: u32) -> (String, Duration) {
-        let index = (attempt.max(1) as usize - 1).min(self.retry_delays.len() - 1);
-        let delay = self.retry_delays[index];
-        (self.retry_queue(delay), delay)
-    }
-
-    /// The shortest retry tier that waits at least `wait` (the longest if none does).
-    pub fn retry_tier_at_least(&self, wait: Duration) -> (String, Duration) {
-        let delay = self
-            .retry_delays
-            .iter()
-            .copied()
-            .filter(|d| *d >= wait)
-            .min()
-            .or_else(|| self.retry_delays.iter().copied().max())
-            .unwrap_or(wait);
-        (self.retry_queue(delay), delay)
-    }
-
     /// `{prefix}.retry.{label}`, e.g. `refunds.retry.30s`.
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.prefix, delay_label(delay))
@@ -298,23 +277,6 @@ mod tests {
                 "refunds.retry.10m"
             ]
         );
-    }
-
-    #[test]
-    fn retry_tiers_increase_then_repeat_the_last() {
-        let t = topology();
-        assert_eq!(t.retry_tier(1).0, "refunds.retry.1s");
-        assert_eq!(t.retry_tier(3).0, "refunds.retry.30s");
-        assert_eq!(t.retry_tier(9).0, "refunds.retry.10m");
-        assert_eq!(
-            t.retry_tier_at_least(Duration::from_secs(3)).0,
-            "refunds.retry.5s"
-        );
-        assert_eq!(
-            t.retry_tier_at_least(Duration::from_secs(3600)).0,
-            "refunds.retry.10m"
-        );
-        assert_eq!(t.retry_tier_at_least(Duration::ZERO).0, "refunds.retry.1s");
     }
 
     #[test]

@@ -19,14 +19,15 @@ use crate::{
     app,
     broker::{self, OutgoingJob, Publisher},
     cli::DemoArgs,
+    ending::Fate,
     governance::mandate::Mandate,
     job::{Currency, JobDate, ProviderName, Token},
-    outcome::{FailureClass, Outcome},
+    outcome::FailureClass,
     sandbox::{FaultOptions, FixtureOrder, Sandbox, generated_orders},
     services::whatsapp::format_money,
     signing::KeyPair,
     store::{MandateStore, ReceiptChain},
-    worker::{Disposition, JobReport},
+    worker::JobReport,
 };
 
 /// The sample batch: what was published, and what the demo expects.
@@ -167,20 +168,22 @@ struct Tally {
 impl Tally {
     /// Counts one report; true when it is the job's final outcome.
     fn count(&mut self, report: &JobReport, governed: &HashSet<String>) -> bool {
-        match (&report.outcome, &report.disposition) {
-            (Outcome::Refunded { .. }, Disposition::Acked) => {
+        match &report.end.fate {
+            Fate::Refunded { .. } => {
                 self.succeeded += 1;
                 self.governed += usize::from(governed.contains(&report.job_id));
             }
-            (Outcome::Duplicate, Disposition::Acked) => self.deduplicated += 1,
-            (_, Disposition::DeadLettered { class, .. }) => {
+            Fate::Duplicate { .. } => self.deduplicated += 1,
+            Fate::DeadLetter { class, .. } => {
                 *self.dead_lettered.entry(class.as_str()).or_default() += 1
             }
-            (Outcome::Retry { counts: true, .. }, Disposition::Retried { .. }) => {
+            Fate::Retry { counted: true, .. } => {
                 self.retried += 1;
                 return false;
             }
-            _ => return false,
+            Fate::Retry { counted: false, .. } | Fate::Pending { .. } | Fate::HandBack { .. } => {
+                return false;
+            }
         }
         true
     }

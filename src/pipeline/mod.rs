@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Envelope,
-    job::{Currency, JobDate, ProviderName, RefundJob, check_media},
+    job::{JobDate, RefundJob, check_media},
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
@@ -49,33 +49,7 @@ pub struct Processed {
     pub existing: Option<RefundRecord>,
 }
 
-/// The facts of a parsed job that outcome events and metrics report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobFacts {
-    /// The payment, when the job names one.
-    pub payment_id: Option<String>,
-    /// The order, for governed jobs.
-    pub order_id: Option<String>,
-    /// The rail, when the job names one.
-    pub provider: Option<ProviderName>,
-    /// Minor units asked for.
-    pub amount: u64,
-    /// Its currency.
-    pub currency: Currency,
-}
-
-impl JobFacts {
-    /// The facts of `job`.
-    pub fn of(job: &RefundJob) -> Self {
-        Self {
-            payment_id: job.payment_id.as_ref().map(|p| p.to_string()),
-            order_id: job.order_id.as_ref().map(|o| o.to_string()),
-            provider: job.provider,
-            amount: job.amount.minor(),
-            currency: job.currency,
-        }
-    }
-}
+pub use crate::ending::JobFacts;
 
 /// The refund flow, over the idempotency store and the provider connectors.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! The one place that turns an [`Outcome`] into broker actions: an outcome event, a retry
-//! publish or a dead letter, then the ack.
+//! The one place that turns a job's end ([`JobEnd`], decided by [`super::plan()`]) into broker
+//! actions: an outcome event, a retry publish or a dead letter, then the ack. The action and
+//! the [`Disposition`] are views of the `JobEnd`, each one exhaustive match.
 //!
 //! Order, for every delivery: plan what replaces the message; publish the outcome event
 //! (terminal outcomes); publish the replacement (retry tier or dead-letter queue); ack. Each
@@ -27,9 +28,9 @@ use crate::{
         headers,
         seal::Sealer,
     },
+    ending::{Fate, JobEnd},
     metrics::NO_PROVIDER,
-    outcome::{FailureClass, Outcome},
-    pipeline::Processed,
+    outcome::FailureClass,
 };
 
 /// What happened to the message after its outcome.
@@ -56,28 +57,144 @@ pub enum Disposition {
     },
 }
 
-/// A message that replaces the delivery: where it goes and its `x-refund-*` headers.
-struct Replacement {
-    exchange: String,
-    routing_key: String,
-    headers: Vec<(&'static str, String)>,
+impl Disposition {
+    /// What becomes of the message of a job that ends so.
+    pub fn of(end: &JobEnd) -> Self {
+        match &end.fate {
+            Fate::Refunded { .. } | Fate::Duplicate { .. } => Disposition::Acked,
+            Fate::Pending { tier, .. } | Fate::Retry { tier, .. } => Disposition::Retried {
+                queue: tier.queue.clone(),
+            },
+            Fate::DeadLetter { class, why, .. } => Disposition::DeadLettered {
+                class: *class,
+                why: why.clone(),
+            },
+            Fate::HandBack { why } => Disposition::HandedBack { why: why.clone() },
+        }
+    }
 }
 
-/// Applies an outcome to its delivery.
+/// A message that replaces the delivery: where it goes and its `x-refund-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replacement {
+    /// `""` (the default exchange) for a retry tier, the dead-letter exchange for a dead letter.
+    pub(crate) exchange: String,
+    /// The retry queue, or `""` for the dead-letter exchange (a fanout).
+    pub(crate) routing_key: String,
+    /// The `x-refund-*` headers set on the copy; the original's others are kept.
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl Replacement {
+    /// The copy's properties, from the original's, sealed.
+    pub(crate) fn properties(&self, from: Republish<'_>) -> BasicProperties {
+        envelope::republish_properties(from, &self.headers)
+    }
+}
+
+/// What the worker does with the delivery of a job that ends so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Acknowledge it: the job is finished.
+    Ack,
+    /// Publish this copy to a retry tier (confirmed), then acknowledge the original.
+    Retry(Replacement),
+    /// Publish this copy to the dead-letter exchange (confirmed), then acknowledge the
+    /// original.
+    DeadLetter(Replacement),
+    /// Leave it unacknowledged: the broker delivers it again.
+    Leave,
+}
+
+/// The broker action for `end`: `first_seen` is the delivery's `x-refund-first-seen` (absent
+/// on a first delivery), `now` the time stamped on the copy.
+pub(crate) fn action(
+    end: &JobEnd,
+    first_seen: Option<&str>,
+    now: &str,
+    dead_exchange: &str,
+) -> Action {
+    let mut headers: Vec<(&'static str, String)> = vec![
+        (headers::JOB_ID, end.job_id.clone()),
+        (headers::FIRST_SEEN, first_seen.unwrap_or(now).to_owned()),
+        (headers::LAST_SEEN, now.to_owned()),
+    ];
+    if let Some(date) = end.date {
+        headers.push((headers::DATE, date.to_string()));
+    }
+    let provider_label =
+        |p: &Option<crate::job::ProviderName>| p.map_or(NO_PROVIDER.to_owned(), |p| p.to_string());
+    let retry = |queue: &str, headers| {
+        Action::Retry(Replacement {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            headers,
+        })
+    };
+    match &end.fate {
+        Fate::Refunded { .. } | Fate::Duplicate { .. } => Action::Ack,
+        Fate::HandBack { .. } => Action::Leave,
+        Fate::Pending {
+            provider,
+            syncs,
+            tier,
+            ..
+        } => {
+            headers.push((headers::SYNCS, syncs.to_string()));
+            headers.push((headers::PROVIDER, provider.to_string()));
+            headers.push((headers::ATTEMPTS, end.prior_attempts.to_string()));
+            retry(&tier.queue, headers)
+        }
+        Fate::Retry {
+            provider,
+            why,
+            tier,
+            attempts,
+            ..
+        } => {
+            headers.push((headers::PROVIDER, provider_label(provider)));
+            headers.push((headers::ATTEMPTS, attempts.to_string()));
+            headers.push((headers::ERROR, why.clone()));
+            retry(&tier.queue, headers)
+        }
+        Fate::DeadLetter {
+            class,
+            provider,
+            why,
+            attempts,
+        } => {
+            headers.push((headers::PROVIDER, provider_label(provider)));
+            headers.push((headers::ATTEMPTS, attempts.to_string()));
+            headers.push((headers::ERROR, why.clone()));
+            headers.push((headers::ERROR_CLASS, class.as_str().to_owned()));
+            Action::DeadLetter(Replacement {
+                exchange: dead_exchange.to_owned(),
+                routing_key: String::new(),
+                headers,
+            })
+        }
+    }
+}
+
+/// Carries out `end` on its delivery; returns how the job really ended (handed back when a
+/// publish was not confirmed).
 pub(super) async fn dispose(
     shared: &Shared,
     publisher: &Publisher,
     delivery: &Delivery,
     envelope: &Envelope,
-    processed: &Processed,
+    end: JobEnd,
     arrived: std::time::Instant,
-) -> Disposition {
-    let (disposition, replacement) = plan(shared, envelope, processed);
-    if matches!(disposition, Disposition::HandedBack { .. }) {
+) -> JobEnd {
+    let now = crate::clock::now_rfc3339();
+    let dead_exchange = shared.options.topology.dead_exchange();
+    let replacement = match action(&end, envelope.first_seen.as_deref(), &now, &dead_exchange) {
         // Left unacknowledged: the channel closes as the worker stops, and the broker
         // delivers the message again.
-        return disposition;
-    }
+        Action::Leave => return end,
+        Action::Ack => None,
+        Action::Retry(replacement) | Action::DeadLetter(replacement) => Some(replacement),
+    };
     let topology = &shared.options.topology;
     let reply_to = envelope.reply_to.as_deref().filter(|queue| {
         let own = topology.owns(queue);
@@ -91,20 +208,20 @@ pub(super) async fn dispose(
         reply_to,
         sealer: &shared.options.sealer,
     };
-    let event = OutcomeEvent::of(envelope, processed, &disposition, arrived.elapsed());
+    let event = OutcomeEvent::of(&end, arrived.elapsed());
     match carry_out(publisher, &outgoing, delivery, envelope, event, replacement).await {
         Ok(()) => {
-            if let (Disposition::DeadLettered { .. }, Some(job)) = (&disposition, &processed.job) {
+            if let (Fate::DeadLetter { .. }, Some(job)) = (&end.fate, &end.job) {
                 // The money-stuck gauge's tally; best effort (the queue itself is the truth).
                 let store = shared.pipeline.store();
                 if let Err(e) = store
-                    .note_dead_letter(&envelope.job_id, job.amount, job.currency.code())
+                    .note_dead_letter(&end.job_id, job.amount, job.currency.code())
                     .await
                 {
-                    debug!(job_id = %envelope.job_id, error = %e, "could not note the dead letter's amount");
+                    debug!(job_id = %end.job_id, error = %e, "could not note the dead letter's amount");
                 }
             }
-            disposition
+            end
         }
         Err(error) => {
             // Something was not confirmed: keep the original. A short pause keeps a broker in
@@ -118,100 +235,7 @@ pub(super) async fn dispose(
             if let Err(e) = delivery.acker.nack(requeue).await {
                 debug!(job_id = %envelope.job_id, error = %e, "nack failed; the broker returns the message when the channel closes");
             }
-            Disposition::HandedBack {
-                why: error.to_string(),
-            }
-        }
-    }
-}
-
-/// Decides what becomes of the delivery, without doing anything yet.
-fn plan(
-    shared: &Shared,
-    envelope: &Envelope,
-    processed: &Processed,
-) -> (Disposition, Option<Replacement>) {
-    let topology = &shared.options.topology;
-    let now = crate::clock::now_rfc3339();
-    let mut headers: Vec<(&'static str, String)> = vec![
-        (headers::JOB_ID, envelope.job_id.clone()),
-        (
-            headers::FIRST_SEEN,
-            envelope.first_seen.clone().unwrap_or_else(|| now.clone()),
-        ),
-        (headers::LAST_SEEN, now),
-    ];
-    if let Some(date) = processed.date {
-        headers.push((headers::DATE, date.to_string()));
-    }
-    let provider_label =
-        |p: &Option<crate::job::ProviderName>| p.map_or(NO_PROVIDER.to_owned(), |p| p.to_string());
-    let retry = |queue: String, headers| {
-        let replacement = Replacement {
-            exchange: String::new(),
-            routing_key: queue.clone(),
-            headers,
-        };
-        (Disposition::Retried { queue }, Some(replacement))
-    };
-    let dead = |class: FailureClass, why: String, mut headers: Vec<(&'static str, String)>| {
-        headers.retain(|(k, _)| *k != headers::ERROR);
-        headers.push((headers::ERROR, why.clone()));
-        headers.push((headers::ERROR_CLASS, class.as_str().to_owned()));
-        let replacement = Replacement {
-            exchange: topology.dead_exchange(),
-            routing_key: String::new(),
-            headers,
-        };
-        (Disposition::DeadLettered { class, why }, Some(replacement))
-    };
-
-    match &processed.outcome {
-        Outcome::Refunded { .. } | Outcome::Duplicate => (Disposition::Acked, None),
-        Outcome::HandBack { why } | Outcome::Suspend { why } => {
-            (Disposition::HandedBack { why: why.clone() }, None)
-        }
-        Outcome::Pending { provider, .. } => {
-            let syncs = envelope.syncs + 1;
-            headers.push((headers::SYNCS, syncs.to_string()));
-            headers.push((headers::PROVIDER, provider.to_string()));
-            headers.push((headers::ATTEMPTS, envelope.attempts.to_string()));
-            retry(topology.retry_tier(syncs).0, headers)
-        }
-        Outcome::Retry {
-            provider,
-            why,
-            after,
-            counts,
-        } => {
-            let attempts = envelope.attempts + u32::from(*counts);
-            headers.push((headers::PROVIDER, provider_label(provider)));
-            headers.push((headers::ATTEMPTS, attempts.to_string()));
-            headers.push((headers::ERROR, why.clone()));
-            if *counts && attempts >= shared.options.max_attempts {
-                let why = format!("gave up after {attempts} attempts; last error: {why}");
-                return dead(FailureClass::Exhausted, why, headers);
-            }
-            let (queue, tier) = if *counts {
-                topology.retry_tier(attempts)
-            } else {
-                topology.retry_tier_at_least(*after)
-            };
-            let queue = if *after > tier {
-                topology.retry_tier_at_least(*after).0
-            } else {
-                queue
-            };
-            retry(queue, headers)
-        }
-        Outcome::DeadLetter {
-            class,
-            provider,
-            why,
-        } => {
-            headers.push((headers::PROVIDER, provider_label(provider)));
-            headers.push((headers::ATTEMPTS, envelope.attempts.to_string()));
-            dead(*class, why.clone(), headers)
+            end.handed_back(error.to_string())
         }
     }
 }
@@ -239,14 +263,12 @@ async fn carry_out(
         publish_event(publisher, outgoing, envelope, &event).await?;
     }
     if let Some(replacement) = replacement {
-        let from = Republish {
+        let properties = replacement.properties(Republish {
             original: &delivery.properties,
             original_sealed: envelope.seal.is_sealed(),
             body: &delivery.data,
             sealer: outgoing.sealer,
-        };
-        let properties: BasicProperties =
-            envelope::republish_properties(from, &replacement.headers);
+        });
         publisher
             .publish(
                 &replacement.exchange,
@@ -295,4 +317,209 @@ async fn publish_event(
         publisher.notify("", reply_to, &body, properties).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        ending::RetryTier,
+        job::{JobDate, ProviderName::Stripe},
+    };
+
+    const NOW: &str = "2026-11-24T10:00:00Z";
+    const DLX: &str = "refunds.dlx";
+
+    fn tier() -> RetryTier {
+        RetryTier {
+            queue: "refunds.retry.5s".into(),
+            delay: Duration::from_secs(5),
+        }
+    }
+
+    fn end(fate: Fate) -> JobEnd {
+        JobEnd {
+            job_id: "job-1".into(),
+            job: None,
+            date: Some(JobDate::parse("2026-11-24").expect("a date")),
+            prior_attempts: 1,
+            fate,
+        }
+    }
+
+    fn fates() -> Vec<Fate> {
+        vec![
+            Fate::Refunded {
+                provider: Stripe,
+                refund_id: "re_1".into(),
+                amount: 100,
+                adopted: false,
+            },
+            Fate::Duplicate { earlier: None },
+            Fate::Pending {
+                provider: Stripe,
+                refund_id: "re_p".into(),
+                syncs: 2,
+                tier: tier(),
+            },
+            Fate::Retry {
+                provider: None,
+                why: "503".into(),
+                tier: tier(),
+                attempts: 2,
+                counted: true,
+            },
+            Fate::DeadLetter {
+                class: FailureClass::Exhausted,
+                provider: Some(Stripe),
+                why: "gave up".into(),
+                attempts: 4,
+            },
+            Fate::HandBack {
+                why: "stopping".into(),
+            },
+        ]
+    }
+
+    /// The republished copy as (exchange, routing key, headers), or `None` for no copy.
+    fn copy(action: &Action) -> Option<(&str, &str, BTreeMap<&str, &str>)> {
+        match action {
+            Action::Retry(r) | Action::DeadLetter(r) => Some((
+                r.exchange.as_str(),
+                r.routing_key.as_str(),
+                r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+            )),
+            Action::Ack | Action::Leave => None,
+        }
+    }
+
+    fn kind(action: &Action) -> &'static str {
+        match action {
+            Action::Ack => "ack",
+            Action::Retry(_) => "retry",
+            Action::DeadLetter(_) => "dead letter",
+            Action::Leave => "leave",
+        }
+    }
+
+    #[test]
+    fn each_fate_has_one_action_and_one_disposition() {
+        let retried = Disposition::Retried {
+            queue: "refunds.retry.5s".into(),
+        };
+        let expected = [
+            ("refunded", Disposition::Acked, "ack"),
+            ("duplicate", Disposition::Acked, "ack"),
+            ("pending", retried.clone(), "retry"),
+            ("retry", retried, "retry"),
+            (
+                "exhausted",
+                Disposition::DeadLettered {
+                    class: FailureClass::Exhausted,
+                    why: "gave up".into(),
+                },
+                "dead letter",
+            ),
+            (
+                "hand back",
+                Disposition::HandedBack {
+                    why: "stopping".into(),
+                },
+                "leave",
+            ),
+        ];
+        let fates = fates();
+        assert_eq!(fates.len(), expected.len());
+        for (fate, (name, disposition, want)) in fates.into_iter().zip(expected) {
+            let end = end(fate);
+            assert_eq!(Disposition::of(&end), disposition, "{name}");
+            assert_eq!(kind(&action(&end, None, NOW, DLX)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_retry_copy_goes_to_its_tier_with_the_attempts_and_the_key_date() {
+        let end = end(fates().swap_remove(3));
+        let action = action(&end, Some("2026-11-23T09:00:00Z"), NOW, DLX);
+        let (exchange, queue, headers) = copy(&action).expect("a copy");
+        assert_eq!((exchange, queue), ("", "refunds.retry.5s"));
+        assert_eq!(
+            headers,
+            BTreeMap::from([
+                (headers::JOB_ID, "job-1"),
+                (headers::FIRST_SEEN, "2026-11-23T09:00:00Z"),
+                (headers::LAST_SEEN, NOW),
+                (headers::DATE, "2026-11-24"),
+                (headers::PROVIDER, NO_PROVIDER),
+                (headers::ATTEMPTS, "2"),
+                (headers::ERROR, "503"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_pending_copy_counts_its_status_checks_not_attempts() {
+        let end = end(fates().swap_remove(2));
+        let action = action(&end, None, NOW, DLX);
+        let (exchange, queue, headers) = copy(&action).expect("a copy");
+        assert_eq!((exchange, queue), ("", "refunds.retry.5s"));
+        assert_eq!(headers[headers::SYNCS], "2");
+        assert_eq!(headers[headers::ATTEMPTS], "1");
+        assert_eq!(headers[headers::PROVIDER], "stripe");
+        assert_eq!(headers[headers::FIRST_SEEN], NOW, "first sight is now");
+        assert!(!headers.contains_key(headers::ERROR));
+    }
+
+    #[test]
+    fn a_dead_letter_goes_to_the_dead_letter_exchange_with_its_class_and_reason() {
+        let end = end(fates().swap_remove(4));
+        let action = action(&end, None, NOW, DLX);
+        let (exchange, key, headers) = copy(&action).expect("a copy");
+        assert_eq!((exchange, key), (DLX, ""));
+        assert_eq!(headers[headers::ERROR_CLASS], "exhausted");
+        assert_eq!(headers[headers::ERROR], "gave up");
+        assert_eq!(headers[headers::ATTEMPTS], "4");
+        assert_eq!(headers[headers::PROVIDER], "stripe");
+    }
+
+    #[test]
+    fn a_copy_replaces_the_refund_headers_and_keeps_the_rest() {
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+        let mut table = FieldTable::default();
+        table.insert(
+            headers::ATTEMPTS.into(),
+            AMQPValue::LongString(LongString::from("1")),
+        );
+        table.insert(
+            "x-tenant".into(),
+            AMQPValue::LongString(LongString::from("acme")),
+        );
+        let original = BasicProperties::default().with_headers(table);
+        let Action::Retry(replacement) = action(&end(fates().swap_remove(3)), None, NOW, DLX)
+        else {
+            panic!("a retry republishes");
+        };
+        let sealer = crate::broker::seal::Sealer::from_config(
+            &crate::config::Settings::default().broker.seal_keys,
+        )
+        .unwrap();
+        let body = b"{}";
+        let copied = replacement.properties(Republish {
+            original: &original,
+            original_sealed: true,
+            body,
+            sealer: &sealer,
+        });
+        let read = Envelope::read(&copied, body, false, &sealer);
+        assert!(read.seal.is_sealed(), "the copy is sealed");
+        let copied = copied.headers().as_ref().expect("headers");
+        let text = |name: &str| match copied.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(text(headers::ATTEMPTS), "2");
+        assert_eq!(text("x-tenant"), "acme");
+    }
 }

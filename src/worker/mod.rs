@@ -6,6 +6,7 @@
 //! connection dies comes back from the broker, and the idempotency records make it a no-op.
 
 mod dispose;
+mod plan;
 
 use std::{
     panic::AssertUnwindSafe,
@@ -31,13 +32,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 pub use dispose::Disposition;
+pub(crate) use dispose::{Action, action};
+pub use plan::{Delivered, RetryPolicy, plan};
 
 use crate::{
     broker::{self, BrokerError, Envelope, Publisher, Topology, seal::Sealer},
     config::WorkerSettings,
-    metrics::{Health, Metrics, NO_PROVIDER},
+    ending::{Fate, JobEnd},
+    metrics::{Health, Metrics},
     outcome::Outcome,
-    pipeline::{Attempt, Pipeline, Processed},
+    pipeline::{Attempt, Pipeline},
 };
 
 /// How long a channel or connection close may take before it is abandoned.
@@ -52,8 +56,8 @@ pub struct WorkerOptions {
     pub topology: Topology,
     /// Concurrency, chunks, prefetch, shutdown grace.
     pub worker: WorkerSettings,
-    /// Attempts before `exhausted`.
-    pub max_attempts: u32,
+    /// The retry tiers and the attempts before `exhausted`.
+    pub retry: RetryPolicy,
     /// Stop once the jobs and retry queues are empty and nothing is in flight.
     pub exit_when_idle: bool,
     /// The connection name shown in RabbitMQ's management UI.
@@ -71,6 +75,8 @@ pub struct JobReport {
     pub outcome: Outcome,
     /// What happened to the message.
     pub disposition: Disposition,
+    /// How the job ended, every fact of it (the disposition is a view of it).
+    pub end: JobEnd,
 }
 
 /// Why a run ended without error.
@@ -524,29 +530,31 @@ impl Job {
             break processed;
         };
 
-        let disposition = dispose::dispose(
+        let planned = plan(&processed, &Delivered::of(&envelope), &shared.options.retry);
+        let end = dispose::dispose(
             shared,
             &self.publisher,
             &delivery,
             &envelope,
-            &processed,
+            planned,
             arrived,
         )
         .await;
-        if matches!(disposition, Disposition::HandedBack { .. })
+        if matches!(end.fate, Fate::HandBack { .. })
             && !self.publisher.channel().status().connected()
         {
             // Nothing can be republished on this session any more: end it and reconnect
             // (which also redeclares a topology someone deleted).
             self.session_lost.cancel();
         }
-        record_metrics(&shared.metrics, &processed, &disposition, started);
-        log_outcome(&envelope, &processed, &disposition);
+        shared.metrics.record_end(&end, started.elapsed());
+        log_end(&end);
         if let Some(reports) = &shared.reports {
             let _ = reports.send(JobReport {
                 job_id: envelope.job_id.clone(),
                 outcome: processed.outcome,
-                disposition,
+                disposition: Disposition::of(&end),
+                end,
             });
         }
     }
@@ -606,100 +614,30 @@ async fn redis_monitor(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-fn record_metrics(
-    metrics: &Metrics,
-    processed: &Processed,
-    disposition: &Disposition,
-    started: Instant,
-) {
-    let elapsed = started.elapsed().as_secs_f64();
-    let observe = |provider: &str, outcome: &str| {
-        metrics
-            .duration
-            .with_label_values(&[provider, outcome])
-            .observe(elapsed);
-    };
-    match (&processed.outcome, disposition) {
-        (_, Disposition::HandedBack { .. }) => {}
-        (
-            Outcome::Refunded {
-                provider, amount, ..
-            },
-            _,
-        ) => {
-            let p = provider.as_str();
-            metrics.succeeded.with_label_values(&[p]).inc();
-            let currency = processed.job.as_ref().map_or("BRL", |j| j.currency.code());
-            metrics
-                .amount
-                .with_label_values(&[p, currency])
-                .inc_by(*amount);
-            observe(p, "succeeded");
-        }
-        (Outcome::Duplicate, _) => metrics.deduplicated.inc(),
-        (outcome, Disposition::DeadLettered { class, .. }) => {
-            let provider = provider_of(outcome);
-            metrics
-                .failed
-                .with_label_values(&[provider, class.as_str()])
-                .inc();
-            observe(provider, "dead_lettered");
-        }
-        (
-            Outcome::Retry {
-                provider,
-                counts: true,
-                ..
-            },
-            Disposition::Retried { .. },
-        ) => {
-            let p = provider.map_or(NO_PROVIDER, |p| p.as_str());
-            metrics.retried.with_label_values(&[p]).inc();
-            observe(p, "retried");
-        }
-        _ => {}
-    }
-}
-
-fn provider_of(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Refunded { provider, .. } | Outcome::Pending { provider, .. } => provider.as_str(),
-        Outcome::Retry { provider, .. } | Outcome::DeadLetter { provider, .. } => {
-            provider.map_or(NO_PROVIDER, |p| p.as_str())
-        }
-        _ => NO_PROVIDER,
-    }
-}
-
-fn log_outcome(envelope: &Envelope, processed: &Processed, disposition: &Disposition) {
-    let job_id = envelope.job_id.as_str();
-    match (&processed.outcome, disposition) {
-        (
-            Outcome::Refunded {
-                provider,
-                refund_id,
-                adopted,
-                ..
-            },
-            _,
-        ) => {
-            info!(job_id, %provider, refund_id, adopted, "refunded");
-        }
-        (Outcome::Duplicate, _) => info!(job_id, "already refunded; skipped"),
-        (_, Disposition::DeadLettered { class, why }) => {
+/// The job's one log line about how it ended.
+fn log_end(end: &JobEnd) {
+    let job_id = end.job_id.as_str();
+    match &end.fate {
+        Fate::Refunded {
+            provider,
+            refund_id,
+            adopted,
+            ..
+        } => info!(job_id, %provider, refund_id, adopted, "refunded"),
+        Fate::Duplicate { .. } => info!(job_id, "already refunded; skipped"),
+        Fate::Pending {
+            refund_id, tier, ..
+        } => info!(
+            job_id,
+            refund_id,
+            queue = tier.queue,
+            "refund pending; will check its status"
+        ),
+        Fate::Retry { why, tier, .. } => info!(job_id, queue = tier.queue, why, "retrying later"),
+        Fate::DeadLetter { class, why, .. } => {
             warn!(job_id, class = class.as_str(), why, "dead-lettered");
         }
-        (Outcome::Retry { why, .. }, Disposition::Retried { queue }) => {
-            info!(job_id, queue, why, "retrying later")
-        }
-        (Outcome::Pending { refund_id, .. }, Disposition::Retried { queue }) => {
-            info!(
-                job_id,
-                refund_id, queue, "refund pending; will check its status"
-            );
-        }
-        (_, Disposition::HandedBack { why }) => warn!(job_id, why, "handed back to the broker"),
-        (outcome, disposition) => info!(job_id, ?outcome, ?disposition, "processed"),
+        Fate::HandBack { why } => warn!(job_id, why, "handed back to the broker"),
     }
 }
 
