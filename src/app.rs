@@ -115,7 +115,8 @@ pub async fn assemble(
     let conn = store::connect(&connections.redis_url)
         .await
         .map_err(AssembleError::Redis)?;
-    Health::set(&health.redis, true);
+    // Connected: Redis readiness starts up (the pipeline owns it from here on).
+    crate::pipeline::RedisReadiness::new(Arc::clone(&health)).up();
     let prefix = &connections.prefix;
     let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = crate::http::client(&settings.providers)?;

@@ -4,8 +4,11 @@
 //! [`Outcome`]. Invariant: **no provider is ever called without a held idempotency claim**,
 //! and the same idempotency key goes to the provider on every attempt of a job.
 
+mod durable;
 mod governed;
 mod refund;
+
+pub use durable::{DurableWrite, RedisReadiness, durably};
 
 use std::sync::Arc;
 
@@ -92,8 +95,8 @@ pub struct Pipeline {
     receipts: ReceiptChain,
     /// Step timings, mandate denials.
     metrics: Metrics,
-    /// Redis readiness, lowered while a result waits to be recorded.
-    health: Arc<Health>,
+    /// Redis readiness, lowered while a result waits to be recorded (its one writer).
+    readiness: RedisReadiness,
     /// In-process retries and the poison limit.
     options: PipelineOptions,
 }
@@ -175,7 +178,7 @@ impl Pipeline {
             mandates: parts.mandates,
             receipts: parts.receipts,
             metrics: parts.metrics,
-            health: parts.health,
+            readiness: RedisReadiness::new(parts.health),
             options: parts.options,
         }
     }
@@ -183,6 +186,11 @@ impl Pipeline {
     /// The idempotency records this pipeline uses.
     pub fn store(&self) -> &IdempotencyStore {
         &self.store
+    }
+
+    /// The one writer of the worker's Redis readiness flag.
+    pub fn redis_readiness(&self) -> &RedisReadiness {
+        &self.readiness
     }
 
     /// Processes one delivery of one job to its outcome.

@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tracing::{debug, info, warn};
 
-use super::{Attempt, Pipeline};
+use super::{Attempt, DurableWrite, Pipeline, durably};
 use crate::{
     governance::receipt::{Receipt, ReceiptBody},
     job::{IdempotencyKey, ProviderName},
-    metrics::Health,
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
-    store::StoreError,
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
@@ -168,10 +166,12 @@ async fn finish(
             // and seals it, instead of sending again.
             let why = "refund made; its receipt could not be sealed";
             let released = Settle::Released { uncertain: true };
-            if let Err(e) =
-                settle_durably(pipeline, request, &ticket, released, None, why, attempt).await
+            if let Err(ended) = settle_durably(
+                pipeline, request, &ticket, released, None, &record, why, attempt,
+            )
+            .await
             {
-                warn!(job_id = %request.job_id, key = %request.key, error = %e, "the claim will expire and be reconciled");
+                warn!(job_id = %request.job_id, key = %request.key, ?ended, "the claim will expire and be reconciled");
             }
         }
         return outcome;
@@ -219,37 +219,19 @@ pub(super) async fn seal(
     attempt: Attempt<'_>,
 ) -> Result<Receipt, Outcome> {
     let started = Instant::now();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match pipeline.receipts.seal(body.clone()).await {
-            Ok(receipt) => {
-                Health::set(&pipeline.health.redis, true);
-                pipeline.observe_step("seal", started);
-                return Ok(receipt);
-            }
-            Err(StoreError::Corrupt(why)) => {
-                return Err(Outcome::DeadLetter {
-                    class: FailureClass::Permanent,
-                    provider: None,
-                    why: format!(
-                        "the refund of {} was made but its receipt cannot be sealed: {why}; run `receipts verify`",
-                        request.key
-                    ),
-                });
-            }
-            Err(e) => {
-                Health::set(&pipeline.health.redis, false);
-                warn!(job_id = %request.job_id, key = %request.key, error = %e, "refund made; holding its receipt until Redis takes it");
-                tokio::select! {
-                    () = attempt.shutdown.cancelled() => {
-                        return Err(Outcome::HandBack { why: format!("stopping before the receipt of {} was sealed", request.key) });
-                    }
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let refund_id = body.refund_id.clone();
+    let about = DurableWrite {
+        what: "the receipt",
+        record: request.key.as_str(),
+        refund_id: Some(&refund_id),
+        provider: None,
+    };
+    let sealed = durably(about, &pipeline.readiness, attempt.shutdown, || {
+        pipeline.receipts.seal(body.clone())
+    })
+    .await?;
+    pipeline.observe_step("seal", started);
+    Ok(sealed)
 }
 
 /// A refund an earlier attempt recorded as its `refunded` step.
@@ -273,13 +255,14 @@ pub(super) async fn complete(
         ticket,
         Settle::Done,
         Some(&record),
+        &record,
         "",
         attempt,
     )
     .await;
     pipeline.observe_step("record", started);
-    if let Err(why) = settled {
-        return Outcome::HandBack { why };
+    if let Err(ended) = settled {
+        return ended;
     }
     Outcome::Refunded {
         provider: record.provider,
@@ -498,11 +481,10 @@ async fn settle_answer(
             (Settle::Failed { uncertain: false }, reason.clone(), None)
         }
     };
-    if let Err(why) =
-        settle_durably(pipeline, request, ticket, settle, stored, &reason, attempt).await
-    {
-        return Err(Outcome::HandBack { why });
-    }
+    settle_durably(
+        pipeline, request, ticket, settle, stored, &record, &reason, attempt,
+    )
+    .await?;
     Err(match refund.status {
         RefundStatus::Pending => Outcome::Pending {
             provider: name,
@@ -579,44 +561,33 @@ async fn record_failure(
     }
 }
 
-/// Writes a provider-confirmed result, retrying until Redis takes it or the worker stops.
-/// Giving up early would let a later copy of the job pay again on a provider without
-/// idempotency keys, so the only way out without the write is handing the message back,
-/// whose redelivery then reconciles.
+/// Writes a provider-confirmed result through [`durably`]: giving up early would let a later
+/// copy of the job pay again on a provider without idempotency keys, so the only ways out
+/// without the write are handing the message back (its redelivery reconciles) and a dead
+/// letter naming `made`, the provider's refund, when Redis holds unreadable data.
+#[allow(clippy::too_many_arguments)]
 async fn settle_durably(
     pipeline: &Pipeline,
     request: &RefundRequest,
     ticket: &ClaimTicket,
     settle: Settle,
-    record: Option<&RefundRecord>,
+    stored: Option<&RefundRecord>,
+    made: &RefundRecord,
     reason: &str,
     attempt: Attempt<'_>,
-) -> Result<(), String> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match pipeline
+) -> Result<(), Outcome> {
+    let about = DurableWrite {
+        what: "the result",
+        record: request.key.as_str(),
+        refund_id: Some(&made.refund.refund_id),
+        provider: Some(made.provider),
+    };
+    durably(about, &pipeline.readiness, attempt.shutdown, || {
+        pipeline
             .store
-            .settle(&request.key, ticket, settle, record, reason)
-            .await
-        {
-            Ok(()) => {
-                Health::set(&pipeline.health.redis, true);
-                return Ok(());
-            }
-            Err(e) => {
-                Health::set(&pipeline.health.redis, false);
-                warn!(job_id = %request.job_id, key = %request.key, error = %e,
-                      "refund confirmed by the provider but not yet recorded; holding it until Redis answers");
-                tokio::select! {
-                    () = attempt.shutdown.cancelled() => {
-                        return Err(format!("stopping before the result of {} was recorded: {e}", request.key));
-                    }
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+            .settle(&request.key, ticket, settle, stored, reason)
+    })
+    .await
 }
 
 impl Pipeline {
