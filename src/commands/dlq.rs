@@ -22,6 +22,7 @@ use crate::{
     cli::{DlqArgs, DlqCommand, DlqFilter},
     job::{self, RefundJob, format_minor},
     outcome::FailureClass,
+    store::RecordState,
 };
 
 /// The most dead letters one command reads.
@@ -655,7 +656,7 @@ impl Replay<'_> {
         if let Some(date) = job.date.or(envelope.keyed_date) {
             let key = job.idempotency_key(date);
             let record = self.store.get(&key).await.map_err(runtime)?;
-            if let Some(record) = record.filter(|r| r.state == "done") {
+            if let Some(record) = record.filter(|r| r.state == RecordState::Done) {
                 let refund = record.result.map_or("-".into(), |r| r.refund.refund_id);
                 if !self.dry_run {
                     letter.remove().await.map_err(runtime)?;
