@@ -6,12 +6,13 @@ use std::sync::Arc;
 use crate::{
     broker::Topology,
     config::Settings,
+    governance::MandatePolicy,
     metrics::{Health, Metrics},
     pipeline::{Pipeline, PipelineOptions, PipelineParts},
     providers::Providers,
     services::Services,
     signing::{BadKey, KeyPair},
-    store::{self, IdempotencyStore, MandatePolicy, MandateStore, ReceiptChain, StoreError},
+    store::{self, IdempotencyStore, MandateStore, ReceiptChain, StoreError},
     worker::{Worker, WorkerOptions},
 };
 

@@ -26,6 +26,7 @@ use super::{Attempt, DurableWrite, Pipeline, durably, refund};
 use crate::{
     clock::now_rfc3339,
     governance::{
+        MandateError,
         mandate::Reservation,
         receipt::{ReceiptBody, mask_card, mask_pix_key},
     },
@@ -33,7 +34,7 @@ use crate::{
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, RefundRequest},
     services::{CreditNote, CreditNoteRequest, Message, Order, whatsapp},
-    store::{ClaimTicket, MandateError, RefundRecord, Settle, StoreError},
+    store::{ClaimTicket, RefundRecord, Settle, StoreError},
 };
 
 /// Step names, as recorded in the idempotency record.

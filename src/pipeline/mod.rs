@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Envelope,
+    governance::MandatePolicy,
     job::{Currency, JobDate, ProviderName, RefundJob, check_media},
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
     services::Services,
-    store::{IdempotencyStore, MandatePolicy, ReceiptChain, RefundRecord, StoreError},
+    store::{IdempotencyStore, ReceiptChain, RefundRecord, StoreError},
 };
 
 /// Everything one attempt at a job needs to know about its delivery.
