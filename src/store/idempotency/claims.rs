@@ -259,3 +259,143 @@ impl IdempotencyStore {
         }))
     }
 }
+
+/// What a claim answers, against the real Redis at 127.0.0.1:6379 (each test in its own
+/// namespace, wiped afterwards): the decisions every attempt starts from.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{ProviderRefund, RefundStatus};
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const FINGERPRINT: &str = "stripe|pay_1|100|BRL";
+
+    /// A store in a namespace of its own.
+    async fn store(lease: Duration) -> IdempotencyStore {
+        let conn = crate::store::connect("redis://127.0.0.1:6379")
+            .await
+            .expect("Redis at 127.0.0.1:6379 (see README)");
+        let namespace = format!("test-claims-{}", uuid::Uuid::new_v4());
+        IdempotencyStore::new(conn, &namespace, lease, Duration::from_secs(60))
+    }
+
+    fn key() -> IdempotencyKey {
+        IdempotencyKey::parse("refund:stripe:pay_1:2026-12-05").unwrap()
+    }
+
+    async fn claim(store: &IdempotencyStore, owner: &str) -> Claim {
+        store
+            .claim(&key(), owner, FINGERPRINT, "job-1")
+            .await
+            .unwrap()
+    }
+
+    fn ticket(claim: Claim) -> ClaimTicket {
+        match claim {
+            Claim::Claimed(ticket) => ticket,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    fn refund() -> RefundRecord {
+        RefundRecord {
+            provider: crate::job::ProviderName::Stripe,
+            refund: ProviderRefund {
+                refund_id: "re_1".into(),
+                status: RefundStatus::Succeeded,
+                amount: 100,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fresh_key_is_claimed_certain_with_no_takeovers() {
+        let store = store(LEASE).await;
+        let ticket = ticket(claim(&store, "a").await);
+        assert!(!ticket.uncertain);
+        assert_eq!(ticket.takeovers, 0);
+        assert_eq!(ticket.pending, None);
+        assert!(ticket.steps.is_empty());
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_done_key_answers_duplicate_with_the_earlier_refund() {
+        let store = store(LEASE).await;
+        let held = ticket(claim(&store, "a").await);
+        store
+            .settle(&key(), &held, Settle::Done, Some(&refund()), "")
+            .await
+            .unwrap();
+        assert_eq!(claim(&store, "b").await, Claim::Done(Some(refund())));
+        let view = store.get(&key()).await.unwrap().unwrap();
+        assert_eq!(view.state, RecordState::Done);
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_held_by_a_live_lease_answers_busy_for_the_rest_of_it() {
+        let store = store(LEASE).await;
+        ticket(claim(&store, "a").await);
+        match claim(&store, "b").await {
+            Claim::Busy { retry_in } => assert!(
+                retry_in > Duration::ZERO && retry_in <= LEASE,
+                "{retry_in:?}"
+            ),
+            other => panic!("expected busy, got {other:?}"),
+        }
+        // The holder itself gets its own claim back (a repeated call whose answer was lost).
+        ticket(claim(&store, "a").await);
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_as_uncertain() {
+        // Leases run on the Redis server's clock, so this one waits for real (briefly).
+        let lease = Duration::from_millis(50);
+        let store = store(lease).await;
+        ticket(claim(&store, "a").await);
+        tokio::time::sleep(lease * 2).await;
+        let taken = ticket(claim(&store, "b").await);
+        assert!(
+            taken.uncertain,
+            "the dead holder may have reached the provider"
+        );
+        assert_eq!(taken.takeovers, 1);
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_released_uncertain_attempt_is_claimed_uncertain_so_it_reconciles_first() {
+        let store = store(LEASE).await;
+        let held = ticket(claim(&store, "a").await);
+        let released = Settle::Released { uncertain: true };
+        store
+            .settle(&key(), &held, released, None, "timeout")
+            .await
+            .unwrap();
+        let view = store.get(&key()).await.unwrap().unwrap();
+        assert_eq!(view.state, RecordState::Released);
+        assert!(view.uncertain);
+        let next = ticket(claim(&store, "b").await);
+        assert!(next.uncertain);
+        assert_eq!(next.takeovers, 0, "a release is not a takeover");
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unknown_state_in_redis_reads_as_corrupt() {
+        let store = store(LEASE).await;
+        let mut conn = store.conn.clone();
+        let _: () = redis::cmd("HSET")
+            .arg(store.keys.record(&key()))
+            .arg("state")
+            .arg("refunded")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let error = store.get(&key()).await.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+        store.delete_namespace().await.unwrap();
+    }
+}
