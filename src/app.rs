@@ -16,12 +16,13 @@ use crate::{
     },
     config::Settings,
     ending::JobEnd,
+    governance::MandatePolicy,
     metrics::{Health, Metrics},
     pipeline::{Attempt, Pipeline, PipelineOptions, PipelineParts},
     providers::Providers,
     services::Services,
     signing::{BadKey, KeyPair},
-    store::{self, IdempotencyStore, MandatePolicy, MandateStore, ReceiptChain, StoreError},
+    store::{self, IdempotencyStore, MandateStore, ReceiptChain, StoreError},
     worker::{self, Action, Delivered, RetryPolicy, Worker, WorkerOptions},
 };
 
@@ -135,7 +136,8 @@ async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, 
     let conn = store::connect(&connections.redis_url)
         .await
         .map_err(AssembleError::Redis)?;
-    Health::set(&health.redis, true);
+    // Connected: Redis readiness starts up (the pipeline owns it from here on).
+    crate::pipeline::RedisReadiness::new(Arc::clone(&health)).up();
     let prefix = &connections.prefix;
     let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = crate::http::client(&settings.providers)?;

@@ -23,6 +23,7 @@ use crate::{
     cli::{DlqArgs, DlqCommand, DlqFilter},
     job::{self, RefundJob, format_minor},
     outcome::FailureClass,
+    store::RecordState,
 };
 
 /// The most dead letters one command reads.
@@ -639,13 +640,13 @@ impl Replay<'_> {
             .as_ref()
             .map_or("-".into(), |r| r.refund.refund_id.clone());
         match record.fingerprint {
-            Some(theirs) if theirs != ours && record.state != "failed" => {
+            Some(theirs) if theirs != ours && record.state != RecordState::Failed => {
                 Ok(Standing::Collision(format!(
                     "kept: its key {key} belongs to a different refund ({theirs}, {} {refund}), not to this job ({ours}); if this is a second refund, give it its own key: dlq replay {} --set idempotency_key=<a new key>",
                     record.state, letter.job_id
                 )))
             }
-            _ if record.state == "done" => Ok(Standing::Refunded(format!(
+            _ if record.state == RecordState::Done => Ok(Standing::Refunded(format!(
                 "already refunded under {key} (refund {refund})"
             ))),
             _ => Ok(Standing::Open(Some(key))),

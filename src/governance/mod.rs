@@ -1,6 +1,9 @@
-//! Governance: spend mandates (who may refund how much, signed and revocable) and sealed
-//! receipts (what was done, signed and hash-chained). Pure types and checks; their Redis
-//! storage lives in `store`.
+//! Governance: spend mandates (who may refund how much, signed and revocable), the policy
+//! that enforces them, and sealed receipts (what was done, signed and hash-chained). Types,
+//! checks and decisions; their Redis storage lives in `store`.
 
 pub mod mandate;
+pub mod mandate_policy;
 pub mod receipt;
+
+pub use mandate_policy::{MandateError, MandatePolicy};

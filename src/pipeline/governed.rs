@@ -22,19 +22,19 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::{Attempt, Pipeline, refund};
+use super::{Attempt, DurableWrite, Pipeline, durably, refund};
 use crate::{
     clock::now_rfc3339,
     governance::{
+        MandateError,
         mandate::Reservation,
         receipt::{ReceiptBody, mask_card, mask_pix_key},
     },
     job::{IdempotencyKey, ProviderName, RefundJob},
-    metrics::Health,
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, RefundRequest},
     services::{CreditNote, CreditNoteRequest, Message, Order, whatsapp},
-    store::{ClaimTicket, MandateError, RefundRecord, Settle, StoreError},
+    store::{ClaimTicket, RefundRecord, Settle, StoreError},
 };
 
 /// Step names, as recorded in the idempotency record.
@@ -111,6 +111,7 @@ pub(super) async fn run(
         order_id,
         attempt,
         ticket,
+        made: None,
     };
     let outcome = match governed.steps().await {
         Ok(outcome) | Err(outcome) => outcome,
@@ -126,6 +127,8 @@ struct Governed<'a> {
     order_id: String,
     attempt: Attempt<'a>,
     ticket: ClaimTicket,
+    /// The provider's refund id once the refund is made: a dead letter after it names it.
+    made: Option<String>,
 }
 
 impl Governed<'_> {
@@ -179,7 +182,10 @@ impl Governed<'_> {
         let (refund, refunded_at, adopted) = match self
             .recorded::<Recorded<RefundRecord>>(refund::STEP_REFUNDED)?
         {
-            Some(r) => (r.value, r.at, true),
+            Some(r) => {
+                self.made = Some(r.value.refund.refund_id.clone());
+                (r.value, r.at, true)
+            }
             None => {
                 let (record, adopted) = match refund::refund_step(
                     self.pipeline,
@@ -210,6 +216,7 @@ impl Governed<'_> {
                         return Err(outcome);
                     }
                 };
+                self.made = Some(record.refund.refund_id.clone());
                 let at = now_rfc3339();
                 self.record_durably(
                     refund::STEP_REFUNDED,
@@ -568,40 +575,27 @@ impl Governed<'_> {
         if held { Ok(()) } else { Err(self.claim_lost()) }
     }
 
-    /// Runs a Redis write until it lands or the worker stops (then the message is handed back
-    /// and the next attempt resumes from the steps already recorded).
-    async fn durably<T, F, Fut>(&self, what: &str, mut write: F) -> Result<T, Outcome>
+    /// Runs a Redis write after the refund through [`durably`]: it lands, or the worker stops
+    /// (the message is handed back and the next attempt resumes from the steps already
+    /// recorded), or Redis holds unreadable data (a dead letter naming the refund).
+    async fn durably<T, F, Fut>(&self, what: &str, write: F) -> Result<T, Outcome>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match write().await {
-                Ok(value) => {
-                    Health::set(&self.pipeline.health.redis, true);
-                    return Ok(value);
-                }
-                Err(StoreError::Corrupt(why)) => {
-                    return Err(Outcome::DeadLetter {
-                        class: FailureClass::Permanent,
-                        provider: self.job.provider,
-                        why: format!("cannot record {what} of {}: {why}", self.key),
-                    });
-                }
-                Err(e) => {
-                    Health::set(&self.pipeline.health.redis, false);
-                    warn!(key = %self.key, error = %e, "holding {what} until Redis answers");
-                    tokio::select! {
-                        () = self.attempt.shutdown.cancelled() => {
-                            return Err(Outcome::HandBack { why: format!("stopping before {what} of {} was recorded", self.key) });
-                        }
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let about = DurableWrite {
+            what,
+            record: self.key.as_str(),
+            refund_id: self.made.as_deref(),
+            provider: self.job.provider,
+        };
+        durably(
+            about,
+            &self.pipeline.readiness,
+            self.attempt.shutdown,
+            write,
+        )
+        .await
     }
 
     async fn settle(&self, settle: Settle, reason: &str) {

@@ -4,8 +4,11 @@
 //! [`Outcome`]. Invariant: **no provider is ever called without a held idempotency claim**,
 //! and the same idempotency key goes to the provider on every attempt of a job.
 
+mod durable;
 mod governed;
 mod refund;
+
+pub use durable::{DurableWrite, RedisReadiness, durably};
 
 use std::sync::Arc;
 
@@ -13,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Envelope,
+    governance::MandatePolicy,
     job::{JobDate, RefundJob, check_media},
     metrics::{Health, Metrics},
     outcome::{FailureClass, Outcome},
     providers::{Providers, RefundRequest},
     services::Services,
-    store::{IdempotencyStore, MandatePolicy, ReceiptChain, RefundRecord, StoreError},
+    store::{IdempotencyStore, ReceiptChain, RefundRecord, StoreError},
 };
 
 /// Everything one attempt at a job needs to know about its delivery.
@@ -66,8 +70,8 @@ pub struct Pipeline {
     receipts: ReceiptChain,
     /// Step timings, mandate denials.
     metrics: Metrics,
-    /// Redis readiness, lowered while a result waits to be recorded.
-    health: Arc<Health>,
+    /// Redis readiness, lowered while a result waits to be recorded (its one writer).
+    readiness: RedisReadiness,
     /// In-process retries and the poison limit.
     options: PipelineOptions,
 }
@@ -149,7 +153,7 @@ impl Pipeline {
             mandates: parts.mandates,
             receipts: parts.receipts,
             metrics: parts.metrics,
-            health: parts.health,
+            readiness: RedisReadiness::new(parts.health),
             options: parts.options,
         }
     }
@@ -157,6 +161,11 @@ impl Pipeline {
     /// The idempotency records this pipeline uses.
     pub fn store(&self) -> &IdempotencyStore {
         &self.store
+    }
+
+    /// The one writer of the worker's Redis readiness flag.
+    pub fn redis_readiness(&self) -> &RedisReadiness {
+        &self.readiness
     }
 
     /// Processes one delivery of one job to its outcome.

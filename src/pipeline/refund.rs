@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tracing::{debug, info, warn};
 
-use super::{Attempt, Pipeline};
+use super::{Attempt, DurableWrite, Pipeline, durably};
 use crate::{
     governance::receipt::{Receipt, ReceiptBody},
     job::{IdempotencyKey, ProviderName},
-    metrics::Health,
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
-    store::StoreError,
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
@@ -165,10 +163,12 @@ async fn finish(
             // and seals it, instead of sending again.
             let why = "refund made; its receipt could not be sealed";
             let released = Settle::Released { uncertain: true };
-            if let Err(e) =
-                settle_durably(pipeline, request, &ticket, released, None, why, attempt).await
+            if let Err(ended) = settle_durably(
+                pipeline, request, &ticket, released, None, &record, why, attempt,
+            )
+            .await
             {
-                warn!(job_id = %request.job_id, key = %request.key, error = %e, "the claim will expire and be reconciled");
+                warn!(job_id = %request.job_id, key = %request.key, ?ended, "the claim will expire and be reconciled");
             }
         }
         return outcome;
@@ -216,37 +216,19 @@ pub(super) async fn seal(
     attempt: Attempt<'_>,
 ) -> Result<Receipt, Outcome> {
     let started = Instant::now();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match pipeline.receipts.seal(body.clone()).await {
-            Ok(receipt) => {
-                Health::set(&pipeline.health.redis, true);
-                pipeline.observe_step("seal", started);
-                return Ok(receipt);
-            }
-            Err(StoreError::Corrupt(why)) => {
-                return Err(Outcome::DeadLetter {
-                    class: FailureClass::Permanent,
-                    provider: None,
-                    why: format!(
-                        "the refund of {} was made but its receipt cannot be sealed: {why}; run `receipts verify`",
-                        request.key
-                    ),
-                });
-            }
-            Err(e) => {
-                Health::set(&pipeline.health.redis, false);
-                warn!(job_id = %request.job_id, key = %request.key, error = %e, "refund made; holding its receipt until Redis takes it");
-                tokio::select! {
-                    () = attempt.shutdown.cancelled() => {
-                        return Err(Outcome::HandBack { why: format!("stopping before the receipt of {} was sealed", request.key) });
-                    }
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let refund_id = body.refund_id.clone();
+    let about = DurableWrite {
+        what: "the receipt",
+        record: request.key.as_str(),
+        refund_id: Some(&refund_id),
+        provider: None,
+    };
+    let sealed = durably(about, &pipeline.readiness, attempt.shutdown, || {
+        pipeline.receipts.seal(body.clone())
+    })
+    .await?;
+    pipeline.observe_step("seal", started);
+    Ok(sealed)
 }
 
 /// A refund an earlier attempt recorded as its `refunded` step.
@@ -270,13 +252,14 @@ pub(super) async fn complete(
         ticket,
         Settle::Done,
         Some(&record),
+        &record,
         "",
         attempt,
     )
     .await;
     pipeline.observe_step("record", started);
-    if let Err(why) = settled {
-        return Outcome::HandBack { why };
+    if let Err(ended) = settled {
+        return ended;
     }
     Outcome::Refunded {
         provider: record.provider,
@@ -495,11 +478,10 @@ async fn settle_answer(
             (Settle::Failed { uncertain: false }, reason.clone(), None)
         }
     };
-    if let Err(why) =
-        settle_durably(pipeline, request, ticket, settle, stored, &reason, attempt).await
-    {
-        return Err(Outcome::HandBack { why });
-    }
+    settle_durably(
+        pipeline, request, ticket, settle, stored, &record, &reason, attempt,
+    )
+    .await?;
     Err(match refund.status {
         RefundStatus::Pending => Outcome::Pending {
             provider: name,
@@ -513,6 +495,7 @@ async fn settle_answer(
     })
 }
 
+/// Records a failed attempt (see [`failure_plan`]) and returns how it ends.
 async fn record_failure(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
@@ -520,7 +503,35 @@ async fn record_failure(
     ticket: &ClaimTicket,
     error: ProviderError,
 ) -> Outcome {
-    let name = provider.name();
+    let reason = error.to_string();
+    let plan = failure_plan(provider.name(), ticket, error);
+    // If this write fails the claim simply stays ours until its lease ends; the next
+    // attempt then takes it over as uncertain and reconciles first. Safe either way.
+    if let Err(e) = pipeline
+        .store
+        .settle(&request.key, ticket, plan.settle, plan.record, &reason)
+        .await
+    {
+        warn!(job_id = %request.job_id, key = %request.key, error = %e,
+              "could not record the failed attempt; the claim will expire and be reconciled");
+    }
+    plan.outcome
+}
+
+/// What a failed provider call leaves in the record, and how the attempt ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FailurePlan<'t> {
+    /// The settle written to the record.
+    settle: Settle,
+    /// The refund kept in the record (a pending one stays).
+    record: Option<&'t RefundRecord>,
+    /// How the attempt ends.
+    outcome: Outcome,
+}
+
+/// The decision behind [`record_failure`], pure so a table can test it: what `error` from
+/// `name` means for the record held by `ticket` and for the job.
+fn failure_plan(name: ProviderName, ticket: &ClaimTicket, error: ProviderError) -> FailurePlan<'_> {
     // A pending refund stays pending whatever its status check did: the refund exists.
     // Uncertainty is sticky: a look-up that found nothing does not prove that an earlier
     // request (maybe still executing at the provider) never will, so once a record is
@@ -538,17 +549,7 @@ async fn record_failure(
         }
         (_, None) => (Settle::Released { uncertain }, None),
     };
-    // If this write fails the claim simply stays ours until its lease ends; the next
-    // attempt then takes it over as uncertain and reconciles first. Safe either way.
-    if let Err(e) = pipeline
-        .store
-        .settle(&request.key, ticket, settle, record, &error.to_string())
-        .await
-    {
-        warn!(job_id = %request.job_id, key = %request.key, error = %e,
-              "could not record the failed attempt; the claim will expire and be reconciled");
-    }
-    match error {
+    let outcome = match error {
         ProviderError::Permanent { why, .. } if ticket.pending.is_none() => Outcome::DeadLetter {
             class: FailureClass::Permanent,
             provider: Some(name),
@@ -573,47 +574,41 @@ async fn record_failure(
             after: Duration::ZERO,
             counts: true,
         },
+    };
+    FailurePlan {
+        settle,
+        record,
+        outcome,
     }
 }
 
-/// Writes a provider-confirmed result, retrying until Redis takes it or the worker stops.
-/// Giving up early would let a later copy of the job pay again on a provider without
-/// idempotency keys, so the only way out without the write is handing the message back,
-/// whose redelivery then reconciles.
+/// Writes a provider-confirmed result through [`durably`]: giving up early would let a later
+/// copy of the job pay again on a provider without idempotency keys, so the only ways out
+/// without the write are handing the message back (its redelivery reconciles) and a dead
+/// letter naming `made`, the provider's refund, when Redis holds unreadable data.
+#[allow(clippy::too_many_arguments)]
 async fn settle_durably(
     pipeline: &Pipeline,
     request: &RefundRequest,
     ticket: &ClaimTicket,
     settle: Settle,
-    record: Option<&RefundRecord>,
+    stored: Option<&RefundRecord>,
+    made: &RefundRecord,
     reason: &str,
     attempt: Attempt<'_>,
-) -> Result<(), String> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match pipeline
+) -> Result<(), Outcome> {
+    let about = DurableWrite {
+        what: "the result",
+        record: request.key.as_str(),
+        refund_id: Some(&made.refund.refund_id),
+        provider: Some(made.provider),
+    };
+    durably(about, &pipeline.readiness, attempt.shutdown, || {
+        pipeline
             .store
-            .settle(&request.key, ticket, settle, record, reason)
-            .await
-        {
-            Ok(()) => {
-                Health::set(&pipeline.health.redis, true);
-                return Ok(());
-            }
-            Err(e) => {
-                Health::set(&pipeline.health.redis, false);
-                warn!(job_id = %request.job_id, key = %request.key, error = %e,
-                      "refund confirmed by the provider but not yet recorded; holding it until Redis answers");
-                tokio::select! {
-                    () = attempt.shutdown.cancelled() => {
-                        return Err(format!("stopping before the result of {} was recorded: {e}", request.key));
-                    }
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+            .settle(&request.key, ticket, settle, stored, reason)
+    })
+    .await
 }
 
 impl Pipeline {
@@ -622,5 +617,165 @@ impl Pipeline {
             .step_duration
             .with_label_values(&[step])
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RecordState;
+
+    fn ticket(uncertain: bool, pending: Option<RefundRecord>) -> ClaimTicket {
+        ClaimTicket {
+            owner: "owner-1".into(),
+            uncertain,
+            pending,
+            snapshot: None,
+            takeovers: 0,
+            steps: std::collections::BTreeMap::new(),
+            lease_from: Instant::now(),
+        }
+    }
+
+    fn pending_refund() -> RefundRecord {
+        RefundRecord {
+            provider: ProviderName::Stripe,
+            refund: ProviderRefund {
+                refund_id: "re_pending".into(),
+                status: RefundStatus::Pending,
+                amount: 100,
+            },
+        }
+    }
+
+    fn retry(why: &str, after: Duration, counts: bool) -> Outcome {
+        Outcome::Retry {
+            provider: Some(ProviderName::Stripe),
+            why: why.into(),
+            after,
+            counts,
+        }
+    }
+
+    fn dead_letter(why: &str) -> Outcome {
+        Outcome::DeadLetter {
+            class: FailureClass::Permanent,
+            provider: Some(ProviderName::Stripe),
+            why: why.into(),
+        }
+    }
+
+    fn permanent(why: &str) -> ProviderError {
+        ProviderError::Permanent {
+            code: None,
+            why: why.into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_provider_call_is_recorded_by_its_classification() {
+        let secs = Duration::from_secs;
+        // (case, record uncertain before, pending refund, error,
+        //  state written, uncertain written, outcome)
+        let table = [
+            (
+                "transient: released, the next copy sends again",
+                false,
+                None,
+                ProviderError::transient("503"),
+                RecordState::Released,
+                false,
+                retry("503", Duration::ZERO, true),
+            ),
+            (
+                "transient with the provider's hint: retried after it",
+                false,
+                None,
+                ProviderError::Transient {
+                    why: "429".into(),
+                    retry_after: Some(secs(3)),
+                },
+                RecordState::Released,
+                false,
+                retry("429", secs(3), true),
+            ),
+            (
+                "permanent: failed for good, dead-lettered",
+                false,
+                None,
+                permanent("declined"),
+                RecordState::Failed,
+                false,
+                dead_letter("declined"),
+            ),
+            (
+                "unknown: released uncertain, the next copy reconciles first",
+                false,
+                None,
+                ProviderError::unknown("timeout"),
+                RecordState::Released,
+                true,
+                retry("timeout", Duration::ZERO, true),
+            ),
+            (
+                "skipped by the guard: costs no attempt",
+                false,
+                None,
+                ProviderError::Skipped {
+                    why: "circuit open".into(),
+                    retry_after: None,
+                },
+                RecordState::Released,
+                false,
+                retry("circuit open", secs(1), false),
+            ),
+            (
+                "permanent on an uncertain record: the money may have moved, it stays uncertain",
+                true,
+                None,
+                permanent("two candidates"),
+                RecordState::Released,
+                true,
+                dead_letter("two candidates"),
+            ),
+            (
+                "transient on an uncertain record: uncertainty is sticky",
+                true,
+                None,
+                ProviderError::transient("503"),
+                RecordState::Released,
+                true,
+                retry("503", Duration::ZERO, true),
+            ),
+            (
+                "unknown status check of a pending refund: it stays pending",
+                false,
+                Some(pending_refund()),
+                ProviderError::unknown("timeout"),
+                RecordState::Pending,
+                false,
+                retry("timeout", Duration::ZERO, true),
+            ),
+            (
+                "permanent status check of a pending refund: the refund exists, retried",
+                false,
+                Some(pending_refund()),
+                permanent("gone"),
+                RecordState::Pending,
+                false,
+                retry("gone", Duration::ZERO, true),
+            ),
+        ];
+        for (case, uncertain, pending, error, state, uncertain_after, outcome) in table {
+            let ticket = ticket(uncertain, pending.clone());
+            let plan = failure_plan(ProviderName::Stripe, &ticket, error);
+            assert_eq!(plan.settle.state(), (state, uncertain_after), "{case}");
+            assert_eq!(
+                plan.record,
+                pending.as_ref(),
+                "{case}: the pending refund is kept"
+            );
+            assert_eq!(plan.outcome, outcome, "{case}");
+        }
     }
 }

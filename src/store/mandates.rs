@@ -1,5 +1,5 @@
-//! Mandates in Redis, and the policy that enforces them: every check, then an atomic
-//! reservation from the day's budget.
+//! Mandates in Redis: the signed mandates, each day's budget counter and each job's
+//! reservation. The policy that decides with them lives in `governance::mandate_policy`.
 //!
 //! Key layout (one hash tag per mandate, so every script's keys share a Redis Cluster slot;
 //! the keys still start with `<namespace>:`, so a namespace is found and cleaned with one
@@ -23,18 +23,14 @@ use time::OffsetDateTime;
 
 use super::{StoreError, redis_call};
 use crate::{
-    governance::mandate::{Denial, MAX_CAP, Mandate, Reservation, rfc3339},
-    job::{Amount, Currency, IdempotencyKey, JobDate, Token},
-    signing::PublicKey,
+    governance::mandate::{MAX_CAP, Mandate, Reservation, rfc3339},
+    job::{Currency, IdempotencyKey, JobDate, Token},
 };
 
 /// How long a day's budget counter and a job's reservation are kept: longer than the
 /// idempotency records (30 days by default), so a job replayed from the dead-letter queue
 /// still finds its reservation.
 pub const RETENTION: Duration = Duration::from_secs(40 * 24 * 3600);
-
-/// How many times `authorize` reads a mandate again when it was re-granted mid-way.
-const CHANGED_RETRIES: usize = 3;
 
 /// A mandate as stored: the signed mandate and, once revoked, when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,14 +133,31 @@ impl std::fmt::Debug for MandateStore {
     }
 }
 
-/// What a reserve script answered.
-enum ReserveAnswer {
+/// What the reserve script answered (the policy in `governance::mandate_policy` decides
+/// what each answer means for the refund).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveAnswer {
+    /// Reserved (or already reserved under this job key).
     Reserved(Reservation),
-    Over { left: u64 },
-    Revoked { at: String },
+    /// The day's budget has only `left` minor units.
+    Over {
+        /// Minor units left today.
+        left: u64,
+    },
+    /// Revoked at `at`.
+    Revoked {
+        /// When.
+        at: String,
+    },
+    /// No such mandate.
     Unknown,
+    /// The mandate was re-granted since it was read.
     Changed,
-    Conflict { reserved: u64 },
+    /// The job key already holds a reservation of `reserved` minor units.
+    Conflict {
+        /// Minor units the key holds.
+        reserved: u64,
+    },
 }
 
 impl MandateStore {
@@ -284,7 +297,10 @@ impl MandateStore {
     }
 
     /// The raw read: `None` when absent, `Some(Err)` when present but unreadable.
-    async fn read(&self, id: &str) -> Result<Option<Result<StoredMandate, String>>, StoreError> {
+    pub async fn read(
+        &self,
+        id: &str,
+    ) -> Result<Option<Result<StoredMandate, String>>, StoreError> {
         let key = self.mandate_key(id);
         let fields: HashMap<String, String> = redis_call(|| {
             let mut conn = self.conn.clone();
@@ -300,7 +316,7 @@ impl MandateStore {
     }
 
     /// Runs the reserve script (see `lua/mandate_reserve.lua`).
-    async fn reserve(
+    pub async fn reserve(
         &self,
         mandate: &Mandate,
         day: &str,
@@ -357,7 +373,7 @@ impl MandateStore {
 
     /// Runs the release script; 1 given back, 0 nothing to give back, -1 a different
     /// reservation holds the key.
-    async fn release(
+    pub async fn release(
         &self,
         reservation: &Reservation,
         job_key: &IdempotencyKey,
@@ -425,163 +441,4 @@ fn parse_fields(fields: &HashMap<String, String>) -> Result<StoredMandate, Strin
         mandate,
         revoked_at: fields.get("revoked_at").cloned(),
     })
-}
-
-/// Why `authorize` did not return a reservation.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum MandateError {
-    /// The mandate refuses this refund: dead-letter it (class `mandate`); never retry.
-    #[error("{0}")]
-    Denied(Denial),
-    /// Redis could not answer: retry later, nothing was reserved.
-    #[error("{0}")]
-    Store(StoreError),
-}
-
-impl From<StoreError> for MandateError {
-    fn from(e: StoreError) -> Self {
-        MandateError::Store(e)
-    }
-}
-
-impl From<Denial> for MandateError {
-    fn from(d: Denial) -> Self {
-        MandateError::Denied(d)
-    }
-}
-
-/// The mandate policy: every check, then an atomic reservation.
-#[derive(Clone, Debug)]
-pub struct MandatePolicy {
-    /// Where mandates and budgets live.
-    store: MandateStore,
-    /// The public half of `[mandates] signing_key`: only mandates it verifies are obeyed.
-    public: PublicKey,
-    /// `[mandates] required`: refuse jobs that name no mandate.
-    required: bool,
-}
-
-impl MandatePolicy {
-    /// A policy over `store`, trusting mandates signed by `public`.
-    pub fn new(store: MandateStore, public: PublicKey, required: bool) -> Self {
-        Self {
-            store,
-            public,
-            required,
-        }
-    }
-
-    /// The store it reads.
-    pub fn store(&self) -> &MandateStore {
-        &self.store
-    }
-
-    /// Whether a job must name a mandate.
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
-    /// Checks a refund against the mandate it names and reserves its amount from the daily
-    /// budget of `now`'s UTC day.
-    ///
-    /// No mandate named and none required → `Ok(None)`. Otherwise, in order: the mandate is
-    /// known, its signature verifies (and it is stored under its own id), it is not revoked,
-    /// not expired at `now`, names `agent_id`, caps `currency`, allows `amount` per refund;
-    /// then one Lua script reserves `amount` atomically, so workers racing for the last of a
-    /// budget never overspend. Idempotent per `job_key`: asking again returns the earlier
-    /// reservation (even from another day) and spends nothing more.
-    pub async fn authorize(
-        &self,
-        agent_id: Option<&Token>,
-        mandate_id: Option<&Token>,
-        amount: Amount,
-        currency: Currency,
-        job_key: &IdempotencyKey,
-        now: OffsetDateTime,
-    ) -> Result<Option<Reservation>, MandateError> {
-        let Some(mandate_id) = mandate_id else {
-            return if self.required {
-                Err(Denial::NoMandate.into())
-            } else {
-                Ok(None)
-            };
-        };
-        let id = mandate_id.as_str();
-        let day = JobDate::of(now).to_string();
-        for _ in 0..CHANGED_RETRIES {
-            let stored = match self.store.read(id).await? {
-                None => return Err(Denial::Unknown { id: id.to_owned() }.into()),
-                // Fields that do not even parse were not written by `grant`.
-                Some(Err(_)) => return Err(Denial::Forged { id: id.to_owned() }.into()),
-                Some(Ok(stored)) => stored,
-            };
-            // A validly signed mandate copied under another id is still a forgery here.
-            if stored.mandate.id != *mandate_id {
-                return Err(Denial::Forged { id: id.to_owned() }.into());
-            }
-            stored.mandate.check(
-                &self.public,
-                stored.revoked_at.as_deref(),
-                agent_id,
-                amount.minor(),
-                currency,
-                now,
-            )?;
-            match self
-                .store
-                .reserve(&stored.mandate, &day, amount.minor(), job_key)
-                .await?
-            {
-                ReserveAnswer::Reserved(reservation) => return Ok(Some(reservation)),
-                ReserveAnswer::Over { left } => {
-                    return Err(Denial::OverBudget {
-                        id: id.to_owned(),
-                        amount: amount.minor(),
-                        left,
-                    }
-                    .into());
-                }
-                ReserveAnswer::Revoked { at } => {
-                    return Err(Denial::Revoked {
-                        id: id.to_owned(),
-                        at,
-                    }
-                    .into());
-                }
-                ReserveAnswer::Unknown => return Err(Denial::Unknown { id: id.to_owned() }.into()),
-                ReserveAnswer::Conflict { reserved } => {
-                    return Err(Denial::KeyReused {
-                        id: id.to_owned(),
-                        job_key: job_key.to_string(),
-                        reserved,
-                        asked: amount.minor(),
-                    }
-                    .into());
-                }
-                // Re-granted between the read and the script: check the new one.
-                ReserveAnswer::Changed => continue,
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "mandate {id} kept changing while a refund was being reserved; try again"
-        ))
-        .into())
-    }
-
-    /// Gives a reservation back (the refund failed permanently). Idempotent: releasing twice
-    /// gives back once. A key that holds a different reservation is left alone.
-    pub async fn release(
-        &self,
-        reservation: &Reservation,
-        job_key: &IdempotencyKey,
-    ) -> Result<(), StoreError> {
-        if self.store.release(reservation, job_key).await? < 0 {
-            tracing::warn!(
-                mandate = %reservation.mandate_id,
-                job_key = %job_key,
-                "release asked for a reservation the job key does not hold; nothing given back"
-            );
-        }
-        Ok(())
-    }
 }

@@ -12,9 +12,9 @@ use backon::{ExponentialBuilder, Retryable};
 use redis::{RedisError, aio::ConnectionManager};
 
 pub use idempotency::{
-    Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordView, RefundRecord, Settle,
+    Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordState, RecordView, RefundRecord, Settle,
 };
-pub use mandates::{MandateError, MandateKeys, MandatePolicy, MandateStore, StoredMandate};
+pub use mandates::{MandateKeys, MandateStore, ReserveAnswer, StoredMandate};
 pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
 
 /// Why Redis could not answer.

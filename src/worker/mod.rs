@@ -565,7 +565,10 @@ impl Job {
 async fn wait_for_redis(shared: &Shared, shutdown: &CancellationToken) -> bool {
     let mut ok = shared.redis_ok.subscribe();
     shared.redis_ok.send_replace(false);
-    Health::set(&shared.health.redis, false);
+    shared
+        .pipeline
+        .redis_readiness()
+        .down("a job could not reach Redis");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return false,
@@ -601,7 +604,7 @@ async fn redis_monitor(shared: Arc<Shared>, stop: CancellationToken) {
             }
             match shared.pipeline.store().probe_write().await {
                 Ok(()) => {
-                    Health::set(&shared.health.redis, true);
+                    shared.pipeline.redis_readiness().up();
                     shared.redis_ok.send_replace(true);
                     break;
                 }

@@ -153,7 +153,10 @@ async fn a_later_timestamp_cannot_rekey_a_job() {
         Some(key.as_str()),
         "keyed by the day of first sight"
     );
-    assert_eq!(env.record(&key).await.unwrap().state, "done");
+    assert_eq!(
+        env.record(&key).await.unwrap().state,
+        refund_worker::store::RecordState::Done
+    );
     env.cleanup().await;
 }
 

@@ -264,6 +264,6 @@ async fn a_record_from_before_the_hash_tag_is_adopted_and_nothing_is_refunded_ag
         "the adopted record keeps the time it had left ({ttl_after} of {ttl_before} ms)"
     );
     let record = env.record(k.as_str()).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     env.cleanup().await;
 }

@@ -4,10 +4,13 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use refund_worker::{
-    governance::mandate::{Denial, Mandate, Reservation},
+    governance::{
+        MandateError, MandatePolicy,
+        mandate::{Denial, Mandate, Reservation},
+    },
     job::{Amount, Currency, IdempotencyKey, JobDate, Token},
     signing::KeyPair,
-    store::{self, MandateError, MandatePolicy, MandateStore},
+    store::{self, MandateStore},
 };
 use serde_json::Value;
 use time::{Duration as Span, OffsetDateTime};

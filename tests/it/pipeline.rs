@@ -56,7 +56,7 @@ async fn happy_path_refunds_every_job_once_and_acks() {
             "the job's key is the provider's key"
         );
         let record = env.record(&key).await.expect("a record per job");
-        assert_eq!(record.state, "done");
+        assert_eq!(record.state, refund_worker::store::RecordState::Done);
         assert_eq!(record.result.unwrap().refund.refund_id, entry.refund_id);
     }
     let metrics = run.metrics.render();
@@ -246,7 +246,11 @@ async fn provider_that_keeps_failing_is_dead_lettered_exhausted_not_lost() {
         .record(&format!("pi_always_down:{}", today()))
         .await
         .unwrap();
-    assert_eq!(record.state, "released", "the key stays free for a replay");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Released,
+        "the key stays free for a replay"
+    );
     assert!(record.uncertain, "and a replay reconciles first");
     env.cleanup().await;
 }
@@ -336,7 +340,7 @@ async fn pending_refund_is_synced_until_it_settles() {
         .record(&format!("pi_card_pending:{}", today()))
         .await
         .unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     env.cleanup().await;
 }
 
@@ -361,7 +365,11 @@ async fn pending_refund_that_fails_at_the_provider_is_dead_lettered_with_its_rea
         .record(&format!("pi_card_pendingfail:{}", today()))
         .await
         .unwrap();
-    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Failed,
+        "the record shows the final state"
+    );
     assert!(record.reason.unwrap().contains("expired_or_canceled_card"));
     env.cleanup().await;
 }

@@ -136,7 +136,7 @@ async fn asaas_receives_the_documented_request() {
     assert_eq!(ledger[0].idempotency_key.as_deref(), Some(key.as_str()));
     assert_eq!(ledger[0].refund_id, format!("pay_shape_1:{key}"));
     let record = env.record(&key).await.expect("a record");
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     assert_eq!(record.result.unwrap().refund.refund_id, ledger[0].refund_id);
 
     // The payment now lists the refund, with our marker, and is only partly refunded.
@@ -225,7 +225,7 @@ async fn asaas_timeout_after_execution_is_reconciled_by_reading_the_payment() {
     assert_eq!(amount, 5000);
     assert_eq!(refund_id, ledger[0].refund_id);
     let record = env.record(&key_of("pay_slow_timeout")).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     env.cleanup().await;
 }
 
@@ -256,7 +256,7 @@ async fn reconciliation_adopts_only_the_refund_carrying_its_own_marker() {
             .unwrap();
         assert_eq!(entry.amount, amount);
         let record = env.record(key).await.unwrap();
-        assert_eq!(record.state, "done");
+        assert_eq!(record.state, refund_worker::store::RecordState::Done);
         let result = record.result.unwrap().refund;
         assert_eq!(result.refund_id, entry.refund_id);
         assert_eq!(result.amount, amount);
@@ -284,7 +284,7 @@ async fn asaas_pending_refund_ends_refunded_after_sync() {
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(refund_posts(&env).len(), 1, "status syncs only read");
     let record = env.record(&key_of("pay_card_pending")).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     let (_, text) = Twin::new(&env).payment("pay_card_pending").await;
     let payment: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(payment["refunds"][0]["status"], "DONE");
@@ -309,7 +309,11 @@ async fn asaas_pending_refund_cancelled_by_asaas_is_dead_lettered_with_its_statu
         "a cancelled refund is not sent again by itself"
     );
     let record = env.record(&key_of("pay_card_pendingfail")).await.unwrap();
-    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Failed,
+        "the record shows the final state"
+    );
     assert!(record.reason.unwrap().contains("CANCELLED"));
     let (_, text) = Twin::new(&env).payment("pay_card_pendingfail").await;
     let payment: Value = serde_json::from_str(&text).unwrap();

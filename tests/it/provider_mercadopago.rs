@@ -79,7 +79,7 @@ async fn mercadopago_receives_the_documented_request() {
         "numeric ids"
     );
     let record = env.record(&key).await.expect("a record");
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     let stored = record.result.unwrap();
     assert_eq!(stored.provider, ProviderName::Mercadopago);
     assert_eq!(stored.refund.refund_id, entry.refund_id);
@@ -191,7 +191,7 @@ async fn pending_refund_is_synced_until_mercado_pago_approves_it() {
         "synced with GET {status_path}"
     );
     let record = env.record(&key_of("5151_pending")).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     assert_eq!(
         record.result.unwrap().refund.status,
         RefundStatus::Succeeded
@@ -220,7 +220,11 @@ async fn pending_refund_rejected_by_mercado_pago_is_dead_lettered_with_its_reaso
         "a rejected refund is not sent again by itself"
     );
     let record = env.record(&key_of("5252_pendingfail")).await.unwrap();
-    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Failed,
+        "the record shows the final state"
+    );
     assert!(record.reason.unwrap().contains("insufficient_funds"));
     env.cleanup().await;
 }

@@ -284,7 +284,7 @@ async fn pix_receives_the_documented_devolucao_request() {
     assert_eq!(ledger[0].amount, 18600, "the ledger counts centavos");
     assert_eq!(ledger[0].idempotency_key.as_deref(), Some(id.as_str()));
     let record = env.record(&key).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     let refund_id = record.result.unwrap().refund.refund_id;
     assert_eq!(refund_id, ledger[0].refund_id, "the rtrId is the refund id");
     assert!(
@@ -342,7 +342,7 @@ async fn pix_pending_devolucao_is_synced_until_devolvido() {
     assert_eq!(env.ledger().len(), 1);
     assert_eq!(requests(&env, "PUT").len(), 1, "status checks are GETs");
     let record = env.record(&format!("{e2e}:{}", today())).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     env.cleanup().await;
 }
 
@@ -371,7 +371,11 @@ async fn pix_pending_devolucao_nao_realizado_is_dead_lettered_with_the_motivo() 
         "a failed devolução is not sent again by itself"
     );
     let record = env.record(&format!("{e2e}:{}", today())).await.unwrap();
-    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Failed,
+        "the record shows the final state"
+    );
     assert!(record.reason.unwrap().contains("NAO_REALIZADO"));
     env.cleanup().await;
 }

@@ -144,7 +144,7 @@ async fn rinne_receives_the_documented_request() {
     assert_eq!(ledger[0].idempotency_key, None, "Rinne carries no key");
     let key = format!("tx_shape_1:{}", today());
     let record = env.record(&key).await.unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     assert_eq!(
         record.result.unwrap().refund.refund_id,
         "tx_shape_1:18600",
@@ -243,7 +243,7 @@ async fn pending_refund_is_synced_until_rinne_settles_it() {
         .record(&format!("tx_card_pending:{}", today()))
         .await
         .unwrap();
-    assert_eq!(record.state, "done");
+    assert_eq!(record.state, refund_worker::store::RecordState::Done);
     env.cleanup().await;
 }
 
@@ -275,7 +275,11 @@ async fn pending_refund_that_fails_at_rinne_is_dead_lettered_with_the_transactio
         .record(&format!("tx_card_pendingfail:{}", today()))
         .await
         .unwrap();
-    assert_eq!(record.state, "failed", "the record shows the final state");
+    assert_eq!(
+        record.state,
+        refund_worker::store::RecordState::Failed,
+        "the record shows the final state"
+    );
     assert!(record.reason.unwrap().contains("did not complete"));
     let tx = Client::new(&env).transaction("tx_card_pendingfail").await;
     assert_eq!(

@@ -316,7 +316,7 @@ pub async fn reconcile(
             continue;
         }
         match store.get(key).await {
-            Ok(Some(record)) if record.state == "done" => {}
+            Ok(Some(record)) if record.state == refund_worker::store::RecordState::Done => {}
             other => {
                 figures.unrecorded += 1;
                 figures.problem(format!(
