@@ -22,8 +22,9 @@ pub mod governance;
 /// HTTP plumbing shared by the connectors and the services: client, transport failures,
 /// retry hints.
 mod http;
-/// The refund job schema: strict parsing and validation (pure).
-pub mod job;
+/// The refund job schema: strict parsing and validation (pure), from the `refund-domain`
+/// crate; every `job::…` path names it.
+pub use refund_domain as job;
 /// Prometheus metrics, health and readiness.
 pub mod metrics;
 /// How a delivery ends.
