@@ -33,8 +33,6 @@ pub mod outcome;
 pub mod pipeline;
 /// Provider connectors: one trait, one file per rail.
 pub mod providers;
-/// The sandbox: the providers' APIs, faked faithfully, with a ledger.
-pub mod sandbox;
 /// The ERP, invoicing and WhatsApp services of governed refunds.
 pub mod services;
 /// Ed25519 keys from configuration (mandates, receipts).

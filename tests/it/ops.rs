@@ -13,10 +13,8 @@ use lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use refund_worker::{
-    broker::{self, Publisher, envelope::republish_properties, headers},
-    sandbox::FaultOptions,
-};
+use refund_sandbox::FaultOptions;
+use refund_worker::broker::{self, Publisher, envelope::republish_properties, headers};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json, value::RawValue};
 use time::{OffsetDateTime, macros::format_description};
 
 use super::{FixtureCustomer, FixtureOrder, Refusal, Sandbox, lock};
-use crate::job::{ProviderName, format_minor};
+use crate::{account, money::format_reais, provider::Provider};
 
 /// Where synthetic order codes start (for order ids that are not Omie codes).
 const SYNTHETIC_ORDER_CODE: u64 = 9_000_000_000_000_000;
@@ -50,10 +50,9 @@ pub(crate) struct State {
 
 impl Default for State {
     fn default() -> Self {
-        let erp = crate::config::Settings::default().services.erp;
         Self {
-            app_key: erp.app_key.unwrap_or_default(),
-            app_secret: erp.api_key.expose().to_owned(),
+            app_key: account::ERP_APP_KEY.to_owned(),
+            app_secret: account::ERP_APP_SECRET.to_owned(),
             orders: HashMap::new(),
             by_code: HashMap::new(),
             customers: HashMap::new(),
@@ -313,7 +312,7 @@ fn split_phone(phone: &str) -> (String, String) {
 
 /// Centavos as a JSON number in reais, by integer formatting.
 fn reais(minor: u64) -> Box<RawValue> {
-    RawValue::from_string(format_minor(minor, 2))
+    RawValue::from_string(format_reais(minor))
         .expect("digits, a dot and two digits are a JSON number")
 }
 
@@ -374,7 +373,7 @@ struct Parcela {
 
 /// The NF-e `tPag` code of a payment: Pix 17; a card (credit) 03.
 fn meio_pagamento(order: &FixtureOrder) -> &'static str {
-    if order.payment.provider == ProviderName::Pix || order.payment.pix_key.is_some() {
+    if order.payment.provider == Provider::Pix || order.payment.pix_key.is_some() {
         "17"
     } else {
         "03"

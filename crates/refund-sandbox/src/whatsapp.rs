@@ -55,14 +55,10 @@ pub(crate) struct State {
 
 impl Default for State {
     fn default() -> Self {
-        let settings = crate::config::Settings::default().services.whatsapp;
         Self {
-            instance_id: settings.instance_id.unwrap_or_default(),
-            instance_token: settings
-                .instance_token
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
-            client_token: settings.api_key.expose().to_owned(),
+            instance_id: crate::account::WHATSAPP_INSTANCE_ID.to_owned(),
+            instance_token: crate::account::WHATSAPP_INSTANCE_TOKEN.to_owned(),
+            client_token: crate::account::WHATSAPP_CLIENT_TOKEN.to_owned(),
             messages: Vec::new(),
         }
     }

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use super::Refusal;
-use crate::providers::guard::TokenBucket;
+use crate::rate::RateLimiter;
 
 /// The on-demand faults a sandbox injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +117,7 @@ pub struct FaultCounts {
 #[derive(Debug)]
 pub(crate) struct FaultState {
     rng: StdRng,
-    bucket: Option<TokenBucket>,
+    bucket: Option<RateLimiter>,
     /// The burst under way and when it ends.
     burst: Option<(Burst, Instant)>,
     /// Faults injected so far.
@@ -129,7 +129,7 @@ impl FaultState {
     pub(crate) fn new(options: &FaultOptions) -> Self {
         Self {
             rng: StdRng::seed_from_u64(options.seed),
-            bucket: options.rate_limit.map(TokenBucket::new),
+            bucket: options.rate_limit.map(RateLimiter::new),
             burst: None,
             counts: FaultCounts::default(),
         }
