@@ -5,8 +5,8 @@
 //! Like Omie: the trailing slash is required (without it, 301), every fault is
 //! `{"faultstring","faultcode"}` with HTTP 500, an unknown record is a "não cadastrado"
 //! fault, and the consumption limit answers 429 with a fault that names the seconds to
-//! wait. The twin accepts only the sandbox account (`app_key`/`api_key` of
-//! `config/default.toml`). How an order carries its payment (a `pagamento:` line in
+//! wait. The twin accepts only the sandbox account (`account::ERP_APP_KEY` and
+//! `account::ERP_APP_SECRET`, which the worker's defaults name). How an order carries its payment (a `pagamento:` line in
 //! `observacoes.obs_venda`) and its NF-e (`infoNfe`) is our convention, docs/SERVICES.md.
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@
 //! `Idempotent-Replayed: true`), never a second note; the same key with another request is a
 //! `422 idempotency_key_reused`. A note that started issuing is issued even if the client
 //! hangs up; with `--timeout-rate` its answer is then held back, as a lost answer would be.
-//! The twin accepts only the sandbox account's key (`config/default.toml`).
+//! The twin accepts only the sandbox account's key (`account::INVOICING_API_KEY`).
 
 use std::collections::HashMap;
 

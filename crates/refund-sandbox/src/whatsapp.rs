@@ -7,7 +7,7 @@
 //! method and 415 without `Content-Type: application/json` (both documented); and, the
 //! twin's own plausible choices, 401 for an unknown instance or instance token, 403 for a
 //! missing or wrong `Client-Token`, 400 for a phone that is not digits only. The twin knows
-//! one instance: the sandbox account of `config/default.toml`. With `--timeout-rate` a
+//! one instance: the sandbox account's (`account::WHATSAPP_*`). With `--timeout-rate` a
 //! delivered message's answer is held back, as a lost answer would be.
 
 use axum::{
