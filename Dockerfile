@@ -4,7 +4,11 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
+# The workspace: the worker (src/) and its member crates (crates/: the job schema, the sandbox).
+COPY crates ./crates
 COPY src ./src
+# Cargo.toml names the benchmark target; cargo refuses a manifest whose target file is missing.
+COPY benches ./benches
 # The built-in defaults are compiled in (include_str!).
 COPY config/default.toml ./config/default.toml
 RUN cargo build --release --locked --features tls

@@ -24,8 +24,9 @@ pub mod governance;
 /// HTTP plumbing shared by the connectors and the services: client, transport failures,
 /// retry hints.
 mod http;
-/// The refund job schema: strict parsing and validation (pure).
-pub mod job;
+/// The refund job schema: strict parsing and validation (pure), from the `refund-domain`
+/// crate; every `job::…` path names it.
+pub use refund_domain as job;
 /// Prometheus metrics, health and readiness.
 pub mod metrics;
 /// How a delivery ends.
@@ -34,8 +35,6 @@ pub mod outcome;
 pub mod pipeline;
 /// Provider connectors: one trait, one file per rail.
 pub mod providers;
-/// The sandbox: the providers' APIs, faked faithfully, with a ledger.
-pub mod sandbox;
 /// The ERP, invoicing and WhatsApp services of governed refunds.
 pub mod services;
 /// Ed25519 keys from configuration (mandates, receipts).

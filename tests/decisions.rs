@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use lapin::{BasicProperties, types::AMQPValue};
+use refund_sandbox::{FaultOptions, Sandbox};
 use refund_worker::{
     app::{Connections, JobRunner},
     broker::job_properties,
@@ -19,7 +20,6 @@ use refund_worker::{
     ending::{EarlierRefund, Fate, JobEnd},
     job::{JobDate, ProviderName},
     outcome::FailureClass,
-    sandbox::{FaultOptions, Sandbox},
     store::IdempotencyStore,
 };
 use serde_json::json;

@@ -14,6 +14,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use refund_sandbox::{FaultOptions, FixtureOrder, Sandbox, generated_orders};
+
 use super::{CommandError, Context, runtime, scratch_world};
 use crate::{
     app,
@@ -23,7 +25,6 @@ use crate::{
     governance::mandate::Mandate,
     job::{Currency, JobDate, ProviderName, Token},
     outcome::FailureClass,
-    sandbox::{FaultOptions, FixtureOrder, Sandbox, generated_orders},
     services::whatsapp::format_money,
     signing::KeyPair,
     store::{MandateStore, ReceiptChain},

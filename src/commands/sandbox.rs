@@ -2,11 +2,10 @@
 
 use std::{path::Path, time::Duration};
 
+use refund_sandbox::{FaultOptions, FixtureOrder, Sandbox, parse_fixtures};
+
 use super::{CommandError, shutdown_on_signal};
-use crate::{
-    cli::SandboxArgs,
-    sandbox::{FaultOptions, FixtureOrder, Sandbox, parse_fixtures},
-};
+use crate::cli::SandboxArgs;
 
 /// Reads and checks a fixtures file; any bad line refuses the whole file (exit 2).
 pub fn read_fixtures(path: &Path) -> Result<Vec<FixtureOrder>, CommandError> {

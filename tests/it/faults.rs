@@ -4,11 +4,8 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use lapin::BasicProperties;
-use refund_worker::{
-    job::ProviderName,
-    outcome::Outcome,
-    sandbox::{FaultOptions, Sandbox},
-};
+use refund_sandbox::{FaultOptions, Sandbox};
+use refund_worker::{job::ProviderName, outcome::Outcome};
 use serde_json::json;
 
 use crate::helpers::{PrivateRedis, TestEnv, eventually, stripe_job, today};

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use refund_sandbox::{FaultOptions, FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment};
 use refund_worker::{
     governance::mandate::Mandate,
     job::{Currency, Token},
     outcome::{FailureClass, Outcome},
-    sandbox::{FaultOptions, FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment},
     signing::KeyPair,
     store::{self, MandateStore, ReceiptChain},
     worker::Disposition,
@@ -29,7 +29,7 @@ fn pix_order(id: &str, n: u32, paid: u64) -> FixtureOrder {
         total: paid,
         currency: "BRL".into(),
         payment: FixturePayment {
-            provider: refund_worker::job::ProviderName::Pix,
+            provider: refund_sandbox::Provider::Pix,
             payment_id: e2eid(n),
             amount: paid,
             pix_key: Some("ana.souza@example.com".into()),

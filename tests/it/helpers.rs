@@ -8,6 +8,7 @@ use std::{
 };
 
 use lapin::{BasicProperties, options::BasicGetOptions, types::AMQPValue};
+use refund_sandbox::{FaultOptions, LedgerEntry, Sandbox};
 use refund_worker::{
     app::{self, Connections},
     broker::{self, OutgoingJob, Publisher, Topology},
@@ -15,7 +16,6 @@ use refund_worker::{
     job::{IdempotencyKey, JobDate},
     metrics::Metrics,
     outcome::Outcome,
-    sandbox::{FaultOptions, LedgerEntry, Sandbox},
     store::{IdempotencyStore, RecordView},
     worker::{JobReport, RunEnd},
 };

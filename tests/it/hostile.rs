@@ -436,7 +436,7 @@ async fn a_thousand_poisoned_messages_among_a_thousand_jobs_stop_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_holding_jobs_it_cannot_finish_reports_itself_stalled() {
-    let faults = refund_worker::sandbox::FaultOptions {
+    let faults = refund_sandbox::FaultOptions {
         latency: std::time::Duration::from_millis(2500),
         ..Default::default()
     };

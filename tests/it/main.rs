@@ -1,5 +1,7 @@
 //! Integration tests against the real RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379).
 //! Each test runs under its own queue prefix and Redis namespace, with its own sandbox.
+// Test helpers are `pub` for their sibling modules; the test binary exports nothing.
+#![allow(unreachable_pub)]
 
 mod bench;
 mod chaos;

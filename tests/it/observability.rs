@@ -21,7 +21,7 @@ use refund_worker::metrics;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use refund_worker::sandbox::FaultOptions;
+use refund_sandbox::FaultOptions;
 
 use crate::{
     helpers::{REDIS_URL, TestEnv, binary, eventually, today},

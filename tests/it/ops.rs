@@ -13,14 +13,12 @@ use lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use refund_worker::{
-    broker::{
-        self, Publisher,
-        envelope::{Republish, republish_properties},
-        headers,
-        seal::Sealer,
-    },
-    sandbox::FaultOptions,
+use refund_sandbox::FaultOptions;
+use refund_worker::broker::{
+    self, Publisher,
+    envelope::{Republish, republish_properties},
+    headers,
+    seal::Sealer,
 };
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};

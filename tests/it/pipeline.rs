@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
+use refund_sandbox::FaultOptions;
 use refund_worker::{
     job::JobDate,
     outcome::{FailureClass, Outcome},
-    sandbox::FaultOptions,
     worker::Disposition,
 };
 use serde_json::json;

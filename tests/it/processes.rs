@@ -3,7 +3,8 @@
 
 use std::{process::Stdio, time::Duration};
 
-use refund_worker::{outcome::Outcome, sandbox::FaultOptions};
+use refund_sandbox::FaultOptions;
+use refund_worker::outcome::Outcome;
 use tokio::process::{Child, Command};
 
 use crate::helpers::{TestEnv, binary, eventually, stripe_job};

@@ -6,12 +6,8 @@
 
 use std::time::Duration;
 
-use refund_worker::{
-    job::ProviderName,
-    outcome::Outcome,
-    sandbox::{FaultOptions, RecordedRequest},
-    worker::JobReport,
-};
+use refund_sandbox::{FaultOptions, Provider, RecordedRequest};
+use refund_worker::{outcome::Outcome, worker::JobReport};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, today};
@@ -385,7 +381,7 @@ async fn non_brl_job_is_dead_lettered_without_calling_asaas() {
 async fn refund_beyond_the_refundable_amount_is_dead_lettered_with_asaas_reason() {
     let env = TestEnv::start("asaas-over").await;
     env.sandbox
-        .seed_payment(ProviderName::Asaas, "pay_small", 1000, "BRL");
+        .seed_payment(Provider::Asaas, "pay_small", 1000, "BRL");
     env.publish_json(&[asaas_job("pay_small", 1500)]).await;
 
     env.run_until_idle().await;
@@ -467,7 +463,7 @@ async fn asaas_twin_refuses_what_asaas_refuses_before_executing() {
         );
     }
     env.sandbox
-        .seed_payment(ProviderName::Asaas, "pay_r_small", 100, "BRL");
+        .seed_payment(Provider::Asaas, "pay_r_small", 100, "BRL");
     let (status, text) = twin.refund("pay_r_small", TOKEN, r#"{"value":1.01}"#).await;
     assert_eq!((status, code(&text).as_str()), (400, "invalid_value"));
     assert!(text.contains("R$ 1.00"), "{text}");

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use refund_sandbox::{FaultOptions, Provider};
 use refund_worker::{
     config::Settings,
     job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
@@ -12,7 +13,6 @@ use refund_worker::{
     providers::{
         ProviderError, RefundProvider, RefundRequest, RefundStatus, mercadopago::MercadoPago,
     },
-    sandbox::FaultOptions,
 };
 use serde_json::{Value, json, value::RawValue};
 
@@ -282,7 +282,7 @@ async fn flaky_refund_is_retried_and_refunded_once() {
 async fn over_refund_and_foreign_currency_are_dead_lettered_permanent() {
     let env = TestEnv::start("mp-refusals").await;
     env.sandbox
-        .seed_payment(ProviderName::Mercadopago, "8181", 10_000, "BRL");
+        .seed_payment(Provider::Mercadopago, "8181", 10_000, "BRL");
     let mut usd = mp_job("8282", 500);
     usd["currency"] = json!("USD");
     env.publish_json(&[mp_job("8181", 18600), usd]).await;
@@ -455,7 +455,7 @@ async fn twin_enforces_mercado_pagos_idempotency_and_validation() {
     let env = TestEnv::start("mp-twin").await;
     let twin = Twin::new(&env);
     env.sandbox
-        .seed_payment(ProviderName::Mercadopago, "1212", 10_000, "BRL");
+        .seed_payment(Provider::Mercadopago, "1212", 10_000, "BRL");
 
     let (status, body) = twin.post("1212", None, r#"{"amount":10}"#).await;
     assert_eq!(status, 400);

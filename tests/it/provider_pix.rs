@@ -3,10 +3,10 @@
 
 use std::{sync::OnceLock, time::Duration};
 
+use refund_sandbox::{FaultOptions, Provider, RecordedRequest};
 use refund_worker::{
-    job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
+    job::{Amount, Currency, IdempotencyKey, Reason, Token},
     providers::{ProviderError, RefundProvider, RefundRequest, RefundStatus, pix::Pix},
-    sandbox::{FaultOptions, RecordedRequest},
 };
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -471,8 +471,7 @@ async fn pix_valor_carries_ten_digits_of_reais_and_no_more() {
 async fn pix_over_refund_is_dead_lettered_with_pix_devolucao_invalida() {
     let env = TestEnv::start("pix-over").await;
     let e2e = e2eid("5");
-    env.sandbox
-        .seed_payment(ProviderName::Pix, &e2e, 1000, "BRL");
+    env.sandbox.seed_payment(Provider::Pix, &e2e, 1000, "BRL");
     env.publish_json(&[pix_job(&e2e, 1500)]).await;
 
     env.run_until_idle().await;

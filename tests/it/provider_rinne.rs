@@ -4,12 +4,8 @@
 
 use std::time::Duration;
 
-use refund_worker::{
-    job::ProviderName,
-    outcome::Outcome,
-    sandbox::{FaultOptions, RecordedRequest},
-    worker::Disposition,
-};
+use refund_sandbox::{FaultOptions, Provider, RecordedRequest};
+use refund_worker::{outcome::Outcome, worker::Disposition};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, today};
@@ -331,7 +327,7 @@ async fn integration_errors_are_reconciled_then_retried_and_refunded_once() {
 async fn over_refund_is_dead_lettered_before_anything_is_sent() {
     let env = TestEnv::start("rinne-over").await;
     env.sandbox
-        .seed_payment(ProviderName::Rinne, "tx_small", 1000, "BRL");
+        .seed_payment(Provider::Rinne, "tx_small", 1000, "BRL");
     env.publish_json(&[rinne_job("tx_small", 1500)]).await;
 
     env.run_until_idle().await;
@@ -380,7 +376,7 @@ async fn missing_merchant_or_foreign_currency_is_dead_lettered_without_a_call() 
 async fn twin_has_no_idempotency_and_tracks_refunded_amount() {
     let env = TestEnv::start("rinne-twin").await;
     env.sandbox
-        .seed_payment(ProviderName::Rinne, "tx_twin", 10_000, "BRL");
+        .seed_payment(Provider::Rinne, "tx_twin", 10_000, "BRL");
     let rinne = Client::new(&env);
     let body = json!({ "refund_amount": 4000, "refund_reason": "CUSTOMER_REQUEST" });
 
@@ -534,7 +530,7 @@ async fn a_409_while_a_refund_is_in_flight_is_an_unknown_outcome_not_a_refusal()
     );
     // Refunded in full, nothing in flight: 409 is a refusal.
     env.sandbox
-        .seed_payment(ProviderName::Rinne, "tx_paid", 3000, "BRL");
+        .seed_payment(Provider::Rinne, "tx_paid", 3000, "BRL");
     rinne.refund(&request("tx_paid")).await.unwrap();
     let refused = rinne.refund(&request("tx_paid")).await.unwrap_err();
     assert!(

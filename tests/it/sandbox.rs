@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use refund_worker::{job::ProviderName, sandbox::FaultOptions};
+use refund_sandbox::{FaultOptions, Provider};
 use serde_json::Value;
 
 use crate::helpers::TestEnv;
@@ -71,7 +71,7 @@ async fn same_idempotency_key_replays_the_same_refund() {
 async fn refunds_never_exceed_what_settled() {
     let env = TestEnv::start("sb-amount").await;
     env.sandbox
-        .seed_payment(ProviderName::Stripe, "ch_sb_small", 1000, "BRL");
+        .seed_payment(Provider::Stripe, "ch_sb_small", 1000, "BRL");
     let stripe = Stripe::new(&env);
     let refund = |key: &'static str, amount: &'static str| {
         let stripe = &stripe;

@@ -4,14 +4,14 @@
 
 use std::{process::Stdio, time::Duration};
 
+use refund_sandbox::{
+    FaultOptions, FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment, Provider,
+    RecordedRequest, Sandbox, generated_orders,
+};
 use refund_worker::{
     config::{Secret, Settings},
     job::{Amount, Currency, IdempotencyKey, ProviderName, Reason, Token},
     providers::ProviderError,
-    sandbox::{
-        FaultOptions, FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment,
-        RecordedRequest, Sandbox, generated_orders,
-    },
     services::{
         CreditNoteRequest, Customer, Invoice, Message, Order, OrderPayment, Services,
         whatsapp::render,
@@ -94,7 +94,7 @@ fn ana() -> FixtureOrder {
         total: 18600,
         currency: "BRL".into(),
         payment: FixturePayment {
-            provider: ProviderName::Pix,
+            provider: Provider::Pix,
             payment_id: E2EID.into(),
             amount: 18600,
             pix_key: Some("payer@example.com".into()),
@@ -118,7 +118,7 @@ fn card_order() -> FixtureOrder {
         total: 5000,
         currency: "BRL".into(),
         payment: FixturePayment {
-            provider: ProviderName::Stripe,
+            provider: Provider::Stripe,
             payment_id: "ch_3QcardPayment77".into(),
             amount: 4990,
             pix_key: None,
@@ -358,7 +358,10 @@ async fn generated_orders_load_and_look_up() {
     let erp = twin.services().erp;
     for fixture in &orders {
         let order = erp.order(&fixture.order_id).await.unwrap().unwrap();
-        assert_eq!(order.payment.provider, fixture.payment.provider);
+        assert_eq!(
+            order.payment.provider.as_str(),
+            fixture.payment.provider.as_str()
+        );
         assert_eq!(
             order.payment.payment_id.as_str(),
             fixture.payment.payment_id
@@ -699,4 +702,64 @@ async fn sandbox_binary_serves_orders_from_a_fixtures_file() {
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The built-in defaults (`config/default.toml`) name the sandbox's account, so `demo` and a
+/// fresh `run --providers-url <sandbox>` authenticate out of the box. The sandbox keeps its
+/// own copy of the account and reads no product configuration: this test is where the two
+/// are held together.
+#[test]
+fn default_settings_name_the_sandbox_account() {
+    use refund_sandbox::account;
+    let settings = Settings::default();
+    let (providers, services) = (&settings.providers, &settings.services);
+    let pairs = [
+        (
+            providers.stripe.api_key.expose(),
+            account::STRIPE_SECRET_KEY,
+        ),
+        (
+            providers.mercadopago.api_key.expose(),
+            account::MERCADOPAGO_ACCESS_TOKEN,
+        ),
+        (providers.asaas.api_key.expose(), account::ASAAS_API_KEY),
+        (providers.pix.api_key.expose(), account::PIX_CLIENT_SECRET),
+        (
+            providers.pix.client_id.as_deref().unwrap_or(""),
+            account::PIX_CLIENT_ID,
+        ),
+        (providers.rinne.api_key.expose(), account::RINNE_API_KEY),
+        (
+            providers.rinne.merchant_id.as_deref().unwrap_or(""),
+            account::RINNE_MERCHANT_ID,
+        ),
+        (
+            services.erp.app_key.as_deref().unwrap_or(""),
+            account::ERP_APP_KEY,
+        ),
+        (services.erp.api_key.expose(), account::ERP_APP_SECRET),
+        (
+            services.invoicing.api_key.expose(),
+            account::INVOICING_API_KEY,
+        ),
+        (
+            services.whatsapp.instance_id.as_deref().unwrap_or(""),
+            account::WHATSAPP_INSTANCE_ID,
+        ),
+        (
+            services
+                .whatsapp
+                .instance_token
+                .as_ref()
+                .map_or("", |t| t.expose()),
+            account::WHATSAPP_INSTANCE_TOKEN,
+        ),
+        (
+            services.whatsapp.api_key.expose(),
+            account::WHATSAPP_CLIENT_TOKEN,
+        ),
+    ];
+    for (product, sandbox) in pairs {
+        assert_eq!(product, sandbox);
+    }
 }

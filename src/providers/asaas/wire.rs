@@ -134,7 +134,7 @@ impl Payment {
     /// (which only a resend after a lost record can cause), the newest one is the request's
     /// latest attempt. A marked refund for another amount than the request's is not adopted:
     /// that needs a human.
-    pub fn refund_for(
+    pub(crate) fn refund_for(
         &self,
         request: &RefundRequest,
     ) -> Result<Option<ProviderRefund>, ProviderError> {

@@ -91,7 +91,7 @@ pub(crate) enum Id {
 }
 
 impl Id {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         match self {
             Id::Number(n) => n.to_string(),
             Id::Text(s) => s.clone(),
@@ -114,12 +114,12 @@ pub(crate) struct RefundObject {
 
 impl RefundObject {
     /// The amount in centavos, if it reads exactly.
-    pub fn amount_minor(&self) -> Option<u64> {
+    pub(crate) fn amount_minor(&self) -> Option<u64> {
         self.amount.as_deref().and_then(read_amount)
     }
 
     /// Our view of it; `Err` when its amount does not read exactly.
-    pub fn into_refund(self) -> Result<ProviderRefund, String> {
+    pub(crate) fn into_refund(self) -> Result<ProviderRefund, String> {
         let refund_id = self.id.text();
         let amount = self.amount_minor().ok_or_else(|| {
             format!(
@@ -194,7 +194,7 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// The snapshot of these refunds, as stored text (never empty: the store reads an empty
     /// snapshot as none).
-    pub fn of(refunds: &[RefundObject]) -> String {
+    pub(crate) fn of(refunds: &[RefundObject]) -> String {
         serde_json::to_string(&Snapshot {
             v: 1,
             refund_ids: refunds.iter().map(|r| r.id.text()).collect(),
@@ -203,7 +203,7 @@ impl Snapshot {
     }
 
     /// Reads a stored snapshot.
-    pub fn parse(text: &str) -> Result<Self, ProviderError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ProviderError> {
         match serde_json::from_str::<Snapshot>(text) {
             Ok(snapshot) if snapshot.v == 1 => Ok(snapshot),
             _ => Err(ProviderError::Permanent {

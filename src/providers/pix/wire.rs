@@ -107,7 +107,7 @@ pub(crate) struct Devolucao {
 impl Devolucao {
     /// Checks what API Pix requires of a request (BRL, an EndToEndId, an expressible `valor`)
     /// and builds the call. Every failure is permanent: no retry changes the job.
-    pub fn of(request: &RefundRequest) -> Result<Self, ProviderError> {
+    pub(crate) fn of(request: &RefundRequest) -> Result<Self, ProviderError> {
         if request.currency != Currency::BRL {
             return Err(ProviderError::Permanent {
                 code: Some("currency".into()),
@@ -134,7 +134,7 @@ impl Devolucao {
     }
 
     /// The path under the base URL.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         format!("/pix/{}/devolucao/{}", self.e2eid, self.id)
     }
 }
@@ -155,7 +155,7 @@ impl DevolucaoAnswer {
     /// Our view of it, for the request that made it. `Unknown` when the answer cannot be
     /// read (the devolução exists, but we cannot say what it is); `Permanent` when it is not
     /// the refund this job asks for.
-    pub fn into_refund(self, expected: Amount) -> Result<ProviderRefund, ProviderError> {
+    pub(crate) fn into_refund(self, expected: Amount) -> Result<ProviderRefund, ProviderError> {
         let Some(amount) = parse_decimal(&self.valor, 2) else {
             return Err(ProviderError::unknown(format!(
                 "pix: devolução {} has an unreadable valor {:?}",

@@ -120,12 +120,12 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// `v1:{refunded_amount}:{status}`, e.g. `v1:0:APPROVED`.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!("v1:{}:{}", self.refunded, self.status)
     }
 
     /// Reads [`encode`](Self::encode)'s output back.
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let (refunded, status) = text.strip_prefix("v1:")?.split_once(':')?;
         Some(Self {
             refunded: refunded.parse().ok()?,

@@ -73,7 +73,7 @@ pub(crate) struct RefundObject {
 
 impl RefundObject {
     /// Our view of it.
-    pub fn into_refund(self) -> ProviderRefund {
+    pub(crate) fn into_refund(self) -> ProviderRefund {
         let status = match self.status.as_str() {
             "succeeded" => RefundStatus::Succeeded,
             "pending" | "requires_action" => RefundStatus::Pending,

@@ -38,7 +38,7 @@ pub(crate) enum OrderKey<'a> {
 
 impl<'a> OrderKey<'a> {
     /// The key for `order_id`.
-    pub fn of(order_id: &'a str) -> Self {
+    pub(crate) fn of(order_id: &'a str) -> Self {
         let numeric = (1..=18).contains(&order_id.len())
             && order_id.bytes().all(|b| b.is_ascii_digit())
             && !order_id.starts_with('0');
@@ -49,7 +49,7 @@ impl<'a> OrderKey<'a> {
     }
 
     /// The `param` entry of `ConsultarPedido`.
-    pub fn param(&self) -> Value {
+    pub(crate) fn param(&self) -> Value {
         match self {
             OrderKey::Code(code) => json!({ "codigo_pedido": code }),
             OrderKey::Integration(id) => json!({ "codigo_pedido_integracao": id }),
@@ -57,7 +57,7 @@ impl<'a> OrderKey<'a> {
     }
 
     /// Refuses an answer about another order than the one asked for.
-    pub fn check(&self, pedido: &Pedido) -> Result<(), ProviderError> {
+    pub(crate) fn check(&self, pedido: &Pedido) -> Result<(), ProviderError> {
         let header = &pedido.cabecalho;
         let same = match self {
             OrderKey::Code(code) => header.codigo_pedido == *code,
@@ -277,7 +277,7 @@ pub(crate) struct Cliente {
 
 impl Pedido {
     /// The customer's Omie code.
-    pub fn customer_code(&self) -> u64 {
+    pub(crate) fn customer_code(&self) -> u64 {
         self.cabecalho.codigo_cliente
     }
 }

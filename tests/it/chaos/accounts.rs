@@ -9,13 +9,13 @@ use lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use refund_sandbox::LedgerEntry;
 use refund_worker::{
     broker::{
         self, Topology,
         events::{EventStatus, OutcomeEvent},
         headers,
     },
-    sandbox::LedgerEntry,
     store::IdempotencyStore,
 };
 

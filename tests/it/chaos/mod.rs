@@ -22,10 +22,8 @@ mod workers;
 
 use std::time::{Duration, Instant};
 
-use refund_worker::{
-    config::Settings,
-    sandbox::{Burst, FaultOptions},
-};
+use refund_sandbox::{Burst, FaultOptions};
+use refund_worker::config::Settings;
 
 use crate::{
     helpers::{AMQP_URL, PrivateRedis, REDIS_URL, TestEnv, eventually},

@@ -17,8 +17,9 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    job::{ProviderName, Token},
-    services::invoicing::{access_key_check_digit, is_access_key},
+    ids::check_id,
+    nfe::{self, is_access_key},
+    provider::Provider,
 };
 
 /// One ERP order.
@@ -49,7 +50,7 @@ pub struct FixtureOrder {
 #[serde(deny_unknown_fields)]
 pub struct FixturePayment {
     /// The rail.
-    pub provider: ProviderName,
+    pub provider: Provider,
     /// The provider's payment id (a Pix e2eid is 32 alphanumerics).
     pub payment_id: String,
     /// What settled, minor units; the provider twin is seeded with it.
@@ -95,7 +96,7 @@ fn yes() -> bool {
 impl FixtureOrder {
     /// Checks what the twins and the worker rely on; the error names the field.
     pub fn check(&self) -> Result<(), String> {
-        Token::parse(&self.order_id).map_err(|rule| format!("order_id {rule}"))?;
+        check_id(&self.order_id).map_err(|rule| format!("order_id {rule}"))?;
         if self.total == 0 {
             return Err("total must be at least 1 (minor units)".into());
         }
@@ -106,8 +107,8 @@ impl FixtureOrder {
             ));
         }
         let payment = &self.payment;
-        Token::parse(&payment.payment_id).map_err(|rule| format!("payment.payment_id {rule}"))?;
-        if payment.provider == ProviderName::Pix
+        check_id(&payment.payment_id).map_err(|rule| format!("payment.payment_id {rule}"))?;
+        if payment.provider == Provider::Pix
             && !(payment.payment_id.len() == 32
                 && payment
                     .payment_id
@@ -199,9 +200,7 @@ pub(crate) fn access_key(yymm: &str, serie: u32, number: u64) -> String {
         "35{yymm:0>4}{SANDBOX_CNPJ}55{serie:03}{number:09}1{code:08}",
         code = (number * 7919 + 13) % 100_000_000
     );
-    let dv = access_key_check_digit(&first_43)
-        .expect("43 digits: every part above is zero-padded digits");
-    format!("{first_43}{dv}")
+    nfe::with_check_digit(&first_43).expect("43 digits: every part above is zero-padded digits")
 }
 
 const NAMES: &[&str] = &[
@@ -236,7 +235,7 @@ pub fn generated_orders(n: usize, seed: u64) -> Vec<FixtureOrder> {
             let phone = format!("+55119{:08}", rng.random_range(0..100_000_000u64));
             let payment = if i % 3 == 2 {
                 FixturePayment {
-                    provider: ProviderName::Stripe,
+                    provider: Provider::Stripe,
                     payment_id: format!("ch_{}", random_text(&mut rng, ALNUM, 24)),
                     amount,
                     pix_key: None,
@@ -254,7 +253,7 @@ pub fn generated_orders(n: usize, seed: u64) -> Vec<FixtureOrder> {
                     rng.random_range(0..100_000_000_000u64)
                 );
                 FixturePayment {
-                    provider: ProviderName::Pix,
+                    provider: Provider::Pix,
                     payment_id: e2eid,
                     amount,
                     pix_key: Some(format!(
@@ -296,7 +295,7 @@ mod tests {
         assert_eq!(orders.len(), 1);
         assert!(orders[0].settled);
         assert_eq!(orders[0].invoice, None);
-        assert_eq!(orders[0].payment.provider, ProviderName::Pix);
+        assert_eq!(orders[0].payment.provider, Provider::Pix);
     }
 
     #[test]
@@ -341,13 +340,13 @@ mod tests {
                 .check()
                 .unwrap_or_else(|e| panic!("{}: {e}", order.order_id));
             assert_eq!(
-                crate::sandbox::Magic::of(&order.payment.payment_id),
-                crate::sandbox::Magic::Plain
+                crate::Magic::of(&order.payment.payment_id),
+                crate::Magic::Plain
             );
         }
         let pix = orders
             .iter()
-            .filter(|o| o.payment.provider == ProviderName::Pix)
+            .filter(|o| o.payment.provider == Provider::Pix)
             .count();
         assert_eq!(pix, 20);
         assert_eq!(orders.len() - pix, 10, "card payments on stripe");

@@ -24,7 +24,11 @@ use serde_json::{Value, json, value::RawValue};
 use time::{OffsetDateTime, macros::format_description};
 
 use super::{Magic, Payment, RefundBlocked, Refusal, Sandbox, lock};
-use crate::job::{IdempotencyKey, ProviderName, format_minor, parse_decimal};
+use crate::{
+    ids::check_key,
+    money::{format_reais, parse_reais},
+    provider::Provider,
+};
 
 /// The longest refund `description` the twin accepts (Asaas's limit on a payment's
 /// description; none is documented for refunds).
@@ -88,7 +92,7 @@ fn marked_key(description: &str) -> Option<&str> {
         .trim_end()
         .strip_suffix(']')?
         .rsplit_once("[ref:")?;
-    IdempotencyKey::parse(key).ok().map(|_| key)
+    check_key(key).ok().map(|_| key)
 }
 
 /// Asaas answers 401 to a missing or unknown key, and wants a `User-Agent` from every client.
@@ -202,7 +206,7 @@ fn parse_create(
     })?;
     let value = match parsed.value {
         None => None,
-        Some(raw) => match parse_decimal(raw.get(), 2) {
+        Some(raw) => match parse_reais(raw.get()) {
             Some(v) if v >= 1 => Some(v),
             _ => {
                 return Err(error(
@@ -264,7 +268,7 @@ async fn create(
 
 async fn accept(sandbox: Sandbox, params: CreateParams) -> Response {
     if let Err(refusal) = sandbox
-        .gate(ProviderName::Asaas, &params.payment_id, true)
+        .gate(Provider::Asaas, &params.payment_id, true)
         .await
     {
         return refused(&sandbox, refusal);
@@ -273,7 +277,7 @@ async fn accept(sandbox: Sandbox, params: CreateParams) -> Response {
         Ok(object) => object,
         Err(refusal) => return respond(refusal),
     };
-    if sandbox.loses_answer(ProviderName::Asaas, &params.payment_id) {
+    if sandbox.loses_answer(Provider::Asaas, &params.payment_id) {
         tokio::time::sleep(sandbox.timeout_hold()).await;
     }
     (StatusCode::OK, axum::Json(object)).into_response()
@@ -285,7 +289,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
     let id = &params.payment_id;
     // Held across the ledger write, so a look-up never sees the ledger ahead of the payment.
     let mut state = lock(&sandbox.inner.asaas);
-    let payment = sandbox.payment(ProviderName::Asaas, id);
+    let payment = sandbox.payment(Provider::Asaas, id);
     let left = payment.settled - payment.refunded;
     let already_refunded = || {
         error(
@@ -315,7 +319,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
         }
         None => format!("{id}:refund-{}", refunds.len() + 1),
     };
-    match sandbox.execute(ProviderName::Asaas, id, amount, key, &refund_id) {
+    match sandbox.execute(Provider::Asaas, id, amount, key, &refund_id) {
         Err(RefundBlocked::Declined) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
@@ -332,8 +336,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
                 "invalid_value",
                 format!(
                     "O valor informado (R$ {}) é maior que o valor disponível para estorno (R$ {}).",
-                    format_minor(amount, 2),
-                    format_minor(left, 2)
+                    format_reais(amount),
+                    format_reais(left)
                 ),
             ));
         }
@@ -357,7 +361,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams) -> Result<PaymentObject, As
             refund_id,
             fails: magic == Magic::PendingFail,
         });
-    let payment = sandbox.payment(ProviderName::Asaas, id);
+    let payment = sandbox.payment(Provider::Asaas, id);
     Ok(payment_object(id, &payment, &state.refunds[id]))
 }
 
@@ -378,7 +382,7 @@ async fn retrieve(
         )
             .into_response();
     }
-    if let Err(refusal) = sandbox.gate(ProviderName::Asaas, &payment_id, false).await {
+    if let Err(refusal) = sandbox.gate(Provider::Asaas, &payment_id, false).await {
         return refused(&sandbox, refusal);
     }
     let mut state = lock(&sandbox.inner.asaas);
@@ -389,13 +393,13 @@ async fn retrieve(
         if refund.status == "PENDING" && refund.created.elapsed() >= PENDING_FOR {
             if refund.fails {
                 refund.status = "CANCELLED";
-                sandbox.reverse(ProviderName::Asaas, &refund.refund_id);
+                sandbox.reverse(Provider::Asaas, &refund.refund_id);
             } else {
                 refund.status = "DONE";
             }
         }
     }
-    let payment = sandbox.payment(ProviderName::Asaas, &payment_id);
+    let payment = sandbox.payment(Provider::Asaas, &payment_id);
     let object = payment_object(&payment_id, &payment, refunds);
     (StatusCode::OK, axum::Json(object)).into_response()
 }
@@ -431,7 +435,7 @@ struct RefundObject {
 
 /// Centavos as a JSON number in reais, by integer formatting.
 fn reais(minor: u64) -> Box<RawValue> {
-    RawValue::from_string(format_minor(minor, 2))
+    RawValue::from_string(format_reais(minor))
         .expect("digits, a dot and two digits are a JSON number")
 }
 

@@ -27,7 +27,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{Magic, Payment, RefundBlocked, Refusal, Sandbox, lock};
-use crate::{clock::now_rfc3339, job::ProviderName};
+use crate::{clock::now_rfc3339, provider::Provider};
 
 const REASONS: [&str; 4] = [
     "BANKING_ERROR",
@@ -98,7 +98,7 @@ impl Transaction {
         let now = now_rfc3339();
         for refund in &due {
             if refund.fails {
-                sandbox.reverse(ProviderName::Rinne, &refund.refund_id);
+                sandbox.reverse(Provider::Rinne, &refund.refund_id);
             } else {
                 self.latest_refund_at = Some(now.clone());
             }
@@ -360,11 +360,11 @@ async fn accept(
     params: CreateParams,
     path: String,
 ) -> Response {
-    if let Err(refusal) = sandbox.gate(ProviderName::Rinne, &tx, true).await {
+    if let Err(refusal) = sandbox.gate(Provider::Rinne, &tx, true).await {
         return refused(&sandbox, refusal, &path);
     }
     let answer = execute(&sandbox, &merchant, &tx, &params, &path);
-    if answer.status() == StatusCode::OK && sandbox.loses_answer(ProviderName::Rinne, &tx) {
+    if answer.status() == StatusCode::OK && sandbox.loses_answer(Provider::Rinne, &tx) {
         tokio::time::sleep(sandbox.timeout_hold()).await;
     }
     answer
@@ -384,7 +384,7 @@ fn execute(
         return not_found(tx, path);
     };
     transaction.settle_due(sandbox);
-    let payment = sandbox.payment(ProviderName::Rinne, tx);
+    let payment = sandbox.payment(Provider::Rinne, tx);
     let status = transaction.status(&payment);
     if !matches!(status, "APPROVED" | "PARTIALLY_REFUNDED") {
         return error(
@@ -399,7 +399,7 @@ fn execute(
     }
     let amount = params.amount.unwrap_or(payment.settled);
     let refund_id = format!("ref_{}", uuid::Uuid::new_v4().simple());
-    match sandbox.execute(ProviderName::Rinne, tx, amount, None, &refund_id) {
+    match sandbox.execute(Provider::Rinne, tx, amount, None, &refund_id) {
         Err(RefundBlocked::Declined) => error(
             StatusCode::CONFLICT,
             "CONFLICT_ERROR",
@@ -433,7 +433,7 @@ fn execute(
                 transaction.latest_refund_at = Some(now.clone());
             }
             transaction.updated_at = now;
-            let payment = sandbox.payment(ProviderName::Rinne, tx);
+            let payment = sandbox.payment(Provider::Rinne, tx);
             (StatusCode::OK, axum::Json(transaction.object(tx, &payment))).into_response()
         }
     }
@@ -468,7 +468,7 @@ async fn retrieve(
     if let Some(response) = unauthorized(&headers, &path) {
         return response;
     }
-    if let Err(refusal) = sandbox.gate(ProviderName::Rinne, &tx, false).await {
+    if let Err(refusal) = sandbox.gate(Provider::Rinne, &tx, false).await {
         return refused(&sandbox, refusal, &path);
     }
     let mut state = lock(&sandbox.inner.rinne);
@@ -476,7 +476,7 @@ async fn retrieve(
         return not_found(&tx, &path);
     };
     transaction.settle_due(&sandbox);
-    let payment = sandbox.payment(ProviderName::Rinne, &tx);
+    let payment = sandbox.payment(Provider::Rinne, &tx);
     (
         StatusCode::OK,
         axum::Json(transaction.object(&tx, &payment)),

@@ -5,8 +5,8 @@
 //! Like Omie: the trailing slash is required (without it, 301), every fault is
 //! `{"faultstring","faultcode"}` with HTTP 500, an unknown record is a "não cadastrado"
 //! fault, and the consumption limit answers 429 with a fault that names the seconds to
-//! wait. The twin accepts only the sandbox account (`app_key`/`api_key` of
-//! `config/default.toml`). How an order carries its payment (a `pagamento:` line in
+//! wait. The twin accepts only the sandbox account (`account::ERP_APP_KEY` and
+//! `account::ERP_APP_SECRET`, which the worker's defaults name). How an order carries its payment (a `pagamento:` line in
 //! `observacoes.obs_venda`) and its NF-e (`infoNfe`) is our convention, docs/SERVICES.md.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json, value::RawValue};
 use time::{OffsetDateTime, macros::format_description};
 
 use super::{FixtureCustomer, FixtureOrder, Refusal, Sandbox, lock};
-use crate::job::{ProviderName, format_minor};
+use crate::{account, money::format_reais, provider::Provider};
 
 /// Where synthetic order codes start (for order ids that are not Omie codes).
 const SYNTHETIC_ORDER_CODE: u64 = 9_000_000_000_000_000;
@@ -50,10 +50,9 @@ pub(crate) struct State {
 
 impl Default for State {
     fn default() -> Self {
-        let erp = crate::config::Settings::default().services.erp;
         Self {
-            app_key: erp.app_key.unwrap_or_default(),
-            app_secret: erp.api_key.expose().to_owned(),
+            app_key: account::ERP_APP_KEY.to_owned(),
+            app_secret: account::ERP_APP_SECRET.to_owned(),
             orders: HashMap::new(),
             by_code: HashMap::new(),
             customers: HashMap::new(),
@@ -313,7 +312,7 @@ fn split_phone(phone: &str) -> (String, String) {
 
 /// Centavos as a JSON number in reais, by integer formatting.
 fn reais(minor: u64) -> Box<RawValue> {
-    RawValue::from_string(format_minor(minor, 2))
+    RawValue::from_string(format_reais(minor))
         .expect("digits, a dot and two digits are a JSON number")
 }
 
@@ -374,7 +373,7 @@ struct Parcela {
 
 /// The NF-e `tPag` code of a payment: Pix 17; a card (credit) 03.
 fn meio_pagamento(order: &FixtureOrder) -> &'static str {
-    if order.payment.provider == ProviderName::Pix || order.payment.pix_key.is_some() {
+    if order.payment.provider == Provider::Pix || order.payment.pix_key.is_some() {
         "17"
     } else {
         "03"

@@ -6,7 +6,7 @@
 //! `Idempotent-Replayed: true`), never a second note; the same key with another request is a
 //! `422 idempotency_key_reused`. A note that started issuing is issued even if the client
 //! hangs up; with `--timeout-rate` its answer is then held back, as a lost answer would be.
-//! The twin accepts only the sandbox account's key (`config/default.toml`).
+//! The twin accepts only the sandbox account's key (`account::INVOICING_API_KEY`).
 
 use std::collections::HashMap;
 
@@ -22,10 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Refusal, Sandbox, fixtures, lock};
-use crate::{
-    job::{Currency, ProviderName, Reason, parse_decimal},
-    services::invoicing::is_access_key,
-};
+use crate::{account, money::parse_reais, nfe::is_access_key, provider::Provider};
 
 /// A credit note the twin issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +72,8 @@ pub(crate) struct State {
 
 impl Default for State {
     fn default() -> Self {
-        let settings = crate::config::Settings::default().services.invoicing;
         Self {
-            api_key: settings.api_key.expose().to_owned(),
+            api_key: account::INVOICING_API_KEY.to_owned(),
             notes: Vec::new(),
             by_key: HashMap::new(),
         }
@@ -155,6 +151,16 @@ struct Issue {
     customer_name: String,
 }
 
+/// The refund reasons a credit note may cite: the pacs.004 return reasons (MD06 customer
+/// request, FR01 fraud, BE08 banking error, SL02 Pix Saque/Troco error) and duplicate charges.
+const REASONS: [&str; 5] = [
+    "CUSTOMER_REQUEST",
+    "FRAUD",
+    "BANKING_ERROR",
+    "PIX_WITHDRAWAL_OR_CHANGE_ERROR",
+    "DUPLICATE",
+];
+
 type Refused = (StatusCode, &'static str, String);
 
 /// Checks auth, the key and the body, as a fiscal service would.
@@ -222,21 +228,26 @@ fn validate(api_key: &str, headers: &HeaderMap, body: &[u8]) -> Result<Issue, Re
             parsed.currency
         )));
     }
-    let exponent = Currency::BRL.exponent();
-    let amount = parse_decimal(&parsed.amount, exponent)
+    let amount = parse_reais(&parsed.amount)
         .filter(|a| *a >= 1)
         .ok_or_else(|| {
             invalid(format!(
-                "amount must be a positive decimal string with at most {exponent} decimals, like \"186.00\"; got {:?}",
+                "amount must be a positive decimal string with at most 2 decimals, like \"186.00\"; got {:?}",
                 parsed.amount
             ))
         })?;
-    ProviderName::parse(&parsed.refund.provider)
+    Provider::parse(&parsed.refund.provider)
         .map_err(|rule| invalid(format!("refund.provider {rule}")))?;
     if parsed.refund.refund_id.is_empty() {
         return Err(invalid("refund.refund_id is required".into()));
     }
-    Reason::parse(&parsed.reason).map_err(|rule| invalid(format!("reason {rule}")))?;
+    if !REASONS.contains(&parsed.reason.as_str()) {
+        return Err(invalid(format!(
+            "reason must be one of {}, got {:?}",
+            REASONS.join(", "),
+            parsed.reason.chars().take(40).collect::<String>()
+        )));
+    }
     if parsed.customer.name.trim().is_empty() {
         return Err(invalid("customer.name is required (NF-e dest)".into()));
     }

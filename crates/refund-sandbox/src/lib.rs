@@ -5,13 +5,20 @@
 //! Like a real provider, a refund that started executing finishes even if the client hangs
 //! up: handlers run the execution in their own task.
 
+pub mod account;
 mod asaas;
+mod clock;
 mod erp;
 mod faults;
 mod fixtures;
+mod ids;
 mod invoicing;
 mod mercadopago;
+pub mod money;
+pub mod nfe;
 mod pix;
+mod provider;
+mod rate;
 mod rinne;
 mod stripe;
 mod whatsapp;
@@ -39,9 +46,8 @@ pub use fixtures::{
     FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment, generated_orders, parse_fixtures,
 };
 pub use invoicing::IssuedCreditNote;
+pub use provider::Provider;
 pub use whatsapp::DeliveredMessage;
-
-use crate::job::ProviderName;
 
 /// The settled amount of a payment first seen without a fixture: generous, so bulk jobs work.
 pub const DEFAULT_SETTLED: u64 = 1_000_000_000_000;
@@ -124,9 +130,9 @@ struct Inner {
     faults: FaultOptions,
     fault_state: Mutex<faults::FaultState>,
     ledger: Mutex<Vec<LedgerEntry>>,
-    payments: Mutex<HashMap<(ProviderName, String), Payment>>,
+    payments: Mutex<HashMap<(Provider, String), Payment>>,
     /// Refund calls per payment, for `_flakyN` and `_timeout`.
-    calls: Mutex<HashMap<(ProviderName, String), u32>>,
+    calls: Mutex<HashMap<(Provider, String), u32>>,
     journal: Mutex<VecDeque<RecordedRequest>>,
     stripe: Mutex<stripe::StripeState>,
     mercadopago: Mutex<mercadopago::State>,
@@ -214,13 +220,7 @@ impl Sandbox {
     }
 
     /// Sets a payment's settled amount (tests of the refundable-amount rules).
-    pub fn seed_payment(
-        &self,
-        provider: ProviderName,
-        payment_id: &str,
-        settled: u64,
-        currency: &str,
-    ) {
+    pub fn seed_payment(&self, provider: Provider, payment_id: &str, settled: u64, currency: &str) {
         lock(&self.inner.payments).insert(
             (provider, payment_id.to_owned()),
             Payment {
@@ -317,7 +317,7 @@ impl Sandbox {
     /// and `_flakyN`. Only refund-creating calls count toward `_flakyN`.
     pub(crate) async fn gate(
         &self,
-        provider: ProviderName,
+        provider: Provider,
         payment_id: &str,
         creates: bool,
     ) -> Result<(), Refusal> {
@@ -327,7 +327,7 @@ impl Sandbox {
 
     async fn gate_uncounted(
         &self,
-        provider: ProviderName,
+        provider: Provider,
         payment_id: &str,
         creates: bool,
     ) -> Result<(), Refusal> {
@@ -365,7 +365,7 @@ impl Sandbox {
     /// respect to other refunds of the same payment.
     pub(crate) fn execute(
         &self,
-        provider: ProviderName,
+        provider: Provider,
         payment_id: &str,
         amount: u64,
         idempotency_key: Option<&str>,
@@ -403,7 +403,7 @@ impl Sandbox {
     ///
     /// Locks payments before the ledger, in the order `execute` takes them, so a reversal
     /// and a refund of the same payment never wait on each other.
-    pub(crate) fn reverse(&self, provider: ProviderName, refund_id: &str) {
+    pub(crate) fn reverse(&self, provider: Provider, refund_id: &str) {
         let mut payments = lock(&self.inner.payments);
         let mut ledger = lock(&self.inner.ledger);
         let Some(index) = ledger
@@ -420,7 +420,7 @@ impl Sandbox {
     }
 
     /// The payment as the fake knows it (created on first sight).
-    pub(crate) fn payment(&self, provider: ProviderName, payment_id: &str) -> Payment {
+    pub(crate) fn payment(&self, provider: Provider, payment_id: &str) -> Payment {
         lock(&self.inner.payments)
             .entry((provider, payment_id.to_owned()))
             .or_insert_with(|| Payment {
@@ -433,7 +433,7 @@ impl Sandbox {
 
     /// Whether the answer to an executed refund should be lost (`_timeout` on its first call,
     /// or `--timeout-rate`); the caller then holds it back past any client's patience.
-    pub(crate) fn loses_answer(&self, provider: ProviderName, payment_id: &str) -> bool {
+    pub(crate) fn loses_answer(&self, provider: Provider, payment_id: &str) -> bool {
         let first_call = lock(&self.inner.calls)
             .get(&(provider, payment_id.to_owned()))
             .is_none_or(|n| *n <= 1);
@@ -550,7 +550,7 @@ fn brl() -> String {
 }
 
 async fn seed_payment(State(sandbox): State<Sandbox>, Json(seed): Json<SeedPayment>) -> Response {
-    match ProviderName::parse(&seed.provider) {
+    match Provider::parse(&seed.provider) {
         Ok(provider) => {
             sandbox.seed_payment(provider, &seed.payment_id, seed.amount, &seed.currency);
             StatusCode::NO_CONTENT.into_response()

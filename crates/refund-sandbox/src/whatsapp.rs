@@ -7,7 +7,7 @@
 //! method and 415 without `Content-Type: application/json` (both documented); and, the
 //! twin's own plausible choices, 401 for an unknown instance or instance token, 403 for a
 //! missing or wrong `Client-Token`, 400 for a phone that is not digits only. The twin knows
-//! one instance: the sandbox account of `config/default.toml`. With `--timeout-rate` a
+//! one instance: the sandbox account's (`account::WHATSAPP_*`). With `--timeout-rate` a
 //! delivered message's answer is held back, as a lost answer would be.
 
 use axum::{
@@ -55,14 +55,10 @@ pub(crate) struct State {
 
 impl Default for State {
     fn default() -> Self {
-        let settings = crate::config::Settings::default().services.whatsapp;
         Self {
-            instance_id: settings.instance_id.unwrap_or_default(),
-            instance_token: settings
-                .instance_token
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
-            client_token: settings.api_key.expose().to_owned(),
+            instance_id: crate::account::WHATSAPP_INSTANCE_ID.to_owned(),
+            instance_token: crate::account::WHATSAPP_INSTANCE_TOKEN.to_owned(),
+            client_token: crate::account::WHATSAPP_CLIENT_TOKEN.to_owned(),
             messages: Vec::new(),
         }
     }

@@ -27,7 +27,10 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{Magic, RefundBlocked, Refusal, Sandbox, lock};
-use crate::job::{ProviderName, format_minor, parse_decimal};
+use crate::{
+    money::{format_reais, is_pix_valor, parse_reais},
+    provider::Provider,
+};
 
 /// How long an access token lives.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -304,7 +307,7 @@ async fn token(
             "scope must be made of pix.write and pix.read",
         );
     }
-    if let Err(refusal) = sandbox.gate(ProviderName::Pix, "", false).await {
+    if let Err(refusal) = sandbox.gate(Provider::Pix, "", false).await {
         return refused(refusal);
     }
     let access_token = format!(
@@ -435,14 +438,6 @@ fn path_violations(e2eid: &str, id: &str) -> Vec<Value> {
     violacoes
 }
 
-/// `\d{1,10}\.\d{2}`, whole.
-fn valid_valor(text: &str) -> bool {
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    text.split_once('.').is_some_and(|(whole, cents)| {
-        (1..=10).contains(&whole.len()) && digits(whole) && cents.len() == 2 && digits(cents)
-    })
-}
-
 /// Reads a `DevolucaoSolicitada`, with every rule it breaks. Stricter than the schema in one
 /// way: an unknown property is refused, so a misspelt field cannot pass silently.
 fn parse_solicitada(body: &[u8]) -> Result<Solicitada, Vec<Value>> {
@@ -464,7 +459,7 @@ fn parse_solicitada(body: &[u8]) -> Result<Solicitada, Vec<Value>> {
         }
     }
     let valor = match object.get("valor") {
-        Some(Value::String(text)) if valid_valor(text) => match parse_decimal(text, 2) {
+        Some(Value::String(text)) if is_pix_valor(text) => match parse_reais(text) {
             Some(0) | None => {
                 violacoes.push(violacao(
                     "devolucao.valor",
@@ -564,7 +559,7 @@ fn created(object: Value) -> Response {
 
 async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) -> Response {
     let magic = magic_id(&e2eid);
-    if let Err(refusal) = sandbox.gate(ProviderName::Pix, &magic, true).await {
+    if let Err(refusal) = sandbox.gate(Provider::Pix, &magic, true).await {
         return refused(refusal);
     }
     let object = {
@@ -590,7 +585,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
         let mut object = json!({
             "id": id,
             "rtrId": rtr_id,
-            "valor": format_minor(asked.valor, 2),
+            "valor": format_reais(asked.valor),
             "natureza": asked.natureza,
             "horario": { "solicitacao": crate::clock::now_rfc3339() },
             "status": "EM_PROCESSAMENTO",
@@ -601,7 +596,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
         let outcome = match Magic::of(&magic) {
             Magic::Declined => Err(RefundBlocked::Declined),
             magic => sandbox
-                .execute(ProviderName::Pix, &e2eid, asked.valor, Some(&id), &rtr_id)
+                .execute(Provider::Pix, &e2eid, asked.valor, Some(&id), &rtr_id)
                 .map(|()| magic),
         };
         match outcome {
@@ -612,9 +607,9 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
                         "devolucao.valor",
                         format!(
                             "O valor excede o saldo devolvível do pix ({}).",
-                            format_minor(left, 2)
+                            format_reais(left)
                         ),
-                        Some(&format_minor(asked.valor, 2)),
+                        Some(&format_reais(asked.valor)),
                     )],
                 );
             }
@@ -636,7 +631,7 @@ async fn accept(sandbox: Sandbox, e2eid: String, id: String, asked: Solicitada) 
         );
         object
     };
-    if object["status"] != "NAO_REALIZADO" && sandbox.loses_answer(ProviderName::Pix, &magic) {
+    if object["status"] != "NAO_REALIZADO" && sandbox.loses_answer(Provider::Pix, &magic) {
         tokio::time::sleep(sandbox.timeout_hold()).await;
     }
     created(object)
@@ -671,7 +666,7 @@ fn look_up(sandbox: &Sandbox, state: &mut State, slot: &(String, String)) -> Opt
             stored.object["status"] = json!("NAO_REALIZADO");
             stored.object["motivo"] = json!(PENDINGFAIL_MOTIVO);
             if let Some(rtr_id) = stored.object["rtrId"].as_str() {
-                sandbox.reverse(ProviderName::Pix, rtr_id);
+                sandbox.reverse(Provider::Pix, rtr_id);
             }
         } else {
             settle(&mut stored.object);
@@ -698,10 +693,7 @@ async fn retrieve(
             violacoes,
         );
     }
-    if let Err(refusal) = sandbox
-        .gate(ProviderName::Pix, &magic_id(&e2eid), false)
-        .await
-    {
+    if let Err(refusal) = sandbox.gate(Provider::Pix, &magic_id(&e2eid), false).await {
         return refused(refusal);
     }
     match look_up(
@@ -787,7 +779,7 @@ mod tests {
     #[test]
     fn valor_must_be_the_whole_pattern() {
         for good in ["0.01", "186.00", "9999999999.99"] {
-            assert!(valid_valor(good), "{good}");
+            assert!(is_pix_valor(good), "{good}");
         }
         for bad in [
             "186",
@@ -799,7 +791,7 @@ mod tests {
             "1,00",
             "1.0a",
         ] {
-            assert!(!valid_valor(bad), "{bad}");
+            assert!(!is_pix_valor(bad), "{bad}");
         }
     }
 

@@ -35,9 +35,12 @@ use serde_json::{Map, Value, json, value::RawValue};
 use time::{OffsetDateTime, UtcOffset, macros::format_description};
 
 use super::{Magic, RefundBlocked, Refusal, Sandbox, lock};
-use crate::job::{ProviderName, format_minor, parse_decimal};
+use crate::{
+    money::{format_reais, parse_reais},
+    provider::Provider,
+};
 
-const PROVIDER: ProviderName = ProviderName::Mercadopago;
+const PROVIDER: Provider = Provider::Mercadopago;
 
 /// The fake's memory.
 #[derive(Debug, Default)]
@@ -151,7 +154,7 @@ pub(super) fn routes() -> Router<Sandbox> {
 
 /// Reais as an exact JSON number.
 fn reais(minor: u64) -> Box<RawValue> {
-    RawValue::from_string(format_minor(minor, 2))
+    RawValue::from_string(format_reais(minor))
         .expect("digits, a point and two digits always form a valid JSON number")
 }
 
@@ -326,7 +329,7 @@ fn parse_amount(raw: &str) -> Result<u64, (StatusCode, String)> {
     if raw.starts_with('-') {
         return Err(not_positive());
     }
-    match parse_decimal(raw, 2) {
+    match parse_reais(raw) {
         Some(0) => Err(not_positive()),
         Some(minor) => Ok(minor),
         None => Err(bad_request(
@@ -461,8 +464,8 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: &str) -> (StatusCode, 
         Err(RefundBlocked::TooLarge { left }) => bad_request(
             format!(
                 "Invalid refund amount: {} is more than the {} left to refund on payment {}",
-                format_minor(amount, 2),
-                format_minor(left, 2),
+                format_reais(amount),
+                format_reais(left),
                 params.payment_id
             ),
             &[(

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use super::Refusal;
-use crate::providers::guard::TokenBucket;
+use crate::rate::RateLimiter;
 
 /// The on-demand faults a sandbox injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,9 +115,9 @@ pub struct FaultCounts {
 
 /// Mutable fault state: the dice, the rate limiter's bucket, the burst under way, the counts.
 #[derive(Debug)]
-pub struct FaultState {
+pub(crate) struct FaultState {
     rng: StdRng,
-    bucket: Option<TokenBucket>,
+    bucket: Option<RateLimiter>,
     /// The burst under way and when it ends.
     burst: Option<(Burst, Instant)>,
     /// Faults injected so far.
@@ -126,17 +126,17 @@ pub struct FaultState {
 
 impl FaultState {
     /// Fresh state for these options.
-    pub fn new(options: &FaultOptions) -> Self {
+    pub(crate) fn new(options: &FaultOptions) -> Self {
         Self {
             rng: StdRng::seed_from_u64(options.seed),
-            bucket: options.rate_limit.map(TokenBucket::new),
+            bucket: options.rate_limit.map(RateLimiter::new),
             burst: None,
             counts: FaultCounts::default(),
         }
     }
 
     /// Starts `burst`, lasting `lasting` from now (replacing any burst under way).
-    pub fn start_burst(&mut self, burst: Burst, lasting: Duration) {
+    pub(crate) fn start_burst(&mut self, burst: Burst, lasting: Duration) {
         self.burst = Some((burst, Instant::now() + lasting));
     }
 
@@ -169,17 +169,17 @@ impl FaultState {
     }
 
     /// Faults injected so far.
-    pub fn counts(&self) -> FaultCounts {
+    pub(crate) fn counts(&self) -> FaultCounts {
         self.counts
     }
 
     /// True with probability `rate`.
-    pub fn roll(&mut self, rate: f64) -> bool {
+    pub(crate) fn roll(&mut self, rate: f64) -> bool {
         rate > 0.0 && self.rng.random::<f64>() < rate
     }
 
     /// The latency of one call.
-    pub fn latency(&mut self, options: &FaultOptions) -> Duration {
+    pub(crate) fn latency(&mut self, options: &FaultOptions) -> Duration {
         let jitter_ms = u64::try_from(options.jitter.as_millis()).unwrap_or(0);
         let extra = if jitter_ms == 0 {
             0
@@ -190,7 +190,7 @@ impl FaultState {
     }
 
     /// Takes a token; `Err(wait)` when the rate limit is exhausted.
-    pub fn admit(&mut self) -> Result<(), Duration> {
+    pub(crate) fn admit(&mut self) -> Result<(), Duration> {
         match &mut self.bucket {
             None => Ok(()),
             Some(bucket) => bucket.take(),

@@ -23,7 +23,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{Magic, RefundBlocked, Refusal, Sandbox, lock};
-use crate::job::ProviderName;
+use crate::provider::Provider;
 
 const KNOWN_PARAMS: &[&str] = &[
     "amount",
@@ -307,7 +307,7 @@ async fn create(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes)
 
 async fn accept(sandbox: Sandbox, params: CreateParams, key: Option<String>) -> Response {
     if let Err(refusal) = sandbox
-        .gate(ProviderName::Stripe, &params.payment_id, true)
+        .gate(Provider::Stripe, &params.payment_id, true)
         .await
     {
         return refused(refusal);
@@ -367,7 +367,7 @@ async fn accept(sandbox: Sandbox, params: CreateParams, key: Option<String>) -> 
             },
         );
     }
-    if status == StatusCode::OK && sandbox.loses_answer(ProviderName::Stripe, &params.payment_id) {
+    if status == StatusCode::OK && sandbox.loses_answer(Provider::Stripe, &params.payment_id) {
         tokio::time::sleep(sandbox.timeout_hold()).await;
     }
     let mut response = respond((status, body));
@@ -378,7 +378,7 @@ async fn accept(sandbox: Sandbox, params: CreateParams, key: Option<String>) -> 
 }
 
 fn execute(sandbox: &Sandbox, params: &CreateParams, key: Option<&str>) -> (StatusCode, Value) {
-    let payment = sandbox.payment(ProviderName::Stripe, &params.payment_id);
+    let payment = sandbox.payment(Provider::Stripe, &params.payment_id);
     let amount = params.amount.unwrap_or(payment.settled - payment.refunded);
     let id = {
         let mut state = lock(&sandbox.inner.stripe);
@@ -399,7 +399,7 @@ fn execute(sandbox: &Sandbox, params: &CreateParams, key: Option<&str>) -> (Stat
             None,
         );
     }
-    match sandbox.execute(ProviderName::Stripe, &params.payment_id, amount, key, &id) {
+    match sandbox.execute(Provider::Stripe, &params.payment_id, amount, key, &id) {
         Err(RefundBlocked::Declined) => error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -478,7 +478,7 @@ fn look_up(sandbox: &Sandbox, state: &mut StripeState, id: &str) -> Option<Value
         if stored.fails {
             stored.object["status"] = json!("failed");
             stored.object["failure_reason"] = json!("expired_or_canceled_card");
-            sandbox.reverse(ProviderName::Stripe, id);
+            sandbox.reverse(Provider::Stripe, id);
         } else {
             stored.object["status"] = json!("succeeded");
         }
@@ -494,7 +494,7 @@ async fn retrieve(
     if let Err(e) = authorized(&headers) {
         return respond(e);
     }
-    if let Err(refusal) = sandbox.gate(ProviderName::Stripe, &id, false).await {
+    if let Err(refusal) = sandbox.gate(Provider::Stripe, &id, false).await {
         return refused(refusal);
     }
     match look_up(&sandbox, &mut lock(&sandbox.inner.stripe), &id) {
@@ -522,7 +522,7 @@ async fn list(
         .or_else(|| query.get("charge"))
         .cloned()
         .unwrap_or_default();
-    if let Err(refusal) = sandbox.gate(ProviderName::Stripe, &payment, false).await {
+    if let Err(refusal) = sandbox.gate(Provider::Stripe, &payment, false).await {
         return refused(refusal);
     }
     let limit = query
