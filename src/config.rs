@@ -240,6 +240,13 @@ impl Secret {
     }
 }
 
+/// The credential, for code that takes any text (the seal's key parser); never printed.
+impl AsRef<str> for Secret {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")

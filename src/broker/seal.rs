@@ -22,8 +22,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use lapin::types::{AMQPValue, FieldTable};
 use sha2::{Digest, Sha256};
 
-use crate::config::Secret;
-
 /// The header that carries the seal.
 pub const SEAL_HEADER: &str = "x-refund-seal";
 
@@ -93,7 +91,7 @@ impl Sealer {
     /// Keys from configuration, each `"<key id>:<secret as hex>"`; the first seals.
     ///
     /// A key id is 1 to 32 characters of `[A-Za-z0-9_.-]`; a secret is at least 32 bytes.
-    pub fn from_config(entries: &[Secret]) -> Result<Self, SealKeyError> {
+    pub fn from_config<S: AsRef<str>>(entries: &[S]) -> Result<Self, SealKeyError> {
         if entries.is_empty() {
             return Err(SealKeyError(
                 "at least one key is needed (the first one seals)".into(),
@@ -102,7 +100,7 @@ impl Sealer {
         let mut keys = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let n = index + 1;
-            let Some((id, secret)) = entry.expose().split_once(':') else {
+            let Some((id, secret)) = entry.as_ref().split_once(':') else {
                 return Err(SealKeyError(format!(
                     "key {n} is not \"<key id>:<hex secret>\""
                 )));
@@ -255,8 +253,7 @@ mod tests {
     const K2: &str = "k2:1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
 
     fn sealer(keys: &[&str]) -> Sealer {
-        let secrets: Vec<Secret> = keys.iter().map(|k| Secret::new(*k)).collect();
-        Sealer::from_config(&secrets).unwrap()
+        Sealer::from_config(keys).unwrap()
     }
 
     fn table(pairs: &[(&str, &str)]) -> FieldTable {
@@ -398,8 +395,7 @@ mod tests {
     fn bad_key_configuration_is_refused_with_a_reason() {
         let cases: [&[&str]; 5] = [&[], &["no-colon"], &["k1:not-hex"], &["k1:00ff"], &[K1, K1]];
         for keys in cases {
-            let secrets: Vec<Secret> = keys.iter().map(|k| Secret::new(*k)).collect();
-            let error = Sealer::from_config(&secrets).unwrap_err();
+            let error = Sealer::from_config(keys).unwrap_err();
             assert!(
                 error.to_string().starts_with("[broker] seal_keys:"),
                 "{error}"
