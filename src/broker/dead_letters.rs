@@ -30,11 +30,9 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     /// The message's properties as stored.
     pub properties: BasicProperties,
-    /// Whether this deployment sealed it: only then are its `x-refund-*` headers (class,
-    /// reason, date, attempts) believed; an unsealed letter was planted or edited, and is
-    /// replayed only as a new job keyed from its body.
-    pub seal: SealCheck,
-    /// What its properties say, read with the seal in mind.
+    /// What its properties say, read with the seal in mind (`envelope.seal`: only a letter
+    /// this deployment sealed has its `x-refund-*` headers believed; an unsealed one was
+    /// planted or edited, and is replayed only as a new job keyed from its body).
     pub envelope: Envelope,
     /// Why it is here (the sealed `x-refund-error-class`, or the broker's own reason).
     pub class: Option<FailureClass>,
@@ -121,7 +119,6 @@ impl DeadLetter {
                 .cloned()
                 .or_else(|| death_time(&properties)),
             attempts: envelope.attempts,
-            seal: envelope.seal.clone(),
             envelope,
             headers,
             body,

@@ -47,8 +47,6 @@ pub struct Envelope {
     /// The publisher's AMQP `message_id`, when it sent one (one of the two identities a
     /// dateless job's day is pinned under; the other is the body's digest).
     pub message_id: Option<String>,
-    /// The digest of the body ([`body_id`]).
-    pub body_id: String,
     /// Whether the `x-refund-*` headers below came from a copy this deployment sealed.
     pub seal: SealCheck,
     /// Provider attempts that failed so far.
@@ -99,15 +97,13 @@ impl Envelope {
             .as_ref()
             .map(|m| m.to_string())
             .filter(|id| !id.is_empty());
-        let body_id = body_id(body);
         let job_id = text(headers::JOB_ID)
             .filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES)
             .or_else(|| message_id.clone())
-            .unwrap_or_else(|| body_id.clone());
+            .unwrap_or_else(|| body_id(body));
         Self {
             job_id,
             message_id,
-            body_id,
             seal,
             attempts: number(headers::ATTEMPTS).unwrap_or(0),
             syncs: number(headers::SYNCS).unwrap_or(0),

@@ -396,7 +396,7 @@ fn show(queue: &DeadLetterQueue, job_id: &str) -> Result<(), CommandError> {
     line("reason", &letter.error);
     line(
         "sealed",
-        &match &letter.seal {
+        &match &letter.envelope.seal {
             SealCheck::Sealed { key_id } => format!("yes (key {key_id})"),
             SealCheck::Plain => "no (no x-refund-* headers)".to_owned(),
             SealCheck::Untrusted { why } => {
@@ -621,7 +621,7 @@ impl Replay<'_> {
                     Some(date) => Some(date),
                     None => self
                         .store
-                        .pinned_date(&envelope.body_id)
+                        .pinned_date(&broker::envelope::body_id(&letter.body))
                         .await
                         .map_err(runtime)?,
                 }

@@ -206,7 +206,7 @@ impl Pipeline {
                     .store
                     .pin_job_date(
                         envelope.message_id.as_deref(),
-                        &envelope.body_id,
+                        &crate::broker::envelope::body_id(attempt.body),
                         first_sight,
                     )
                     .await;
