@@ -337,6 +337,14 @@ pub struct BenchArgs {
     /// Skip the bare consume-and-ack ceiling.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Also publish this many bodies over `[worker] max_body_bytes` ahead of the jobs (a burst
+    /// of oversized messages: the worker must refuse each without keeping it; compare the
+    /// peak RSS with a run without them).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub oversized: u32,
+    /// The size of each oversized body, in MiB.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub oversized_mib: u32,
     /// Where the worker serves /metrics during the run (to watch its steps; default: any
     /// free port).
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -55,6 +55,12 @@ pub struct BenchResult {
     pub rate: Option<u32>,
     /// Jobs refunded, by their outcome events (must equal `jobs`).
     pub refunded: u64,
+    /// Oversized bodies published ahead of the jobs.
+    pub oversized: u64,
+    /// Their size, MiB.
+    pub oversized_mib: u32,
+    /// Oversized bodies dead-lettered, by their outcome events (must equal `oversized`).
+    pub refused: u64,
     /// Refunds in the sandbox ledger (must equal `jobs`).
     pub ledger: u64,
     /// Jobs per second, from the first delivery's arrival at the worker to the last outcome.
@@ -84,6 +90,13 @@ impl std::fmt::Display for BenchResult {
         )?;
         if let Some(rate) = self.rate {
             write!(f, ", paced at {rate}/s")?;
+        }
+        if self.oversized > 0 {
+            write!(
+                f,
+                ", {} oversized bodies of {} MiB ahead of them ({} dead-lettered)",
+                self.oversized, self.oversized_mib, self.refused
+            )?;
         }
         write!(
             f,
@@ -140,6 +153,12 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), CommandError> {
     } else {
         println!("{result}");
     }
+    if result.refused != result.oversized {
+        return Err(CommandError::Runtime(format!(
+            "{} of {} oversized bodies dead-lettered: the figures above are not a valid run",
+            result.refused, result.oversized
+        )));
+    }
     if result.refunded != result.jobs || result.ledger != result.jobs {
         return Err(CommandError::Runtime(format!(
             "{} of {} jobs refunded, {} refunds in the sandbox ledger: the figures above are not a valid run",
@@ -172,6 +191,8 @@ async fn measure(
     };
     let topology = connections.topology(&crate::config::Settings::default());
     let mut events = subscribe_events(connection, prefix, &topology.events_exchange()).await?;
+    let oversized = oversized_bodies(args.oversized, args.oversized_mib);
+    publish_all(publisher, &topology, &oversized).await?;
     if args.rate.is_none() {
         publish_all(publisher, &topology, &jobs).await?;
     }
@@ -191,7 +212,7 @@ async fn measure(
     let mut tally = Tally::default();
     let mut exited = None;
     let mut waiting = worker.wait();
-    while tally.finished < jobs.len() {
+    while tally.finished < jobs.len() + oversized.len() {
         // Events still in flight when the worker exits arrive within moments.
         let patience = if exited.is_some() { 2 } else { 120 };
         tokio::select! {
@@ -230,7 +251,7 @@ async fn measure(
         (Some(first), Some(last)) => last.saturating_duration_since(first),
         _ => Duration::ZERO,
     };
-    let jobs_per_sec = tally.finished as f64 / elapsed.as_secs_f64().max(1e-9);
+    let jobs_per_sec = tally.refunded as f64 / elapsed.as_secs_f64().max(1e-9);
     Ok(BenchResult {
         prefix: prefix.clone(),
         jobs: jobs.len() as u64,
@@ -239,13 +260,16 @@ async fn measure(
         prefetch,
         rate: args.rate,
         refunded: tally.refunded,
+        oversized: oversized.len() as u64,
+        oversized_mib: args.oversized_mib,
+        refused: tally.refused,
         ledger,
         jobs_per_sec,
         p50_ms: percentile_ms(&mut tally.latencies, 0.50),
         p99_ms: percentile_ms(&mut tally.latencies, 0.99),
         overhead_p99_ms: percentile_ms(&mut tally.overheads, 0.99),
         peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
-        worker_cpu_us_per_job: usage.cpu.as_secs_f64() * 1e6 / (tally.finished.max(1) as f64),
+        worker_cpu_us_per_job: usage.cpu.as_secs_f64() * 1e6 / (tally.refunded.max(1) as f64),
         ceiling_per_sec: ceiling,
         ratio: ceiling.map(|c| jobs_per_sec / c),
     })
@@ -256,6 +280,8 @@ async fn measure(
 struct Tally {
     finished: usize,
     refunded: u64,
+    /// Dead-lettered (the oversized bodies): counted, but not in the latencies.
+    refused: u64,
     latencies: Vec<Duration>,
     overheads: Vec<Duration>,
     /// When the first delivery reached the worker (estimated from the events).
@@ -269,12 +295,16 @@ impl Tally {
         let Ok(event) = serde_json::from_slice::<OutcomeEvent>(body) else {
             return;
         };
+        self.finished += 1;
+        if event.status == EventStatus::DeadLettered {
+            self.refused += 1;
+            return;
+        }
         let now = Instant::now();
         let took = Duration::from_micros(event.duration_us.unwrap_or(0));
         let arrived = now.checked_sub(took).unwrap_or(now);
         self.first_arrival = Some(self.first_arrival.map_or(arrived, |f| f.min(arrived)));
         self.last = Some(now);
-        self.finished += 1;
         self.refunded += u64::from(event.status == EventStatus::Succeeded);
         self.latencies.push(took);
         self.overheads.push(took.saturating_sub(provider_latency));
@@ -289,6 +319,22 @@ fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
     values.sort_unstable();
     let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
     values[rank - 1].as_secs_f64() * 1_000.0
+}
+
+/// `n` bodies of `mib` MiB each: valid jobs but for a description far over the body limit.
+fn oversized_bodies(n: u32, mib: u32) -> Vec<OutgoingJob> {
+    (0..n)
+        .map(|i| {
+            let padding = "x".repeat(mib as usize * 1024 * 1024);
+            let body = json!({
+                "payment_id": format!("pi_oversized_{i}"),
+                "amount": 500,
+                "provider": "stripe",
+                "description": padding,
+            });
+            OutgoingJob::new(serde_json::to_vec(&body).expect("JSON values serialize"))
+        })
+        .collect()
 }
 
 /// `n` distinct valid Stripe jobs.

@@ -634,13 +634,13 @@ impl Replay<'_> {
         let Some(record) = self.store.get(&key).await.map_err(runtime)? else {
             return Ok(Standing::Open(Some(key)));
         };
-        let ours = crate::pipeline::fingerprint(&job);
+        let ours = crate::pipeline::Fingerprint::of(&job);
         let refund = record
             .result
             .as_ref()
             .map_or("-".into(), |r| r.refund.refund_id.clone());
         match record.fingerprint {
-            Some(theirs) if theirs != ours && record.state != RecordState::Failed => {
+            Some(theirs) if !ours.matches(&theirs) && record.state != RecordState::Failed => {
                 Ok(Standing::Collision(format!(
                     "kept: its key {key} belongs to a different refund ({theirs}, {} {refund}), not to this job ({ours}); if this is a second refund, give it its own key: dlq replay {} --set idempotency_key=<a new key>",
                     record.state, letter.job_id

@@ -79,7 +79,7 @@ pub(super) async fn run(
         .as_ref()
         .map(|o| o.to_string())
         .unwrap_or_default();
-    let fingerprint = super::fingerprint(job);
+    let fingerprint = super::Fingerprint::of(job);
     let ticket = match refund::claim(
         pipeline,
         &key,

@@ -5,10 +5,12 @@
 //! and the same idempotency key goes to the provider on every attempt of a job.
 
 mod durable;
+mod fingerprint;
 mod governed;
 mod refund;
 
 pub use durable::{DurableWrite, RedisReadiness, durably};
+pub use fingerprint::Fingerprint;
 
 use std::sync::Arc;
 
@@ -267,31 +269,10 @@ impl Pipeline {
             self,
             provider.as_ref(),
             &request,
-            &fingerprint(job),
+            &Fingerprint::of(job),
             attempt,
         )
         .await
-    }
-}
-
-/// What the idempotency record remembers of the refund a key was first used for: the rail
-/// and payment (or the order, for a governed job), the amount and the currency. A job whose
-/// fingerprint differs from its key's record is a different refund that collided with that key
-/// (never "already refunded"), whether the worker or a replay finds it.
-pub fn fingerprint(job: &RefundJob) -> String {
-    match (&job.order_id, job.provider, &job.payment_id) {
-        (Some(order), _, _) => format!("order|{order}|{}|{}", job.amount, job.currency),
-        (None, Some(provider), Some(payment)) => {
-            format!("{provider}|{payment}|{}|{}", job.amount, job.currency)
-        }
-        // RefundJob::from_object refuses a bulk job without both; named for what it is.
-        (None, provider, payment) => format!(
-            "unroutable|{}|{}|{}|{}",
-            provider.map_or("-".into(), |p| p.to_string()),
-            payment.as_ref().map_or("-".into(), |p| p.to_string()),
-            job.amount,
-            job.currency
-        ),
     }
 }
 

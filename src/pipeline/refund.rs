@@ -25,13 +25,21 @@ use crate::{
 pub(super) async fn claim(
     pipeline: &Pipeline,
     key: &IdempotencyKey,
-    fingerprint: &str,
+    fingerprint: &super::Fingerprint,
     job_id: &str,
     owner: &str,
     provider: Option<ProviderName>,
 ) -> Result<ClaimTicket, (Outcome, Option<RefundRecord>)> {
     let started = Instant::now();
-    let claim = pipeline.store.claim(key, owner, fingerprint, job_id).await;
+    let claim = pipeline
+        .store
+        .claim(
+            key,
+            owner,
+            (fingerprint.as_str(), fingerprint.legacy()),
+            job_id,
+        )
+        .await;
     pipeline.observe_step("claim", started);
     match claim {
         Ok(Claim::Claimed(ticket)) => Ok(ticket),
@@ -50,8 +58,8 @@ pub(super) async fn claim(
                 class: FailureClass::Permanent,
                 provider,
                 why: format!(
-                    "idempotency key {key} was already used for a different refund ({existing}, this one is {fingerprint}); \
-                     a second refund of one payment on one day needs its own idempotency_key"
+                    "idempotency key {key} was already used for a different refund or other words to the provider ({existing}, this one is {fingerprint}); \
+                     one key carries one request: a second refund of one payment on one day, or a changed reason or description, needs its own idempotency_key"
                 ),
             };
             Err((outcome, None))
@@ -65,7 +73,7 @@ pub(super) async fn run(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
     request: &RefundRequest,
-    fingerprint: &str,
+    fingerprint: &super::Fingerprint,
     attempt: Attempt<'_>,
 ) -> (Outcome, Option<RefundRecord>) {
     let name = provider.name();

@@ -6,6 +6,7 @@
 //! connection dies comes back from the broker, and the idempotency records make it a no-op.
 
 mod dispose;
+mod oversized;
 mod plan;
 
 use std::{
@@ -450,9 +451,18 @@ impl Job {
         }
     }
 
-    async fn run_contained(self, delivery: Delivery) {
+    async fn run_contained(self, mut delivery: Delivery) {
         let arrived = Instant::now();
         let shared = &self.shared;
+        let envelope = Envelope::read(
+            &delivery.properties,
+            &delivery.data,
+            delivery.redelivered,
+            &shared.options.sealer,
+        );
+        // A body over the limit is let go at once, not held while the job waits for a permit.
+        let discarded =
+            oversized::Discarded::take(&mut delivery.data, shared.options.worker.max_body_bytes);
         let Ok(_permit) = Arc::clone(&shared.concurrency).acquire_owned().await else {
             return;
         };
@@ -464,21 +474,25 @@ impl Job {
         {
             return;
         }
-        let envelope = Envelope::read(
-            &delivery.properties,
-            &delivery.data,
-            delivery.redelivered,
-            &shared.options.sealer,
-        );
         // Every log line about this job carries its id, and its idempotency key once known.
         let span =
             tracing::info_span!("job", job_id = %envelope.job_id, key = tracing::field::Empty);
         // Boxed, so that deliveries waiting for a permit (up to prefetch − concurrency of
         // them) hold a small future, not the whole job's.
-        Box::pin(self.handle(delivery, envelope, arrived).instrument(span)).await;
+        Box::pin(
+            self.handle(delivery, envelope, discarded, arrived)
+                .instrument(span),
+        )
+        .await;
     }
 
-    async fn handle(self, delivery: Delivery, envelope: Envelope, arrived: Instant) {
+    async fn handle(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        discarded: Option<oversized::Discarded>,
+        arrived: Instant,
+    ) {
         let shared = &self.shared;
         let started = Instant::now();
         shared.metrics.in_flight.inc();
@@ -486,6 +500,9 @@ impl Job {
         let owner = uuid::Uuid::new_v4().to_string();
 
         let processed = loop {
+            if let Some(discarded) = &discarded {
+                break discarded.processed();
+            }
             let attempt = Attempt {
                 body: &delivery.data,
                 envelope: &envelope,

@@ -479,3 +479,73 @@ async fn a_worker_holding_jobs_it_cannot_finish_reports_itself_stalled() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_carries_one_request_a_changed_reason_or_description_is_a_collision() {
+    let env = TestEnv::start("hostile-words").await;
+    // Asaas keeps no key of its own: a copy under a new message id with other words is a new
+    // body, pinned to today, so it lands on the same key and must not be sent.
+    let first = json!({ "payment_id": "pay_hostile_w1", "amount": 900, "provider": "asaas",
+                        "description": "order 1 refund" });
+    let reworded = json!({ "payment_id": "pay_hostile_w1", "amount": 900, "provider": "asaas",
+                           "description": "order 1 refund, again" });
+    // Stripe keeps the key: the same dated job with another reason would reach it as a second
+    // body under one Idempotency-Key (Stripe answers `idempotency_error`).
+    let stripe = stripe_job("pi_hostile_w2", 1200);
+    let mut stripe_fraud = stripe.clone();
+    stripe_fraud["reason"] = json!("FRAUD");
+
+    env.publish_raw(
+        &serde_json::to_vec(&first).unwrap(),
+        BasicProperties::default().with_message_id("m-w1".into()),
+    )
+    .await;
+    env.publish_json(&[stripe]).await;
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2, "{:#?}", run.reports);
+    assert!(
+        run.reports
+            .iter()
+            .all(|r| matches!(r.outcome, Outcome::Refunded { .. })),
+        "{:#?}",
+        run.reports
+    );
+
+    env.publish_raw(
+        &serde_json::to_vec(&reworded).unwrap(),
+        BasicProperties::default().with_message_id("m-w1-reworded".into()),
+    )
+    .await;
+    env.publish_json(&[stripe_fraud]).await;
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2, "{:#?}", run.reports);
+    let posts = env.refund_posts();
+    assert_eq!(posts, 2, "the reworded copies never reach a provider");
+    assert_eq!(refunds_of(&env, "pay_hostile_w1"), 1, "{:#?}", env.ledger());
+    assert_eq!(refunds_of(&env, "pi_hostile_w2"), 1, "{:#?}", env.ledger());
+
+    // A replay finds the same collision: kept, not called "already refunded".
+    let stdout = cli_ok(&env, &["dlq", "replay", "--all", "--dry-run"]).await;
+    assert!(
+        stdout.contains("belongs to a different refund") && stdout.contains("0 already refunded"),
+        "{stdout}"
+    );
+    // Then the letters themselves (reading drains them).
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for letter in &letters {
+        let reason = &letter.headers["x-refund-error"];
+        assert_eq!(
+            letter.headers["x-refund-error-class"], "permanent",
+            "{reason}"
+        );
+        assert!(
+            reason.contains("was already used for a different refund or other words")
+                && reason.contains("needs its own idempotency_key")
+                && !reason.contains("idempotency_error"),
+            "{reason}"
+        );
+    }
+
+    env.cleanup().await;
+}

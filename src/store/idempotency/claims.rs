@@ -63,11 +63,13 @@ impl IdempotencyStore {
 
     /// Claims `key` for an attempt holding `owner`. Repeating a claim with the same owner
     /// returns the same claim, so a call whose answer was lost can simply be repeated.
+    /// `fingerprint` is recorded; a record holding it or `legacy` (the same job's fingerprint
+    /// as an older worker wrote it) is this job's, any other is a conflict.
     pub async fn claim(
         &self,
         key: &IdempotencyKey,
         owner: &str,
-        fingerprint: &str,
+        (fingerprint, legacy): (&str, &str),
         job_id: &str,
     ) -> Result<Claim, StoreError> {
         self.adopt_legacy(key).await?;
@@ -80,7 +82,8 @@ impl IdempotencyStore {
                 .arg(millis(self.lease))
                 .arg(fingerprint)
                 .arg(millis(self.ttl))
-                .arg(job_id);
+                .arg(job_id)
+                .arg(legacy);
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;
@@ -269,7 +272,8 @@ mod tests {
     use crate::providers::{ProviderRefund, RefundStatus};
 
     const LEASE: Duration = Duration::from_secs(30);
-    const FINGERPRINT: &str = "stripe|pay_1|100|BRL";
+    const FINGERPRINT: &str = "stripe|pay_1|100|BRL|req:0123456789abcdef";
+    const LEGACY: &str = "stripe|pay_1|100|BRL";
 
     /// A store in a namespace of its own.
     async fn store(lease: Duration) -> IdempotencyStore {
@@ -286,7 +290,7 @@ mod tests {
 
     async fn claim(store: &IdempotencyStore, owner: &str) -> Claim {
         store
-            .claim(&key(), owner, FINGERPRINT, "job-1")
+            .claim(&key(), owner, (FINGERPRINT, LEGACY), "job-1")
             .await
             .unwrap()
     }
@@ -397,6 +401,54 @@ mod tests {
             .unwrap();
         let error = store.get(&key()).await.unwrap_err();
         assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_an_older_worker_fingerprinted_is_still_this_jobs_and_other_words_conflict() {
+        let store = store(LEASE).await;
+        // A refund done by a worker that recorded the fingerprint without the request digest.
+        let older = ticket(
+            store
+                .claim(&key(), "old", (LEGACY, LEGACY), "job-1")
+                .await
+                .unwrap(),
+        );
+        store
+            .settle(&key(), &older, Settle::Done, Some(&refund()), "")
+            .await
+            .unwrap();
+        assert_eq!(claim(&store, "new").await, Claim::Done(Some(refund())));
+        // The same payment and amount asked for in other words is not this job.
+        let reworded = "stripe|pay_1|100|BRL|req:fedcba9876543210";
+        let answer = store
+            .claim(&key(), "other", (reworded, LEGACY), "job-2")
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Claim::Done(Some(refund())),
+            "a legacy record cannot tell words apart"
+        );
+        store.delete_namespace().await.unwrap();
+
+        // Recorded with the digest, a reworded request is a conflict.
+        let store = self::store(LEASE).await;
+        let held = ticket(claim(&store, "a").await);
+        store
+            .settle(&key(), &held, Settle::Done, Some(&refund()), "")
+            .await
+            .unwrap();
+        let answer = store
+            .claim(&key(), "b", (reworded, LEGACY), "job-2")
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Claim::Conflict {
+                existing: FINGERPRINT.into()
+            }
+        );
         store.delete_namespace().await.unwrap();
     }
 }

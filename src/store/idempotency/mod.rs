@@ -97,7 +97,8 @@ pub enum Claim {
         /// Time left on the holder's lease.
         retry_in: Duration,
     },
-    /// The key was used for a different refund (another amount, payment or provider).
+    /// The key was used for a different refund (another amount, payment or provider) or for
+    /// other words to the provider (another reason or description).
     Conflict {
         /// The fingerprint already recorded under the key.
         existing: String,
@@ -199,7 +200,7 @@ pub struct RecordView {
     pub reason: Option<String>,
     /// Whether an unrecorded provider call may exist.
     pub uncertain: bool,
-    /// What refund the key was first used for ([`crate::pipeline::fingerprint`]).
+    /// What refund the key was first used for ([`crate::pipeline::Fingerprint`]).
     pub fingerprint: Option<String>,
 }
 

@@ -2,9 +2,11 @@
 -- KEYS[1]  the record (a hash)
 -- ARGV[1]  owner token of this attempt
 -- ARGV[2]  lease in milliseconds
--- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency)
+-- ARGV[3]  fingerprint of the refund (provider|payment|amount|currency|req:digest of reason
+--          and description), recorded
 -- ARGV[4]  record TTL in milliseconds
 -- ARGV[5]  job id
+-- ARGV[6]  the same job's fingerprint as workers before the request digest recorded it
 -- Returns {'claimed', uncertain, result, snapshot, takeovers, step1, value1, step2, ...}
 --         (a result means a pending refund to sync; a snapshot is the payment as the provider
 --         showed it before an earlier send; takeovers counts claims taken from workers that
@@ -16,11 +18,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'lease_until', 'fp', 'uncertain', 'result', 'snapshot')
 local state, owner, lease_until, fp, uncertain, result, snapshot = r[1], r[2], tonumber(r[3]), r[4], r[5], r[6], r[7]
 
+local other = fp and fp ~= ARGV[3] and fp ~= ARGV[6]
 if state == 'done' then
-  if fp and fp ~= ARGV[3] then return {'conflict', fp} end
+  if other then return {'conflict', fp} end
   return {'done', result or ''}
 end
-if state and state ~= 'failed' and fp and fp ~= ARGV[3] then
+if state and state ~= 'failed' and other then
   return {'conflict', fp}
 end
 if state == 'claimed' and owner ~= ARGV[1] then
