@@ -1,5 +1,5 @@
 //! `refund-worker bench` (SPEC §10): publishes N jobs under a fresh prefix, runs the worker
-//! (`refund-worker run --exit-when-idle`, a child process) against the sandbox (another child
+//! (`refund-worker run`, a child process, stopped once every outcome is in) against the sandbox (another child
 //! process) at a given provider latency and concurrency, and prints one line: jobs/s, p50 and
 //! p99 job latency, the worker's overhead (latency minus the provider's injected latency), the
 //! worker's peak RSS and CPU per job, and the bare broker ceiling measured in the same run
@@ -193,6 +193,8 @@ async fn measure(
     let mut events = subscribe_events(connection, prefix, &topology.events_exchange()).await?;
     let oversized = oversized_bodies(args.oversized, args.oversized_mib);
     publish_all(publisher, &topology, &oversized).await?;
+    // The bench holds no copy of them while the worker runs.
+    let oversized = oversized.len();
     if args.rate.is_none() {
         publish_all(publisher, &topology, &jobs).await?;
     }
@@ -212,7 +214,7 @@ async fn measure(
     let mut tally = Tally::default();
     let mut exited = None;
     let mut waiting = worker.wait();
-    while tally.finished < jobs.len() + oversized.len() {
+    while tally.finished < jobs.len() + oversized {
         // Events still in flight when the worker exits arrive within moments.
         let patience = if exited.is_some() { 2 } else { 120 };
         tokio::select! {
@@ -228,10 +230,10 @@ async fn measure(
         }
     }
     if exited.is_none() {
-        // A paced worker does not go idle by itself; an idle one exits on its own.
-        if args.rate.is_some() {
-            worker.terminate();
-        }
+        // Every outcome is in: stop it (SIGTERM finishes what is in flight). Not
+        // `--exit-when-idle`: the queues look empty while the last deliveries of a burst of
+        // large messages are still on the wire to the worker.
+        worker.terminate();
         exited = Some(waiting.await);
     }
     if let Some(pacing) = pacing {
@@ -260,7 +262,7 @@ async fn measure(
         prefetch,
         rate: args.rate,
         refunded: tally.refunded,
-        oversized: oversized.len() as u64,
+        oversized: oversized as u64,
         oversized_mib: args.oversized_mib,
         refused: tally.refused,
         ledger,
@@ -562,9 +564,6 @@ impl WorkerProcess {
             .env("REFUND_PROVIDERS__STRIPE__RATE_LIMIT", "0")
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
-        if args.rate.is_none() {
-            command.arg("--exit-when-idle");
-        }
         let child = command
             .spawn()
             .map_err(|e| CommandError::Runtime(format!("cannot start the worker: {e}")))?;

@@ -140,7 +140,7 @@ impl Mandate {
     }
 
     /// Every check that needs no budget, in the order the policy applies them: signature,
-    /// revoked, expired, agent, currency, per-refund cap. `revoked_at` is the stored
+    /// agent, revoked, expired, currency, per-refund cap. `revoked_at` is the stored
     /// revocation; `agent` is who asks (`None` when the job names nobody).
     pub fn check(
         &self,
@@ -155,6 +155,13 @@ impl Mandate {
         if !self.verify(key) {
             return Err(Denial::Forged { id: id() });
         }
+        if agent != Some(&self.agent_id) {
+            return Err(Denial::WrongAgent {
+                id: id(),
+                agent: agent.map(Token::to_string).unwrap_or_default(),
+                expected: self.agent_id.to_string(),
+            });
+        }
         if let Some(at) = revoked_at {
             return Err(Denial::Revoked {
                 id: id(),
@@ -165,13 +172,6 @@ impl Mandate {
             return Err(Denial::Expired {
                 id: id(),
                 at: self.expires_at.clone().unwrap_or_default(),
-            });
-        }
-        if agent != Some(&self.agent_id) {
-            return Err(Denial::WrongAgent {
-                id: id(),
-                agent: agent.map(Token::to_string).unwrap_or_default(),
-                expected: self.agent_id.to_string(),
             });
         }
         if currency != self.currency {
@@ -262,6 +262,14 @@ pub enum Denial {
     /// The job names no mandate and `[mandates] required = true`.
     #[error("the job names no mandate, and [mandates] required = true refuses refunds without one")]
     NoMandate,
+    /// The job names an agent but no mandate: an agent spends only under a mandate.
+    #[error(
+        "the job names agent {agent} but no mandate: an agent refunds only under a mandate (name it in mandate_id)"
+    )]
+    AgentWithoutMandate {
+        /// The agent the job named.
+        agent: String,
+    },
     /// No mandate with this id was granted.
     #[error("mandate {id} does not exist (grant it with `refund-worker mandate grant`)")]
     Unknown {
@@ -364,7 +372,7 @@ impl Denial {
     /// The rule broken, as a short label (logs, metrics).
     pub fn rule(&self) -> &'static str {
         match self {
-            Denial::NoMandate => "no_mandate",
+            Denial::NoMandate | Denial::AgentWithoutMandate { .. } => "no_mandate",
             Denial::Unknown { .. } => "unknown",
             Denial::Revoked { .. } => "revoked",
             Denial::Expired { .. } => "expired",

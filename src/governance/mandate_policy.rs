@@ -74,12 +74,13 @@ impl MandatePolicy {
     /// Checks a refund against the mandate it names and reserves its amount from the daily
     /// budget of `now`'s UTC day.
     ///
-    /// No mandate named and none required → `Ok(None)`. Otherwise, in order: the mandate is
-    /// known, its signature verifies (and it is stored under its own id), it is not revoked,
-    /// not expired at `now`, names `agent_id`, caps `currency`, allows `amount` per refund;
-    /// then one Lua script reserves `amount` atomically, so workers racing for the last of a
-    /// budget never overspend. Idempotent per `job_key`: asking again returns the earlier
-    /// reservation (even from another day) and spends nothing more.
+    /// No mandate or agent named and none required → `Ok(None)`; an agent with no mandate is
+    /// refused. Otherwise, in order: the mandate is known, its signature verifies (and it is
+    /// stored under its own id), it names `agent_id`, it is not revoked, not expired at `now`,
+    /// caps `currency`, allows `amount` per refund; then one Lua script reserves `amount`
+    /// atomically, so workers racing for the last of a budget never overspend. Idempotent per
+    /// `job_key`: asking again returns the earlier reservation (even from another day) and
+    /// spends nothing more.
     pub async fn authorize(
         &self,
         agent_id: Option<&Token>,
@@ -90,10 +91,13 @@ impl MandatePolicy {
         now: OffsetDateTime,
     ) -> Result<Option<Reservation>, MandateError> {
         let Some(mandate_id) = mandate_id else {
-            return if self.required {
-                Err(Denial::NoMandate.into())
-            } else {
-                Ok(None)
+            return match agent_id {
+                _ if self.required => Err(Denial::NoMandate.into()),
+                Some(agent) => Err(Denial::AgentWithoutMandate {
+                    agent: agent.to_string(),
+                }
+                .into()),
+                None => Ok(None),
             };
         };
         let id = mandate_id.as_str();

@@ -22,11 +22,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::{Attempt, DurableWrite, Pipeline, durably, refund};
+use super::{Attempt, DurableWrite, Pipeline, Recorded, durably, gate, refund};
 use crate::{
     clock::now_rfc3339,
     governance::{
-        MandateError,
         mandate::Reservation,
         receipt::{ReceiptBody, mask_card, mask_pix_key},
     },
@@ -39,18 +38,9 @@ use crate::{
 
 /// Step names, as recorded in the idempotency record.
 const VERIFIED: &str = "verified";
-const MANDATE: &str = "mandate";
 const CREDIT_NOTE: &str = "credit_note";
 const NOTIFY_ATTEMPT: &str = "notify_attempt";
 const NOTIFIED: &str = "notified";
-
-/// A step's value with when it finished (the receipt lists every step's time).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Recorded<T> {
-    at: String,
-    #[serde(flatten)]
-    value: T,
-}
 
 /// What verification established.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,12 +49,6 @@ struct Verification {
     order: Order,
     /// What other refunds of the order had already taken, in minor units.
     refunded_before: u64,
-}
-
-/// The mandate step: the reservation, or none (no mandate named and none required).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct MandateStep {
-    reservation: Option<Reservation>,
 }
 
 /// Runs a governed job under `key`.
@@ -145,19 +129,14 @@ impl Governed<'_> {
             }
         };
         let order = verified.value.order.clone();
-        let mandate: Recorded<MandateStep> = match self.recorded(MANDATE)? {
-            Some(m) => m,
-            None => {
-                let m = Recorded {
-                    at: now_rfc3339(),
-                    value: MandateStep {
-                        reservation: self.authorize().await?,
-                    },
-                };
-                self.record(MANDATE, &m).await?;
-                m
-            }
-        };
+        let mandate = gate::pass(
+            self.pipeline,
+            self.job,
+            &self.key,
+            &self.ticket,
+            self.job.provider,
+        )
+        .await?;
         let reservation = mandate.value.reservation.clone();
 
         // The refund, on the order's own rail.
@@ -179,56 +158,56 @@ impl Governed<'_> {
             description: self.job.description.clone(),
             job_id: self.attempt.envelope.job_id.clone(),
         };
-        let (refund, refunded_at, adopted) = match self
-            .recorded::<Recorded<RefundRecord>>(refund::STEP_REFUNDED)?
-        {
-            Some(r) => {
-                self.made = Some(r.value.refund.refund_id.clone());
-                (r.value, r.at, true)
-            }
-            None => {
-                let (record, adopted) = match refund::refund_step(
-                    self.pipeline,
-                    provider.as_ref(),
-                    &request,
-                    &mut self.ticket,
-                    self.attempt,
-                )
-                .await
-                {
-                    Ok(done) => done,
-                    Err(outcome) => {
-                        // A refund that failed for good gives its reservation back (its
-                        // record was settled failed, which clears the steps). Not when an
-                        // earlier send may have executed (uncertain): the money may be gone.
-                        if let (
-                            Outcome::DeadLetter {
+        let (refund, refunded_at, adopted) =
+            match self.recorded::<Recorded<RefundRecord>>(refund::STEP_REFUNDED)? {
+                Some(r) => {
+                    self.made = Some(r.value.refund.refund_id.clone());
+                    (r.value, r.at, true)
+                }
+                None => {
+                    let (record, adopted) = match refund::refund_step(
+                        self.pipeline,
+                        provider.as_ref(),
+                        &request,
+                        &mut self.ticket,
+                        self.attempt,
+                    )
+                    .await
+                    {
+                        Ok(done) => done,
+                        Err(outcome) => {
+                            // A refund that failed for good gives its reservation back (its
+                            // record was settled failed, which clears the steps). Not when an
+                            // earlier send may have executed (uncertain): the money may be gone.
+                            if let Outcome::DeadLetter {
                                 class: FailureClass::Permanent,
                                 ..
-                            },
-                            Some(r),
-                        ) = (&outcome, &reservation)
-                            && !self.ticket.uncertain
-                            && let Err(e) = self.pipeline.mandates.release(r, &self.key).await
-                        {
-                            warn!(key = %self.key, error = %e, "could not give the mandate reservation back");
+                            } = &outcome
+                            {
+                                gate::give_back(
+                                    self.pipeline,
+                                    reservation.as_ref(),
+                                    &self.key,
+                                    &self.ticket,
+                                )
+                                .await;
+                            }
+                            return Err(outcome);
                         }
-                        return Err(outcome);
-                    }
-                };
-                self.made = Some(record.refund.refund_id.clone());
-                let at = now_rfc3339();
-                self.record_durably(
-                    refund::STEP_REFUNDED,
-                    &Recorded {
-                        at: at.clone(),
-                        value: record.clone(),
-                    },
-                )
-                .await?;
-                (record, at, adopted)
-            }
-        };
+                    };
+                    self.made = Some(record.refund.refund_id.clone());
+                    let at = now_rfc3339();
+                    self.record_durably(
+                        refund::STEP_REFUNDED,
+                        &Recorded {
+                            at: at.clone(),
+                            value: record.clone(),
+                        },
+                    )
+                    .await?;
+                    (record, at, adopted)
+                }
+            };
         // Count it against the order (idempotent per job key), so the next verification of
         // this order sees what is left.
         self.durably("the order's refund tally", || {
@@ -249,7 +228,7 @@ impl Governed<'_> {
 
         let mut steps = BTreeMap::new();
         steps.insert(VERIFIED.to_owned(), verified.at.clone());
-        steps.insert(MANDATE.to_owned(), mandate.at.clone());
+        steps.insert(gate::STEP.to_owned(), mandate.at.clone());
         steps.insert(refund::STEP_REFUNDED.to_owned(), refunded_at);
         if let Some(note) = &credit_note {
             steps.insert(CREDIT_NOTE.to_owned(), note.at.clone());
@@ -375,43 +354,6 @@ impl Governed<'_> {
             order,
             refunded_before,
         })
-    }
-
-    /// Checks the mandate and reserves the amount from its daily budget (idempotent per job
-    /// key, so a retry never spends twice). A denial parks the job as `mandate`.
-    async fn authorize(&self) -> Result<Option<Reservation>, Outcome> {
-        let now = time::OffsetDateTime::now_utc();
-        let authorized = self
-            .pipeline
-            .mandates
-            .authorize(
-                self.job.agent_id.as_ref(),
-                self.job.mandate_id.as_ref(),
-                self.job.amount,
-                self.job.currency,
-                &self.key,
-                now,
-            )
-            .await;
-        match authorized {
-            Ok(reservation) => Ok(reservation),
-            Err(MandateError::Denied(denial)) => {
-                let agent = self.job.agent_id.as_ref().map_or("none", |a| a.as_str());
-                self.pipeline
-                    .metrics
-                    .mandate_denied
-                    .with_label_values(&[agent])
-                    .inc();
-                self.settle(Settle::Failed { uncertain: false }, &denial.to_string())
-                    .await;
-                Err(Outcome::DeadLetter {
-                    class: FailureClass::Mandate,
-                    provider: self.job.provider,
-                    why: denial.to_string(),
-                })
-            }
-            Err(MandateError::Store(e)) => Err(super::store_failure(e, self.job.provider)),
-        }
     }
 
     /// The credit note, sealed to the refund. The invoicing service issues at most one note
@@ -633,11 +575,7 @@ impl Governed<'_> {
     /// The refund failed for good before it was sent: the reservation goes back.
     async fn refund_failed(&self, reservation: Option<&Reservation>, why: String) -> Outcome {
         self.settle(Settle::Failed { uncertain: false }, &why).await;
-        if let Some(r) = reservation
-            && let Err(e) = self.pipeline.mandates.release(r, &self.key).await
-        {
-            warn!(key = %self.key, error = %e, "could not give the mandate reservation back");
-        }
+        gate::give_back(self.pipeline, reservation, &self.key, &self.ticket).await;
         Outcome::DeadLetter {
             class: FailureClass::Permanent,
             provider: self.job.provider,

@@ -6,6 +6,7 @@
 
 mod durable;
 mod fingerprint;
+mod gate;
 mod governed;
 mod refund;
 
@@ -56,6 +57,14 @@ pub struct Processed {
 }
 
 pub use crate::ending::JobFacts;
+
+/// A step's value with when it finished (the receipt lists every step's time).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Recorded<T> {
+    at: String,
+    #[serde(flatten)]
+    value: T,
+}
 
 /// The refund flow, over the idempotency store and the provider connectors.
 #[derive(Debug, Clone)]
@@ -244,9 +253,14 @@ impl Pipeline {
         if job.is_governed() {
             return governed::run(self, job, job.idempotency_key(date), attempt).await;
         }
-        // A bulk job always names both (RefundJob::from_object checks it).
+        // A bulk job always names both (RefundJob::from_object checks it); said, not assumed.
         let (Some(provider_name), Some(payment_id)) = (job.provider, job.payment_id.clone()) else {
-            unreachable!("a validated bulk job names its provider and payment");
+            let outcome = Outcome::DeadLetter {
+                class: FailureClass::Invalid,
+                provider: job.provider,
+                why: "a job without order_id needs both provider and payment_id".into(),
+            };
+            return (outcome, None);
         };
         let Some(provider) = self.providers.get(provider_name).cloned() else {
             let outcome = Outcome::DeadLetter {
@@ -265,14 +279,7 @@ impl Pipeline {
             description: job.description.clone(),
             job_id: attempt.envelope.job_id.clone(),
         };
-        refund::run(
-            self,
-            provider.as_ref(),
-            &request,
-            &Fingerprint::of(job),
-            attempt,
-        )
-        .await
+        refund::run(self, provider.as_ref(), job, &request, attempt).await
     }
 }
 

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tracing::{debug, info, warn};
 
-use super::{Attempt, DurableWrite, Pipeline, durably};
+use super::{
+    Attempt, DurableWrite, Pipeline, Recorded, durably,
+    gate::{self, MandateStep},
+};
 use crate::{
     governance::receipt::{Receipt, ReceiptBody},
-    job::{IdempotencyKey, ProviderName},
+    job::{IdempotencyKey, ProviderName, RefundJob},
     outcome::{FailureClass, Outcome},
     providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
     store::{Claim, ClaimTicket, RefundRecord, Settle},
@@ -68,14 +71,16 @@ pub(super) async fn claim(
     }
 }
 
-/// Runs one attempt at a bulk refund: `request` on `provider`.
+/// Runs one attempt at a bulk refund of `job`: `request` on `provider`, through the mandate
+/// gate when the job names an agent or a mandate (or every job must).
 pub(super) async fn run(
     pipeline: &Pipeline,
     provider: &dyn RefundProvider,
+    job: &RefundJob,
     request: &RefundRequest,
-    fingerprint: &super::Fingerprint,
     attempt: Attempt<'_>,
 ) -> (Outcome, Option<RefundRecord>) {
+    let fingerprint = &super::Fingerprint::of(job);
     let name = provider.name();
     let ticket = match claim(
         pipeline,
@@ -95,8 +100,16 @@ pub(super) async fn run(
     {
         return (outcome, None);
     }
+    let mandate = if gate::applies(pipeline, job) {
+        match gate::pass(pipeline, job, &request.key, &ticket, Some(name)).await {
+            Ok(step) => Some(step),
+            Err(outcome) => return (outcome, None),
+        }
+    } else {
+        None
+    };
     (
-        finish(pipeline, provider, request, ticket, attempt).await,
+        finish(pipeline, provider, request, ticket, mandate, attempt).await,
         None,
     )
 }
@@ -153,18 +166,31 @@ async fn finish(
     provider: &dyn RefundProvider,
     request: &RefundRequest,
     mut ticket: ClaimTicket,
+    mandate: Option<Recorded<MandateStep>>,
     attempt: Attempt<'_>,
 ) -> Outcome {
+    let reservation = mandate.as_ref().and_then(|m| m.value.reservation.as_ref());
     let (record, adopted) = match recorded_refund(&ticket) {
         Some(record) => (record, true),
         None => match refund_step(pipeline, provider, request, &mut ticket, attempt).await {
             Ok(done) => done,
-            Err(outcome) => return outcome,
+            Err(outcome) => {
+                // A refund that failed for good gives its reservation back.
+                if let Outcome::DeadLetter {
+                    class: FailureClass::Permanent,
+                    ..
+                } = &outcome
+                {
+                    gate::give_back(pipeline, reservation, &request.key, &ticket).await;
+                }
+                return outcome;
+            }
         },
     };
     // Sealed before the record says done: a crash in between leaves the job to be taken over,
     // and the seal is idempotent per key, so the retry finds the receipt already there.
-    if let Err(outcome) = seal(pipeline, request, bulk_receipt(request, &record), attempt).await {
+    let receipt = bulk_receipt(request, &record, mandate.as_ref());
+    if let Err(outcome) = seal(pipeline, request, receipt, attempt).await {
         if matches!(outcome, Outcome::DeadLetter { .. }) {
             // The refund exists but cannot be sealed: leave the record uncertain (not claimed
             // until its lease ends), so a replay finds the refund at the provider, adopts it
@@ -185,7 +211,16 @@ async fn finish(
 }
 
 /// The receipt of a bulk refund: what was refunded, where, under which key.
-fn bulk_receipt(request: &RefundRequest, record: &RefundRecord) -> ReceiptBody {
+fn bulk_receipt(
+    request: &RefundRequest,
+    record: &RefundRecord,
+    mandate: Option<&Recorded<MandateStep>>,
+) -> ReceiptBody {
+    let mut steps =
+        std::collections::BTreeMap::from([(STEP_REFUNDED.to_owned(), crate::clock::now_rfc3339())]);
+    if let Some(m) = mandate {
+        steps.insert(gate::STEP.to_owned(), m.at.clone());
+    }
     let rail = match record.provider {
         ProviderName::Stripe => "card".to_owned(),
         ProviderName::Pix => "pix".to_owned(),
@@ -205,13 +240,12 @@ fn bulk_receipt(request: &RefundRequest, record: &RefundRecord) -> ReceiptBody {
         destination: None,
         order_id: None,
         verification: None,
-        mandate: None,
+        mandate: mandate
+            .and_then(|m| m.value.reservation.as_ref())
+            .and_then(|r| serde_json::to_value(r).ok()),
         credit_note: None,
         notification: None,
-        steps: std::collections::BTreeMap::from([(
-            STEP_REFUNDED.to_owned(),
-            crate::clock::now_rfc3339(),
-        )]),
+        steps,
     }
 }
 

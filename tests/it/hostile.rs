@@ -12,8 +12,9 @@ use refund_worker::{broker::Publisher, outcome::Outcome};
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TestEnv, stripe_job, today},
+    helpers::{REDIS_URL, TestEnv, stripe_job, today},
     ops::{amqp, cli, cli_ok, ready},
+    private_rabbit::PrivateRabbit,
 };
 
 /// Headers as a publisher writes them (nothing sealed).
@@ -548,4 +549,66 @@ async fn one_key_carries_one_request_a_changed_reason_or_description_is_a_collis
     }
 
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_set_up_as_documented_refuses_a_huge_publish_and_the_worker_refuses_the_rest() {
+    // docs/RELIABILITY.md, "Large bodies": `max_message_size` a little over the body limit.
+    let rabbit = PrivateRabbit::start_with_conf("max_message_size = 131072\n").await;
+    let env = TestEnv::with_infra(
+        "hostile-max-size",
+        Default::default(),
+        |_| {},
+        &rabbit.url,
+        REDIS_URL,
+    )
+    .await;
+    let connection = refund_worker::broker::connect(&rabbit.url, "a careless publisher")
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let huge = dateless("pay_huge", "asaas", 500)
+        .into_iter()
+        .chain(std::iter::repeat_n(b' ', 4 * 1024 * 1024))
+        .collect::<Vec<u8>>();
+    let refused = publisher
+        .publish(
+            &env.topology.jobs_exchange(),
+            refund_worker::broker::ROUTING_KEY,
+            &huge,
+            BasicProperties::default().with_message_id("m-huge".into()),
+        )
+        .await;
+    let error = refused
+        .expect_err("the broker refuses a 4 MiB message")
+        .to_string();
+    assert!(error.contains("max size"), "{error}");
+
+    // Under the broker's limit but over the worker's: dead-lettered, the body not kept.
+    let big = dateless("pay_big", "asaas", 500)
+        .into_iter()
+        .chain(std::iter::repeat_n(b' ', 100 * 1024))
+        .collect::<Vec<u8>>();
+    env.publish_raw(
+        &big,
+        BasicProperties::default().with_message_id("m-big".into()),
+    )
+    .await;
+    env.publish_json(&[stripe_job("pi_after_the_big_ones", 500)])
+        .await;
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 2, "{:#?}", run.reports);
+    assert_eq!(refunds_of(&env, "pi_after_the_big_ones"), 1);
+    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert!(letters[0].body.is_empty(), "the body is not kept");
+    let reason = &letters[0].headers["x-refund-error"];
+    assert!(
+        reason.contains(&format!("is too large: {} bytes", big.len())),
+        "{reason}"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    env.cleanup().await;
+    drop(rabbit);
 }

@@ -9,6 +9,7 @@ mod faults;
 mod governed;
 mod helpers;
 mod hostile;
+mod insiders;
 mod key_layout;
 mod malformed;
 mod mandates;

@@ -276,8 +276,29 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
             .await
         }
     };
-    assert_eq!(none(&policy).await.unwrap(), None);
+    // An agent spends only under a mandate (SPEC §5: every job that names one is gated).
+    assert_eq!(
+        denial(none(&policy).await),
+        Denial::AgentWithoutMandate {
+            agent: "support-bot".into()
+        }
+    );
     assert_eq!(denial(none(&required).await), Denial::NoMandate);
+    let nobody = policy
+        .authorize(
+            None,
+            None,
+            amount(100),
+            Currency::BRL,
+            &job_key("deny-nobody"),
+            now,
+        )
+        .await;
+    assert_eq!(
+        nobody.unwrap(),
+        None,
+        "a job naming nobody needs no mandate"
+    );
 
     // A cap raised directly in Redis: the signature no longer matches.
     grant(&env, "cm_forged", 50_000, 500_000, None).await;

@@ -59,16 +59,22 @@ fn script(name: &str) -> PathBuf {
 impl PrivateRabbit {
     /// Starts a fresh node and waits until it takes AMQP connections.
     pub async fn start() -> Self {
-        Self::start_node(false).await
+        Self::start_node(false, "").await
+    }
+
+    /// A fresh node with these extra `rabbitmq.conf` lines (settings the docs tell operators
+    /// to make, tried on a node of the test's own).
+    pub async fn start_with_conf(conf: &str) -> Self {
+        Self::start_node(false, conf).await
     }
 
     /// A fresh node that also runs RabbitMQ's `rabbitmq_prometheus` plugin on a free port
     /// ([`Self::prometheus_port`]), for the tests that scrape the broker's own metrics.
     pub async fn start_with_prometheus() -> Self {
-        Self::start_node(true).await
+        Self::start_node(true, "").await
     }
 
-    async fn start_node(with_prometheus: bool) -> Self {
+    async fn start_node(with_prometheus: bool, extra_conf: &str) -> Self {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let dir = std::env::temp_dir().join(format!("rw-rabbit-{id}"));
         for sub in ["mnesia", "log"] {
@@ -78,7 +84,7 @@ impl PrivateRabbit {
         // the shared node's), and none of /etc/rabbitmq's settings (its node name and listener
         // belong to the shared node).
         let prometheus_port = with_prometheus.then(free_port);
-        let mut conf = String::from("log.console = false\n");
+        let mut conf = format!("log.console = false\n{extra_conf}");
         let plugins = match prometheus_port {
             Some(port) => {
                 conf.push_str(&format!(
