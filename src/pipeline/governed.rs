@@ -258,6 +258,8 @@ impl Governed<'_> {
                     "amount": order.payment.amount,
                 },
                 "refunded_before": verified.value.refunded_before,
+                "refundable": order.total.min(order.payment.amount)
+                    .saturating_sub(verified.value.refunded_before),
                 "invoice": order.invoice,
                 "verified_at": verified.at,
             })),
@@ -336,16 +338,31 @@ impl Governed<'_> {
                 ))
                 .await);
         }
+        // The customer is told on the number the ERP holds, never on one the job brings.
+        if let Some(notify) = &self.job.notify {
+            let known = order.customer.phone.as_deref().map(phone_digits);
+            if known.as_deref() != Some(phone_digits(&notify.to).as_str()) {
+                return Err(self
+                    .unverified(format!(
+                        "notify.to is not the phone the ERP holds for the customer of order {id}: a refund notice goes only to the customer the ERP knows (leave notify.to out to use it)"
+                    ))
+                    .await);
+            }
+        }
         let refunded_before = match self.pipeline.store.order_refunded(id, &self.key).await {
             Ok(amount) => amount,
             Err(e) => return Err(super::store_failure(e, Some(order.payment.provider))),
         };
-        let refundable = order.payment.amount.saturating_sub(refunded_before);
+        // Bounded by the order's total and by the payment (Omie's payment amount is the sum
+        // of its instalments, which can be more than the order), less what was refunded.
+        let bound = order.total.min(order.payment.amount);
+        let refundable = bound.saturating_sub(refunded_before);
         if self.job.amount.minor() > refundable {
             return Err(self
                 .unverified(format!(
-                    "a refund of {} exceeds what is still refundable on order {id}: {refundable} of {} (already refunded {refunded_before})",
+                    "a refund of {} exceeds what is still refundable on order {id}: {refundable} of its total {} (payment {}, already refunded {refunded_before})",
                     self.job.amount,
+                    order.total,
                     order.payment.amount
                 ))
                 .await);
@@ -399,12 +416,8 @@ impl Governed<'_> {
         if let Some(done) = self.recorded(NOTIFIED)? {
             return Ok(done);
         }
-        let phone = self
-            .job
-            .notify
-            .as_ref()
-            .map(|n| n.to.clone())
-            .or_else(|| order.customer.phone.clone());
+        // Verification refused any other number than the ERP's.
+        let phone = order.customer.phone.clone();
         let template = self
             .job
             .notify
@@ -628,6 +641,11 @@ fn retry_for(provider: Option<ProviderName>, error: ProviderError) -> Outcome {
         after,
         counts,
     }
+}
+
+/// A phone number's digits (`+55 11 99999-0000` → `5511999990000`), to compare two spellings.
+fn phone_digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
 }
 
 /// The rail the money goes back on, for receipts and messages.

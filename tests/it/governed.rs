@@ -23,7 +23,7 @@ fn e2eid(n: u32) -> String {
 }
 
 /// An ERP order paid by Pix, with a customer who can be told and an invoice to correct.
-fn pix_order(id: &str, n: u32, paid: u64) -> FixtureOrder {
+pub fn pix_order(id: &str, n: u32, paid: u64) -> FixtureOrder {
     FixtureOrder {
         order_id: id.to_owned(),
         total: paid,
@@ -47,7 +47,7 @@ fn pix_order(id: &str, n: u32, paid: u64) -> FixtureOrder {
     }
 }
 
-fn governed_job(order_id: &str, amount: u64) -> Value {
+pub fn governed_job(order_id: &str, amount: u64) -> Value {
     json!({ "order_id": order_id, "amount": amount, "agent_id": "support-bot", "mandate_id": "cm_support",
             "reason": "CUSTOMER_REQUEST", "date": today().to_string() })
 }
@@ -76,7 +76,7 @@ async fn receipts(env: &TestEnv) -> ReceiptChain {
 }
 
 /// Refund calls the provider twins received (Pix PUTs a devolução).
-fn refund_calls(env: &TestEnv) -> usize {
+pub fn refund_calls(env: &TestEnv) -> usize {
     env.sandbox
         .requests()
         .iter()
@@ -322,7 +322,7 @@ async fn a_second_refund_of_an_order_sees_what_the_first_took() {
     let letters = env.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert!(
-        letters[0].headers["x-refund-error"].contains("10000 of 20000"),
+        letters[0].headers["x-refund-error"].contains("10000 of its total 20000"),
         "{:?}",
         letters[0].headers
     );

@@ -11,7 +11,10 @@ use refund_worker::{
 };
 use serde_json::json;
 
-use crate::helpers::{REDIS_URL, TestEnv, stripe_job, today};
+use crate::{
+    governed::{governed_job, pix_order, refund_calls},
+    helpers::{REDIS_URL, TestEnv, stripe_job, today},
+};
 
 async fn mandates(env: &TestEnv) -> MandateStore {
     MandateStore::new(store::connect(REDIS_URL).await.unwrap(), env.prefix())
@@ -206,5 +209,79 @@ async fn invented_agents_do_not_become_metric_labels() {
         "{metrics}"
     );
     assert!(env.ledger().is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_governed_refund_is_bounded_by_the_orders_total_and_told_only_to_the_erps_customer() {
+    let env = TestEnv::start("insider-order").await;
+    // Order total 10,000 paid by a payment of 500,000 (an instalment sum larger than the order).
+    let mut order = pix_order("8800", 40, 500_000);
+    order.total = 10_000;
+    env.sandbox
+        .load_orders(vec![order, pix_order("8801", 41, 20_000)]);
+    grant(&env, "cm_support", "support-bot", 500_000, 5_000_000).await;
+    let mut elsewhere = governed_job("8801", 1_000);
+    elsewhere["notify"] =
+        json!({ "channel": "whatsapp", "to": "+5511988887777", "template": "refund_done" });
+    let mut same_number = governed_job("8800", 6_000);
+    same_number["notify"] =
+        json!({ "channel": "whatsapp", "to": "+5511999990000", "template": "refund_done" });
+    env.publish_json(&[governed_job("8800", 400_000), elsewhere])
+        .await;
+    env.run_until_idle().await;
+    assert_eq!(refund_calls(&env), 0, "{:#?}", env.ledger());
+    assert!(env.sandbox.messages().is_empty());
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for letter in &letters {
+        assert_eq!(letter.headers["x-refund-error-class"], "verification");
+    }
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l.headers["x-refund-error"].as_str())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r
+            .contains("exceeds what is still refundable on order 8800: 10000 of its total 10000")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("notify.to is not the phone the ERP holds")),
+        "{reasons:#?}"
+    );
+
+    // Within the total, the ERP's own number is told; the rest of
+    // the total is what the next refund may take.
+    env.publish_json(&[same_number]).await;
+    env.run_until_idle().await;
+    env.publish_json(&[{
+        let mut next = governed_job("8800", 4_001);
+        next["idempotency_key"] = json!("order-8800-second");
+        next
+    }])
+    .await;
+    env.run_until_idle().await;
+    let ledger = env.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:#?}");
+    assert_eq!(ledger[0].amount, 6_000);
+    let messages = env.sandbox.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].phone, "5511999990000");
+    env.one_dead_letter("verification", None, &["4000 of its total 10000"])
+        .await;
+    let key = KeyPair::from_seed(&env.settings.receipts.signing_key, "receipts").unwrap();
+    let chain =
+        store::ReceiptChain::new(store::connect(REDIS_URL).await.unwrap(), env.prefix(), key);
+    let receipt = chain
+        .by_key(&format!("order:8800:{}", today()))
+        .await
+        .unwrap()
+        .expect("a receipt");
+    let verification = receipt.body.verification.clone().unwrap();
+    assert_eq!(verification["total"], 10_000, "{verification}");
+    assert_eq!(verification["refundable"], 10_000, "{verification}");
     env.cleanup().await;
 }
