@@ -97,11 +97,11 @@ impl AssembleError {
     }
 }
 
-/// The development signing keys shipped in config/default.toml, public in the repository.
-const DEV_KEYS: [&str; 2] = [
-    "6d616e646174652d6465762d6b65792d6e6f742d666f722d70726f6475637421",
-    "726563656970742d6465762d6b65792d6e6f742d666f722d70726f6475637421",
-];
+/// The development receipt key shipped in config/default.toml, public in the repository.
+const DEV_KEYS: [&str; 1] = ["726563656970742d6465762d6b65792d6e6f742d666f722d70726f6475637421"];
+
+/// The public half of the development mandate key shipped in config/default.toml.
+const DEV_MANDATE_PUBLIC: &str = "8986bca6a596f07fff7a15ea23679a41dbb3b41dad6e2292283f3cb8a5a63797";
 
 /// What a worker and a job runner are both made of, built one way.
 struct Wiring {
@@ -117,18 +117,27 @@ struct Wiring {
 /// Builds the pipeline and what surrounds it. Connects to Redis now (failing with a clear
 /// message if it is down).
 async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, AssembleError> {
-    let mandate_key = KeyPair::from_seed(&settings.mandates.signing_key, "[mandates] signing_key")?;
+    // Mandates are verified with public keys only: a worker never needs finance's seed.
+    let mandate_keys = settings.mandates.verify_keys()?;
     let receipt_key = KeyPair::from_seed(&settings.receipts.signing_key, "[receipts] signing_key")?;
-    for secret in [
-        &settings.mandates.signing_key,
-        &settings.receipts.signing_key,
-    ] {
-        if DEV_KEYS.contains(&secret.expose()) {
-            tracing::warn!(
-                "signing with a development key from config/default.toml; set REFUND_MANDATES__SIGNING_KEY and REFUND_RECEIPTS__SIGNING_KEY in production"
-            );
-            break;
-        }
+    if DEV_KEYS.contains(&settings.receipts.signing_key.expose()) {
+        tracing::warn!(
+            "sealing receipts with the development key from config/default.toml; set REFUND_RECEIPTS__SIGNING_KEY in production"
+        );
+    }
+    if mandate_keys
+        .to_hex()
+        .iter()
+        .any(|k| k == DEV_MANDATE_PUBLIC)
+    {
+        tracing::warn!(
+            "trusting mandates signed with the development key from config/default.toml; set REFUND_MANDATES__VERIFY_KEYS in production"
+        );
+    }
+    if settings.mandates.signing_key().is_some() {
+        tracing::info!(
+            "[mandates] signing_key is set but a worker does not use it; leave it empty on workers (REFUND_MANDATES__SIGNING_KEY=\"\")"
+        );
     }
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
@@ -141,16 +150,18 @@ async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, 
     let prefix = &connections.prefix;
     let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = crate::http::client(&settings.providers)?;
+    let receipts = ReceiptChain::new(conn.clone(), prefix, receipt_key);
     let pipeline = Pipeline::new(PipelineParts {
         store: store.clone(),
         providers: Providers::from_settings(settings, &metrics, client.clone()),
         services: Services::from_settings(settings, client),
         mandates: MandatePolicy::new(
-            MandateStore::new(conn.clone(), prefix),
-            mandate_key.public(),
+            MandateStore::new(conn.clone(), prefix).with_reservation_ttl(settings.idempotency.ttl),
+            mandate_keys,
             settings.mandates.required,
-        ),
-        receipts: ReceiptChain::new(conn, prefix, receipt_key),
+        )
+        .with_receipts(receipts.clone()),
+        receipts,
         metrics: metrics.clone(),
         health: Arc::clone(&health),
         options: PipelineOptions::from_settings(settings),

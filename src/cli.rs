@@ -106,8 +106,16 @@ pub enum MandateCommand {
         /// When it lapses (RFC 3339, e.g. 2027-01-01T00:00:00Z).
         #[arg(long)]
         expires: Option<String>,
+        /// A RabbitMQ user whose jobs may spend it (the AMQP user_id the broker validates);
+        /// repeatable. Default: the agent id.
+        #[arg(long = "publisher", value_name = "USER")]
+        publishers: Vec<String>,
+        /// Replace an existing mandate with this id by a new version (what was spent stays
+        /// spent).
+        #[arg(long)]
+        replace: bool,
     },
-    /// Revoke a mandate: refunds under it stop at once.
+    /// Revoke a mandate (a signed new version): refunds under it stop at once.
     Revoke {
         /// Mandate id.
         id: String,

@@ -70,10 +70,28 @@ pub struct ServiceSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MandateSettings {
-    /// Refuse governed refunds that name no mandate.
+    /// Refuse refunds that name no mandate.
     pub required: bool,
-    /// Ed25519 seed (hex) that signs mandates.
-    pub signing_key: Secret,
+    /// Ed25519 seed (hex) that signs mandates: finance's, needed only by `mandate grant` and
+    /// `mandate revoke`. Empty or absent on workers.
+    #[serde(default)]
+    pub signing_key: Option<Secret>,
+    /// The public keys (hex) mandates are verified with; several while a key rotates.
+    pub verify_keys: Vec<String>,
+}
+
+impl MandateSettings {
+    /// Finance's signing seed, when this process holds one.
+    pub fn signing_key(&self) -> Option<&Secret> {
+        self.signing_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+    }
+
+    /// The keys mandates are verified with.
+    pub fn verify_keys(&self) -> Result<crate::signing::VerifyKeys, crate::signing::BadKey> {
+        crate::signing::VerifyKeys::from_hex_list(&self.verify_keys, "[mandates] verify_keys")
+    }
 }
 
 /// Sealed receipts (SPEC §6).
@@ -304,6 +322,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("retry.delays")
                     .with_list_parse_key("broker.seal_keys")
+                    .with_list_parse_key("mandates.verify_keys")
                     .source(Some(env.into_iter().collect())),
             )
             .build()
@@ -336,6 +355,9 @@ impl Settings {
             return bad("[retry] delays needs at least one delay, none of them zero");
         }
         crate::broker::seal::Sealer::from_config(&self.broker.seal_keys)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.mandates
+            .verify_keys()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.idempotency.lease <= self.providers.timeout {
             return bad(
@@ -489,6 +511,33 @@ mod tests {
         );
         assert_eq!(s.idempotency.lease, Duration::from_secs(45));
         assert_eq!(s.worker.chunk_size, 10);
+    }
+
+    #[test]
+    fn the_shipped_verify_key_is_the_public_half_of_the_shipped_signing_key_and_workers_need_no_seed()
+     {
+        let s = Settings::default();
+        let seed = s.mandates.signing_key().expect("a development seed ships");
+        let public = crate::signing::KeyPair::from_seed(seed, "test")
+            .unwrap()
+            .public_hex();
+        assert_eq!(s.mandates.verify_keys, vec![public]);
+        let load = |pairs: &[(&str, &str)]| {
+            let env: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Settings::load_from(shipped(), true, env)
+        };
+        let worker = load(&[
+            ("REFUND_MANDATES__SIGNING_KEY", ""),
+            ("REFUND_MANDATES__VERIFY_KEYS", "00ff"),
+        ]);
+        let err = worker.unwrap_err().to_string();
+        assert!(err.contains("[mandates] verify_keys"), "{err}");
+        let worker = load(&[("REFUND_MANDATES__SIGNING_KEY", "")]).unwrap();
+        assert!(worker.mandates.signing_key().is_none());
+        assert!(worker.mandates.verify_keys().is_ok());
     }
 
     #[test]

@@ -71,7 +71,13 @@ pub struct Metrics {
     pub dead_letter_amount: IntGaugeVec,
     /// Refunds refused by a mandate, per agent.
     pub mandate_denied: IntCounterVec,
+    /// Refusals because a mandate's stored state does not add up (`forged`, `rolled_back`,
+    /// `tampered`): someone edited Redis. Pages at once.
+    pub mandate_tampered: IntCounterVec,
 }
+
+/// The rules of [`Metrics::mandate_tampered`], exported at zero from the start.
+pub const TAMPER_RULES: [&str; 3] = ["forged", "rolled_back", "tampered"];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)
@@ -117,6 +123,15 @@ impl Metrics {
             "Refunds refused by a spend mandate.",
             &["agent"],
         );
+        let mandate_tampered = counter_vec(
+            &registry,
+            "refunds_mandate_tampered_total",
+            "Refunds refused because a mandate's stored state does not add up (edited in Redis).",
+            &["rule"],
+        );
+        for rule in TAMPER_RULES {
+            mandate_tampered.with_label_values(&[rule]);
+        }
         let deduplicated = IntCounter::new(
             "refunds_deduplicated_total",
             "Deliveries skipped because their refund was already done (redeliveries and duplicate jobs).",
@@ -214,6 +229,7 @@ impl Metrics {
             circuit_open,
             dead_letter_amount,
             mandate_denied,
+            mandate_tampered,
         }
     }
 

@@ -20,11 +20,16 @@ impl std::fmt::Debug for KeyPair {
 
 /// Why a key from configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} must be a 32-byte Ed25519 seed in hex (64 hex digits)")]
+#[error("{what} must be {expected}")]
 pub struct BadKey {
     /// Which setting.
     pub what: &'static str,
+    /// What it must hold.
+    pub expected: &'static str,
 }
+
+const SEED: &str = "a 32-byte Ed25519 seed in hex (64 hex digits)";
+const PUBLIC_KEYS: &str = "a non-empty list of Ed25519 public keys in hex (64 hex digits each)";
 
 impl KeyPair {
     /// From a 64-hex-digit seed.
@@ -32,7 +37,10 @@ impl KeyPair {
         let bytes: [u8; 32] = hex::decode(seed.expose().trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or(BadKey { what })?;
+            .ok_or(BadKey {
+                what,
+                expected: SEED,
+            })?;
         Ok(Self {
             signing: SigningKey::from_bytes(&bytes),
         })
@@ -81,6 +89,41 @@ impl PublicKey {
     /// As hex.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.to_bytes())
+    }
+}
+
+/// The public keys a verifier accepts, for rotation: a signature is good if any of them made
+/// it. Workers hold only these (`[mandates] verify_keys`), never a signing seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyKeys(Vec<PublicKey>);
+
+impl VerifyKeys {
+    /// From hex public keys; `what` names the setting in the error.
+    pub fn from_hex_list(list: &[String], what: &'static str) -> Result<Self, BadKey> {
+        let keys: Option<Vec<PublicKey>> = list.iter().map(|k| PublicKey::from_hex(k)).collect();
+        match keys {
+            Some(keys) if !keys.is_empty() => Ok(Self(keys)),
+            _ => Err(BadKey {
+                what,
+                expected: PUBLIC_KEYS,
+            }),
+        }
+    }
+
+    /// Whether any of the keys made `signature_hex` over `message`.
+    pub fn verifies(&self, message: &[u8], signature_hex: &str) -> bool {
+        self.0.iter().any(|k| k.verifies(message, signature_hex))
+    }
+
+    /// The keys, as hex.
+    pub fn to_hex(&self) -> Vec<String> {
+        self.0.iter().map(PublicKey::to_hex).collect()
+    }
+}
+
+impl From<PublicKey> for VerifyKeys {
+    fn from(key: PublicKey) -> Self {
+        Self(vec![key])
     }
 }
 

@@ -245,6 +245,9 @@ pub fn replay_properties(letter: &DeadLetter, body: &[u8], sealer: &Sealer) -> B
         if let Some(first) = &envelope.first_seen {
             set.push((headers::FIRST_SEEN, first.clone()));
         }
+        if let Some(publisher) = &envelope.publisher {
+            set.push((headers::PUBLISHER, publisher.clone()));
+        }
     }
     // The failure headers stay with the letter; the replayed job starts clean.
     let mut original = letter.properties.clone();

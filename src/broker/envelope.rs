@@ -36,6 +36,9 @@ pub mod headers {
     pub const DATE: &str = "x-refund-date";
     /// Status checks made on a pending refund.
     pub const SYNCS: &str = "x-refund-syncs";
+    /// The broker user that published the job, as RabbitMQ validated its AMQP `user_id` at
+    /// intake (who may spend a mandate: SPEC §5).
+    pub const PUBLISHER: &str = "x-refund-publisher";
 }
 
 /// The delivery facts the pipeline and the worker need, read once per message.
@@ -57,6 +60,10 @@ pub struct Envelope {
     pub first_seen: Option<String>,
     /// The day the job was keyed under by an earlier delivery.
     pub keyed_date: Option<JobDate>,
+    /// The broker user that published the job: the sealed `x-refund-publisher` of a copy the
+    /// service made, else the AMQP `user_id` (which RabbitMQ checks against the publishing
+    /// connection's user). `None` when the publisher set no `user_id`.
+    pub publisher: Option<String>,
     /// The AMQP `timestamp` property (Unix seconds).
     pub timestamp: Option<u64>,
     /// Whether the broker says this is a redelivery.
@@ -109,6 +116,14 @@ impl Envelope {
             syncs: number(headers::SYNCS).unwrap_or(0),
             first_seen: text(headers::FIRST_SEEN),
             keyed_date: text(headers::DATE).and_then(|d| JobDate::parse(&d).ok()),
+            // A sealed copy carries the identity established at intake; its own `user_id`
+            // (none: republishes never set one) says nothing.
+            publisher: if ours.is_some() {
+                text(headers::PUBLISHER)
+            } else {
+                properties.user_id().as_ref().map(|u| u.to_string())
+            }
+            .filter(|p| !p.is_empty() && p.len() <= 255),
             timestamp: *properties.timestamp(),
             redelivered,
             // The broker's own header, not ours: never sealed, and only read by the dead-letter

@@ -38,6 +38,13 @@ pub enum BrokerError {
     Channel(#[from] lapin::Error),
 }
 
+/// The user an AMQP URL connects as (`guest` when it names none, as RabbitMQ's default).
+pub fn url_user(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned())
+}
+
 /// Connects, naming the connection so operators can see who is who in the management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -65,6 +72,9 @@ pub fn address_of(url: &str) -> String {
 pub struct Publisher {
     /// The confirm-mode channel.
     channel: Channel,
+    /// The broker user of its connection, set as the AMQP `user_id` of every job it
+    /// publishes (RabbitMQ refuses any other): who may spend a mandate (SPEC §5).
+    user: Option<String>,
 }
 
 impl Publisher {
@@ -74,7 +84,23 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            user: None,
+        })
+    }
+
+    /// Opens a confirm-mode channel on `connection`, made as broker user `user`: the jobs it
+    /// publishes carry it as their `user_id`.
+    pub async fn open_as(connection: &Connection, user: &str) -> Result<Self, BrokerError> {
+        let mut publisher = Self::open(connection).await?;
+        publisher.user = Some(user.to_owned());
+        Ok(publisher)
+    }
+
+    /// The broker user its jobs are published as, if it says.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The channel (for declaring and inspecting queues).

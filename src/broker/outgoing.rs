@@ -83,7 +83,12 @@ pub async fn publish_jobs_to(
                         exchange,
                         routing_key,
                         &job.body,
-                        job_properties(&job.job_id, reply_to),
+                        match publisher.user() {
+                            Some(user) => {
+                                job_properties(&job.job_id, reply_to).with_user_id(user.into())
+                            }
+                            None => job_properties(&job.job_id, reply_to),
+                        },
                     )
                     .await,
             );

@@ -22,7 +22,7 @@ use crate::{
     broker::{self, OutgoingJob, Publisher},
     cli::DemoArgs,
     ending::Fate,
-    governance::mandate::Mandate,
+    governance::mandate::{Mandate, Terms, rfc3339},
     job::{Currency, JobDate, ProviderName, Token},
     outcome::FailureClass,
     services::whatsapp::format_money,
@@ -223,15 +223,29 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
     // The governed part: ERP orders, and the support agent's signed mandate.
     let governed = governed_batch(args.governed as usize, today);
     sandbox.load_orders(governed.orders.clone());
-    let mandate_key = KeyPair::from_seed(&settings.mandates.signing_key, "[mandates] signing_key")
+    let seed = settings.mandates.signing_key().ok_or_else(|| {
+        CommandError::Usage(
+            "the demo grants its own mandate: it needs [mandates] signing_key (the development one in config/default.toml)".into(),
+        )
+    })?;
+    let mandate_key = KeyPair::from_seed(seed, "[mandates] signing_key")
         .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let mandate = Mandate::new_signed(
-        Token::parse(MANDATE).expect("a valid id"),
-        Token::parse(AGENT).expect("a valid id"),
-        CAP,
-        DAILY,
-        Currency::BRL,
-        None,
+    // The demo publishes as the broker user of its AMQP URL; in production each agent
+    // publishes as its own user (docs/MANDATES.md), named with `mandate grant --publisher`.
+    let demo_user = broker::url_user(&connections.amqp_url);
+    let terms = Terms {
+        id: Token::parse(MANDATE).expect("a valid id"),
+        agent_id: Token::parse(AGENT).expect("a valid id"),
+        max_per_refund: CAP,
+        max_per_day: DAILY,
+        currency: Currency::BRL,
+        expires_at: None,
+        publishers: vec![demo_user.clone()],
+    };
+    let mandate = Mandate::granted(
+        terms,
+        1,
+        &rfc3339(time::OffsetDateTime::now_utc()),
         &mandate_key,
     );
     MandateStore::new(redis.clone(), &prefix)
@@ -245,7 +259,9 @@ pub async fn run(ctx: &Context, args: DemoArgs) -> Result<(), CommandError> {
     jobs.shuffle(&mut StdRng::seed_from_u64(8));
     println!("refund-worker demo: sandbox at {sandbox_url}, queues and keys under prefix {prefix}");
 
-    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
+    let publisher = Publisher::open_as(&connection, &demo_user)
+        .await
+        .map_err(runtime)?;
     let topology = connections.topology(&settings);
     topology
         .declare(publisher.channel())

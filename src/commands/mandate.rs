@@ -1,7 +1,8 @@
 //! `refund-worker mandate grant|revoke|show|list`: finance's spend mandates (SPEC §5).
 //!
-//! `grant` signs with `[mandates] signing_key`; `show` and `list` verify every mandate with
-//! its public half, so an operator sees at once a mandate edited behind the tool's back.
+//! `grant` and `revoke` sign a new version with finance's `[mandates] signing_key` (only where
+//! finance runs them); `show` and `list` verify every mandate with `[mandates] verify_keys`, so
+//! an operator sees at once a mandate edited behind the tool's back.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -9,16 +10,19 @@ use time::OffsetDateTime;
 use super::{CommandError, Context, runtime};
 use crate::{
     cli::{MandateArgs, MandateCommand},
-    governance::mandate::{MAX_CAP, Mandate, parse_rfc3339, rfc3339},
+    governance::mandate::{MAX_CAP, Terms, parse_rfc3339, rfc3339},
     job::{Currency, JobDate, Token, format_minor},
-    signing::KeyPair,
+    signing::{KeyPair, VerifyKeys},
     store::{self, MandateStore, StoredMandate},
 };
 
 /// Runs a `mandate` subcommand.
 pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
-    // The key is checked before Redis is reached: a bad key is a configuration error (2).
-    let key = KeyPair::from_seed(&ctx.settings.mandates.signing_key, "[mandates] signing_key")
+    // Keys are checked before Redis is reached: a bad key is a configuration error (2).
+    let verify = ctx
+        .settings
+        .mandates
+        .verify_keys()
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     match args.command {
         MandateCommand::Grant {
@@ -28,7 +32,10 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
             max_per_day,
             currency,
             expires,
+            publishers,
+            replace,
         } => {
+            let key = finance_key(ctx, "grant")?;
             let now = OffsetDateTime::now_utc();
             let grant = GrantRequest::parse(
                 &id,
@@ -39,32 +46,60 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
                 expires.as_deref(),
                 now,
             )?;
-            let mandate = grant.sign(&key);
-            open(ctx).await?.grant(&mandate).await.map_err(runtime)?;
+            let terms = grant.with_publishers(publishers)?;
+            let store = open(ctx).await?;
+            if store
+                .get(terms.id.as_str())
+                .await
+                .map_err(runtime)?
+                .is_some()
+                && !replace
+            {
+                return Err(CommandError::Usage(format!(
+                    "mandate {} exists; pass --replace to grant a new version of it (`mandate show {}` shows the current one)",
+                    terms.id, terms.id
+                )));
+            }
+            let mandate = store
+                .grant_terms(terms, &key, &rfc3339(now))
+                .await
+                .map_err(runtime)?;
             println!(
-                "granted mandate {} to agent {}: up to {} per refund, {} per day, expires {} (signed by {})",
+                "granted mandate {} (version {}) to agent {}, spent by {}: up to {} per refund, {} per day, expires {} (signed by {})",
                 mandate.id,
+                mandate.version,
                 mandate.agent_id,
+                mandate.publishers.join(", "),
                 money(mandate.max_per_refund, mandate.currency),
                 money(mandate.max_per_day, mandate.currency),
                 mandate.expires_at.as_deref().unwrap_or("never"),
                 key.public_hex(),
             );
+            if !verify.verifies(&mandate.canonical_bytes(), &mandate.signature) {
+                eprintln!(
+                    "warning: [mandates] verify_keys does not hold this key ({}): workers will refuse the mandate until it does",
+                    key.public_hex()
+                );
+            }
             Ok(())
         }
         MandateCommand::Revoke { id } => {
-            match open(ctx)
+            let key = finance_key(ctx, "revoke")?;
+            let at = rfc3339(OffsetDateTime::now_utc());
+            let revoked = open(ctx)
                 .await?
-                .revoke_at(&id, OffsetDateTime::now_utc())
+                .revoke(&id, &key, &at)
                 .await
                 .map_err(runtime)?
-            {
-                Some(at) => {
-                    println!("revoked mandate {id} at {at}; refunds under it stop at once");
-                    Ok(())
-                }
-                None => Err(unknown(ctx, &id)),
+                .ok_or_else(|| unknown(ctx, &id))?;
+            match revoked.revoked_at.as_deref() {
+                Some(when) if when != at => println!("mandate {id} was already revoked at {when}"),
+                _ => println!(
+                    "revoked mandate {id} at {at} (version {}); refunds under it stop at once",
+                    revoked.version
+                ),
             }
+            Ok(())
         }
         MandateCommand::Show { id } => {
             let store = open(ctx).await?;
@@ -73,7 +108,7 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
                 .await
                 .map_err(runtime)?
                 .ok_or_else(|| unknown(ctx, &id))?;
-            let view = MandateView::of(&store, &stored, &key, OffsetDateTime::now_utc()).await?;
+            let view = MandateView::of(&store, &stored, &verify, OffsetDateTime::now_utc()).await?;
             view.print();
             Ok(())
         }
@@ -82,7 +117,7 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
             let now = OffsetDateTime::now_utc();
             let mut views = Vec::new();
             for stored in store.list().await.map_err(runtime)? {
-                views.push(MandateView::of(&store, &stored, &key, now).await?);
+                views.push(MandateView::of(&store, &stored, &verify, now).await?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&views).map_err(runtime)?);
@@ -92,6 +127,17 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
             Ok(())
         }
     }
+}
+
+/// Finance's signing key, which only `grant` and `revoke` need.
+fn finance_key(ctx: &Context, what: &str) -> Result<KeyPair, CommandError> {
+    let seed = ctx.settings.mandates.signing_key().ok_or_else(|| {
+        CommandError::Usage(format!(
+            "mandate {what} signs with finance's key: set [mandates] signing_key (REFUND_MANDATES__SIGNING_KEY) where finance runs it; workers never hold it"
+        ))
+    })?;
+    KeyPair::from_seed(seed, "[mandates] signing_key")
+        .map_err(|e| CommandError::Usage(e.to_string()))
 }
 
 async fn open(ctx: &Context) -> Result<MandateStore, CommandError> {
@@ -172,16 +218,24 @@ impl GrantRequest {
         })
     }
 
-    fn sign(self, key: &KeyPair) -> Mandate {
-        Mandate::new_signed(
-            self.id,
-            self.agent,
-            self.max_per_refund,
-            self.max_per_day,
-            self.currency,
-            self.expires_at,
-            key,
-        )
+    /// The terms, spent by `publishers` (RabbitMQ users; none: the agent id).
+    fn with_publishers(self, publishers: Vec<String>) -> Result<Terms, CommandError> {
+        for user in &publishers {
+            if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+                return Err(CommandError::Usage(format!(
+                    "--publisher must be a RabbitMQ user name (1 to 255 bytes, no control characters), got {user:?}"
+                )));
+            }
+        }
+        Ok(Terms {
+            id: self.id,
+            agent_id: self.agent,
+            max_per_refund: self.max_per_refund,
+            max_per_day: self.max_per_day,
+            currency: self.currency,
+            expires_at: self.expires_at,
+            publishers,
+        })
     }
 }
 
@@ -203,6 +257,10 @@ struct MandateView {
     currency: Currency,
     expires_at: Option<String>,
     issued_at: String,
+    /// Grows with every grant and revocation.
+    version: u64,
+    /// The broker users whose jobs may spend it.
+    publishers: Vec<String>,
     /// `active`, `revoked` or `expired`.
     state: &'static str,
     revoked_at: Option<String>,
@@ -210,7 +268,7 @@ struct MandateView {
     today: String,
     spent_today: u64,
     left_today: u64,
-    /// Whether `[mandates] signing_key` signed exactly these fields.
+    /// Whether a key of `[mandates] verify_keys` signed exactly these fields.
     signature_valid: bool,
     signature: String,
 }
@@ -219,7 +277,7 @@ impl MandateView {
     async fn of(
         store: &MandateStore,
         stored: &StoredMandate,
-        key: &KeyPair,
+        keys: &VerifyKeys,
         now: OffsetDateTime,
     ) -> Result<Self, CommandError> {
         let m = &stored.mandate;
@@ -233,12 +291,14 @@ impl MandateView {
             currency: m.currency,
             expires_at: m.expires_at.clone(),
             issued_at: m.issued_at.clone(),
-            state: m.state(stored.revoked_at.as_deref(), now).as_str(),
-            revoked_at: stored.revoked_at.clone(),
+            version: m.version,
+            publishers: m.publishers.clone(),
+            state: m.state(now).as_str(),
+            revoked_at: m.revoked_at.clone(),
             today: today.to_string(),
             spent_today: spent,
             left_today: m.max_per_day.saturating_sub(spent),
-            signature_valid: m.verify(&key.public()),
+            signature_valid: m.verify(keys),
             signature: m.signature.clone(),
         })
     }
@@ -263,6 +323,8 @@ impl MandateView {
         line("currency", self.currency.code());
         line("expires", self.expires_at.as_deref().unwrap_or("never"));
         line("issued", &self.issued_at);
+        line("version", &self.version.to_string());
+        line("publishers", &self.publishers.join(", "));
         line("state", &self.state_text());
         line(
             "spent today",
@@ -278,7 +340,7 @@ impl MandateView {
             if self.signature_valid {
                 "yes"
             } else {
-                "NO: altered after signing or signed with another key; refunds under it are refused"
+                "NO: altered after signing, signed with a key [mandates] verify_keys does not hold, or in an older format; refunds under it are refused (grant it again with --replace)"
             },
         );
     }

@@ -168,7 +168,12 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
     let connection = broker::connect(&ctx.connections.amqp_url, "refund-worker publish")
         .await
         .map_err(runtime)?;
-    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
+    // Jobs carry the connection's user as their AMQP `user_id`, which RabbitMQ validates:
+    // the identity a mandate's publishers are checked against.
+    let user = broker::url_user(&ctx.connections.amqp_url);
+    let publisher = Publisher::open_as(&connection, &user)
+        .await
+        .map_err(runtime)?;
     let topology = ctx.connections.topology(&ctx.settings);
     topology
         .declare(publisher.channel())

@@ -13,7 +13,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     job::{Currency, Token},
-    signing::{KeyPair, PublicKey},
+    signing::{KeyPair, VerifyKeys},
 };
 
 /// The largest cap a mandate may carry: 2^53 − 1 minor units. The budget is counted inside a
@@ -21,10 +21,12 @@ use crate::{
 pub const MAX_CAP: u64 = (1 << 53) - 1;
 
 /// What the signature of a mandate covers, first: a domain tag, so a mandate signature can
-/// never be replayed as any other signed object (a receipt) made with the same key.
-const CANONICAL_TAG: &[u8] = b"refund-worker/mandate/v1";
+/// never be replayed as any other signed object (a receipt) made with the same key. Version 2
+/// signs the whole state (publishers, version, revocation); a mandate signed in version 1
+/// does not verify and is refused until finance grants it again.
+const CANONICAL_TAG: &[u8] = b"refund-worker/mandate/v2";
 
-/// A per-agent spending cap, signed.
+/// A per-agent spending cap, signed by finance over its whole state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mandate {
     /// The mandate's id, e.g. `cm_support`; jobs name it as `mandate_id`.
@@ -39,14 +41,46 @@ pub struct Mandate {
     pub currency: Currency,
     /// When it lapses (RFC 3339); `None` never.
     pub expires_at: Option<String>,
-    /// When it was signed (RFC 3339).
+    /// When this version was signed (RFC 3339).
     pub issued_at: String,
+    /// Grows by one with every grant and revocation of this id: a worker never accepts an
+    /// older version than one it has seen.
+    #[serde(default)]
+    pub version: u64,
+    /// The broker users whose jobs may spend it (the AMQP `user_id` RabbitMQ validated at
+    /// intake), sorted, without repeats.
+    #[serde(default)]
+    pub publishers: Vec<String>,
+    /// When finance revoked it (RFC 3339): a revocation is itself a signed version.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
     /// Hex Ed25519 signature over [`Mandate::canonical_bytes`].
     pub signature: String,
 }
 
+/// What finance decides when it grants a mandate (everything but the version, the time and
+/// the signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// The mandate's id.
+    pub id: Token,
+    /// The agent it authorises.
+    pub agent_id: Token,
+    /// The per-refund cap.
+    pub max_per_refund: u64,
+    /// The daily budget.
+    pub max_per_day: u64,
+    /// The caps' currency.
+    pub currency: Currency,
+    /// When it lapses.
+    pub expires_at: Option<String>,
+    /// The broker users allowed to spend it; empty means the agent id alone.
+    pub publishers: Vec<String>,
+}
+
 impl Mandate {
-    /// A mandate issued now and signed with `key`.
+    /// Version 1 of a mandate, issued now and signed with `key`; its one publisher is the
+    /// agent id.
     pub fn new_signed(
         id: Token,
         agent_id: Token,
@@ -68,7 +102,7 @@ impl Mandate {
         )
     }
 
-    /// A mandate with a given issue time, signed with `key` (tests and re-signing).
+    /// Version 1 with a given issue time, signed with `key` (tests).
     #[allow(clippy::too_many_arguments)]
     pub fn new_signed_at(
         id: Token,
@@ -80,54 +114,89 @@ impl Mandate {
         issued_at: &str,
         key: &KeyPair,
     ) -> Self {
-        let mut mandate = Self {
+        let terms = Terms {
             id,
             agent_id,
             max_per_refund,
             max_per_day,
             currency,
             expires_at,
+            publishers: Vec::new(),
+        };
+        Self::granted(terms, 1, issued_at, key)
+    }
+
+    /// `terms` as version `version`, issued at `issued_at`, signed with `key`.
+    pub fn granted(terms: Terms, version: u64, issued_at: &str, key: &KeyPair) -> Self {
+        let mut publishers = terms.publishers;
+        if publishers.is_empty() {
+            publishers.push(terms.agent_id.to_string());
+        }
+        publishers.sort();
+        publishers.dedup();
+        let mut mandate = Self {
+            id: terms.id,
+            agent_id: terms.agent_id,
+            max_per_refund: terms.max_per_refund,
+            max_per_day: terms.max_per_day,
+            currency: terms.currency,
+            expires_at: terms.expires_at,
             issued_at: issued_at.to_owned(),
+            version,
+            publishers,
+            revoked_at: None,
             signature: String::new(),
         };
         mandate.signature = key.sign_hex(&mandate.canonical_bytes());
         mandate
     }
 
+    /// The next version: revoked at `at`, signed with `key`.
+    pub fn revoked(&self, at: &str, key: &KeyPair) -> Self {
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        next.issued_at = at.to_owned();
+        next.revoked_at = Some(at.to_owned());
+        next.signature = key.sign_hex(&next.canonical_bytes());
+        next
+    }
+
     /// The bytes the signature covers: every field but the signature, in a fixed order, each
     /// unambiguous on its own so no two different mandates share them:
     ///
     /// ```text
-    /// str("refund-worker/mandate/v1")
+    /// str("refund-worker/mandate/v2")
     /// str(id) str(agent_id) u64(max_per_refund) u64(max_per_day) str(currency)
-    /// opt(expires_at) str(issued_at)
+    /// opt(expires_at) str(issued_at) u64(version) u32(n) str(publisher)×n opt(revoked_at)
     ///
     /// str(s) = u32 big-endian byte length of s, then the UTF-8 bytes of s
-    /// u64(n) = 8 bytes, big-endian
+    /// u64(n) = 8 bytes, big-endian; u32(n) = 4 bytes, big-endian
     /// opt(x) = 0x00 when absent | 0x01 then str(x)
     /// ```
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(160);
+        let mut out = Vec::with_capacity(200);
         put_str(&mut out, CANONICAL_TAG);
         put_str(&mut out, self.id.as_str().as_bytes());
         put_str(&mut out, self.agent_id.as_str().as_bytes());
         out.extend_from_slice(&self.max_per_refund.to_be_bytes());
         out.extend_from_slice(&self.max_per_day.to_be_bytes());
         put_str(&mut out, self.currency.code().as_bytes());
-        match &self.expires_at {
-            None => out.push(0),
-            Some(at) => {
-                out.push(1);
-                put_str(&mut out, at.as_bytes());
-            }
-        }
+        put_opt(&mut out, self.expires_at.as_deref());
         put_str(&mut out, self.issued_at.as_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        let count = u32::try_from(self.publishers.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for publisher in &self.publishers {
+            put_str(&mut out, publisher.as_bytes());
+        }
+        put_opt(&mut out, self.revoked_at.as_deref());
         out
     }
 
-    /// Whether `key` signed exactly these fields: false if any byte of any field changed.
-    pub fn verify(&self, key: &PublicKey) -> bool {
-        key.verifies(&self.canonical_bytes(), &self.signature)
+    /// Whether one of `keys` signed exactly these fields: false if any byte of any field
+    /// changed.
+    pub fn verify(&self, keys: &VerifyKeys) -> bool {
+        keys.verifies(&self.canonical_bytes(), &self.signature)
     }
 
     /// Whether it has lapsed at `now`. An expiry that cannot be read counts as lapsed: a
@@ -140,32 +209,39 @@ impl Mandate {
     }
 
     /// Every check that needs no budget, in the order the policy applies them: signature,
-    /// agent, revoked, expired, currency, per-refund cap. `revoked_at` is the stored
-    /// revocation; `agent` is who asks (`None` when the job names nobody).
+    /// agent, publisher, revoked, expired, currency, per-refund cap. `agent` is who the job
+    /// says asks (`None` when it names nobody); `publisher` the broker user that published it.
     pub fn check(
         &self,
-        key: &PublicKey,
-        revoked_at: Option<&str>,
-        agent: Option<&Token>,
-        amount: u64,
-        currency: Currency,
+        keys: &VerifyKeys,
+        ask: &Ask<'_>,
         now: OffsetDateTime,
     ) -> Result<(), Denial> {
         let id = || self.id.to_string();
-        if !self.verify(key) {
+        if !self.verify(keys) {
             return Err(Denial::Forged { id: id() });
         }
-        if agent != Some(&self.agent_id) {
+        if ask.agent != Some(&self.agent_id) {
             return Err(Denial::WrongAgent {
                 id: id(),
-                agent: agent.map(Token::to_string).unwrap_or_default(),
+                agent: ask.agent.map(Token::to_string).unwrap_or_default(),
                 expected: self.agent_id.to_string(),
             });
         }
-        if let Some(at) = revoked_at {
+        if !ask
+            .publisher
+            .is_some_and(|p| self.publishers.iter().any(|allowed| allowed == p))
+        {
+            return Err(Denial::WrongPublisher {
+                id: id(),
+                publisher: ask.publisher.map(str::to_owned),
+                allowed: self.publishers.join(", "),
+            });
+        }
+        if let Some(at) = &self.revoked_at {
             return Err(Denial::Revoked {
                 id: id(),
-                at: at.to_owned(),
+                at: at.clone(),
             });
         }
         if self.is_expired(now) {
@@ -174,17 +250,17 @@ impl Mandate {
                 at: self.expires_at.clone().unwrap_or_default(),
             });
         }
-        if currency != self.currency {
+        if ask.currency != self.currency {
             return Err(Denial::WrongCurrency {
                 id: id(),
                 expected: self.currency.to_string(),
-                got: currency.to_string(),
+                got: ask.currency.to_string(),
             });
         }
-        if amount > self.max_per_refund {
+        if ask.amount > self.max_per_refund {
             return Err(Denial::OverCap {
                 id: id(),
-                amount,
+                amount: ask.amount,
                 cap: self.max_per_refund,
             });
         }
@@ -192,13 +268,36 @@ impl Mandate {
     }
 
     /// Its state at `now`, for operators (revocation wins over expiry).
-    pub fn state(&self, revoked_at: Option<&str>, now: OffsetDateTime) -> MandateState {
-        if revoked_at.is_some() {
+    pub fn state(&self, now: OffsetDateTime) -> MandateState {
+        if self.revoked_at.is_some() {
             MandateState::Revoked
         } else if self.is_expired(now) {
             MandateState::Expired
         } else {
             MandateState::Active
+        }
+    }
+}
+
+/// What a job asks of a mandate.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The agent the job names.
+    pub agent: Option<&'a Token>,
+    /// The broker user that published it (sealed at intake).
+    pub publisher: Option<&'a str>,
+    /// The refund, in minor units.
+    pub amount: u64,
+    /// Its currency.
+    pub currency: Currency,
+}
+
+fn put_opt(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            put_str(out, text.as_bytes());
         }
     }
 }
@@ -295,7 +394,7 @@ pub enum Denial {
     /// Its signature does not match its fields: edited after signing, or signed with another
     /// key.
     #[error(
-        "mandate {id} has an invalid signature: it was altered after signing or not signed with [mandates] signing_key"
+        "mandate {id} has an invalid signature: it was altered after signing, signed with a key [mandates] verify_keys does not hold, or signed in an older format (grant it again)"
     )]
     Forged {
         /// The mandate.
@@ -310,6 +409,42 @@ pub enum Denial {
         agent: String,
         /// Whom the mandate names.
         expected: String,
+    },
+    /// The job was not published by a broker user the mandate allows.
+    #[error(
+        "mandate {id} may be spent only by jobs published as {allowed}, not {}",
+        publisher_text(.publisher)
+    )]
+    WrongPublisher {
+        /// The mandate.
+        id: String,
+        /// The AMQP `user_id` the job was published with, if any.
+        publisher: Option<String>,
+        /// The broker users it allows, comma-separated.
+        allowed: String,
+    },
+    /// The stored mandate is an older version than one this deployment has seen: written
+    /// back over a later grant or revocation.
+    #[error(
+        "mandate {id} is stored at version {version}, older than version {seen} already seen: it was rolled back in Redis; refusing to spend until finance grants it again"
+    )]
+    RolledBack {
+        /// The mandate.
+        id: String,
+        /// The version stored.
+        version: u64,
+        /// The newest version seen.
+        seen: u64,
+    },
+    /// The stored spend does not add up: a counter lowered or deleted in Redis.
+    #[error(
+        "mandate {id}'s spend does not add up: {why}; refusing to spend until it is reconciled"
+    )]
+    Tampered {
+        /// The mandate.
+        id: String,
+        /// What does not add up.
+        why: String,
     },
     /// The refund is larger than the mandate's per-refund cap.
     #[error("refund of {amount} minor units exceeds mandate {id}'s cap of {cap} per refund")]
@@ -360,6 +495,13 @@ pub enum Denial {
     },
 }
 
+fn publisher_text(publisher: &Option<String>) -> String {
+    match publisher {
+        Some(user) => format!("broker user {user}"),
+        None => "a job published without an AMQP user_id".to_owned(),
+    }
+}
+
 fn agent_text(agent: &str) -> String {
     if agent.is_empty() {
         "a job that names no agent".to_owned()
@@ -382,6 +524,9 @@ impl Denial {
             Denial::OverBudget { .. } => "over_budget",
             Denial::WrongCurrency { .. } => "wrong_currency",
             Denial::KeyReused { .. } => "key_reused",
+            Denial::WrongPublisher { .. } => "wrong_publisher",
+            Denial::RolledBack { .. } => "rolled_back",
+            Denial::Tampered { .. } => "tampered",
         }
     }
 }
@@ -429,19 +574,43 @@ mod tests {
         parse_rfc3339(text).unwrap()
     }
 
-    #[test]
-    fn a_signed_mandate_verifies_with_its_key_only() {
-        let m = mandate();
-        assert!(m.verify(&key().public()));
-        let other = KeyPair::from_seed(&Secret::new("44".repeat(32)), "test").unwrap();
-        assert!(!m.verify(&other.public()));
+    fn keys() -> VerifyKeys {
+        key().public().into()
+    }
+
+    fn ask<'a>(
+        agent: Option<&'a Token>,
+        publisher: Option<&'a str>,
+        amount: u64,
+        currency: Currency,
+    ) -> Ask<'a> {
+        Ask {
+            agent,
+            publisher,
+            amount,
+            currency,
+        }
     }
 
     #[test]
-    fn signature_covers_every_field() {
-        let public = key().public();
+    fn a_signed_mandate_verifies_with_its_key_only_and_any_listed_key_verifies() {
+        let m = mandate();
+        assert!(m.verify(&keys()));
+        let other = KeyPair::from_seed(&Secret::new("44".repeat(32)), "test").unwrap();
+        assert!(!m.verify(&other.public().into()));
+        // Rotation: a list holding the old key and a new one verifies both.
+        let both =
+            VerifyKeys::from_hex_list(&[other.public_hex(), key().public_hex()], "test").unwrap();
+        assert!(m.verify(&both));
+        assert_eq!(m.version, 1);
+        assert_eq!(m.publishers, vec!["support-bot".to_owned()]);
+    }
+
+    #[test]
+    fn signature_covers_the_whole_state() {
+        let public = keys();
         type Edit = fn(&mut Mandate);
-        let changes: [(&str, Edit); 9] = [
+        let changes: [(&str, Edit); 13] = [
             ("id", |m| m.id = token("cm_supporT")),
             ("agent_id", |m| m.agent_id = token("support-bo")),
             ("max_per_refund", |m| m.max_per_refund += 1),
@@ -452,6 +621,12 @@ mod tests {
                 m.expires_at = Some("2031-01-01T00:00:00Z".into())
             }),
             ("issued_at", |m| m.issued_at = "2026-01-01T00:00:01Z".into()),
+            ("version", |m| m.version += 1),
+            ("publisher added", |m| m.publishers.push("mallory".into())),
+            ("publisher renamed", |m| m.publishers[0] = "mallory".into()),
+            ("revocation added", |m| {
+                m.revoked_at = Some("2026-02-01T00:00:00Z".into())
+            }),
             ("signature", |m| {
                 let flipped = if m.signature.starts_with('0') {
                     "1"
@@ -469,22 +644,16 @@ mod tests {
                 "changing {field} must break the signature"
             );
         }
-        // A mandate without an expiry signs and verifies too, and adding one breaks it.
-        let mut open = mandate();
-        open.expires_at = None;
-        open = Mandate::new_signed_at(
-            open.id,
-            open.agent_id,
-            open.max_per_refund,
-            open.max_per_day,
-            open.currency,
-            None,
-            &open.issued_at,
-            &key(),
+        // A revocation is a signed version: it verifies, and removing it breaks it.
+        let revoked = mandate().revoked("2026-02-01T00:00:00Z", &key());
+        assert!(revoked.verify(&public));
+        assert_eq!(revoked.version, 2);
+        let mut revived = revoked.clone();
+        revived.revoked_at = None;
+        assert!(
+            !revived.verify(&public),
+            "deleting revoked_at breaks the signature"
         );
-        assert!(open.verify(&public));
-        open.expires_at = Some(String::new());
-        assert!(!open.verify(&public));
     }
 
     #[test]
@@ -497,27 +666,31 @@ mod tests {
         b.id = token("cm_ab");
         b.agent_id = token("c");
         assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+        let mut c = mandate();
+        c.publishers = vec!["ab".into(), "c".into()];
+        let mut d = mandate();
+        d.publishers = vec!["a".into(), "bc".into()];
+        assert_ne!(c.canonical_bytes(), d.canonical_bytes());
         assert!(
             a.canonical_bytes()
-                .starts_with(b"\0\0\0\x18refund-worker/mandate/v1")
+                .starts_with(b"\0\0\0\x18refund-worker/mandate/v2")
         );
     }
 
     #[test]
     fn checks_apply_in_order() {
-        let public = key().public();
+        let public = keys();
         let m = mandate();
         let now = at("2026-06-01T12:00:00Z");
         let agent = token("support-bot");
-        let ok = |m: &Mandate, revoked: Option<&str>, agent: Option<&Token>, amount, cur, now| {
-            m.check(&public, revoked, agent, amount, cur, now)
-        };
+        let me = Some("support-bot");
+        let check = |m: &Mandate, a: Ask<'_>, now| m.check(&public, &a, now);
         assert_eq!(
-            ok(&m, None, Some(&agent), 50_000, Currency::BRL, now),
+            check(&m, ask(Some(&agent), me, 50_000, Currency::BRL), now),
             Ok(())
         );
         assert_eq!(
-            ok(&m, None, Some(&agent), 50_001, Currency::BRL, now),
+            check(&m, ask(Some(&agent), me, 50_001, Currency::BRL), now),
             Err(Denial::OverCap {
                 id: "cm_support".into(),
                 amount: 50_001,
@@ -526,12 +699,14 @@ mod tests {
         );
         let usd = Currency::parse("USD").unwrap();
         assert_eq!(
-            ok(&m, None, Some(&agent), 1, usd, now).unwrap_err().rule(),
+            check(&m, ask(Some(&agent), me, 1, usd), now)
+                .unwrap_err()
+                .rule(),
             "wrong_currency"
         );
         let other = token("other-bot");
         assert_eq!(
-            ok(&m, None, Some(&other), 1, Currency::BRL, now),
+            check(&m, ask(Some(&other), me, 1, Currency::BRL), now),
             Err(Denial::WrongAgent {
                 id: "cm_support".into(),
                 agent: "other-bot".into(),
@@ -539,37 +714,46 @@ mod tests {
             })
         );
         assert_eq!(
-            ok(&m, None, None, 1, Currency::BRL, now)
+            check(&m, ask(None, me, 1, Currency::BRL), now)
                 .unwrap_err()
                 .rule(),
             "wrong_agent"
         );
+        // The right agent named by a job someone else published, or nobody.
+        assert_eq!(
+            check(&m, ask(Some(&agent), Some("guest"), 1, Currency::BRL), now),
+            Err(Denial::WrongPublisher {
+                id: "cm_support".into(),
+                publisher: Some("guest".into()),
+                allowed: "support-bot".into()
+            })
+        );
+        assert_eq!(
+            check(&m, ask(Some(&agent), None, 1, Currency::BRL), now)
+                .unwrap_err()
+                .rule(),
+            "wrong_publisher"
+        );
         let late = at("2030-01-01T00:00:00Z");
         assert_eq!(
-            ok(&m, None, Some(&agent), 1, Currency::BRL, late),
+            check(&m, ask(Some(&agent), me, 1, Currency::BRL), late),
             Err(Denial::Expired {
                 id: "cm_support".into(),
                 at: "2030-01-01T00:00:00Z".into()
             })
         );
         // Revocation is reported before expiry, and a forgery before everything.
+        let revoked = m.revoked("2026-05-01T00:00:00Z", &key());
         assert_eq!(
-            ok(
-                &m,
-                Some("2026-05-01T00:00:00Z"),
-                Some(&agent),
-                1,
-                Currency::BRL,
-                late
-            )
-            .unwrap_err()
-            .rule(),
+            check(&revoked, ask(Some(&agent), me, 1, Currency::BRL), late)
+                .unwrap_err()
+                .rule(),
             "revoked"
         );
         let mut forged = m.clone();
         forged.max_per_refund = 5_000_000;
         assert_eq!(
-            ok(&forged, Some("2026-05-01T00:00:00Z"), None, 1, usd, late),
+            check(&forged, ask(None, None, 1, usd), late),
             Err(Denial::Forged {
                 id: "cm_support".into()
             })
@@ -581,13 +765,11 @@ mod tests {
         let mut m = mandate();
         m.expires_at = Some("next tuesday".into());
         assert!(m.is_expired(at("2000-01-01T00:00:00Z")));
-        assert_eq!(
-            m.state(None, at("2000-01-01T00:00:00Z")),
-            MandateState::Expired
-        );
+        assert_eq!(m.state(at("2000-01-01T00:00:00Z")), MandateState::Expired);
         let now = at("2026-06-01T12:00:00Z");
-        assert_eq!(mandate().state(None, now), MandateState::Active);
-        assert_eq!(mandate().state(Some("x"), now), MandateState::Revoked);
+        assert_eq!(mandate().state(now), MandateState::Active);
+        let revoked = mandate().revoked("2026-05-01T00:00:00Z", &key());
+        assert_eq!(revoked.state(now), MandateState::Revoked);
     }
 
     #[test]
@@ -617,7 +799,7 @@ mod tests {
             ),
             (
                 Denial::Forged { id: "cm_x".into() },
-                "mandate cm_x has an invalid signature: it was altered after signing or not signed with [mandates] signing_key",
+                "mandate cm_x has an invalid signature: it was altered after signing, signed with a key [mandates] verify_keys does not hold, or signed in an older format (grant it again)",
             ),
             (
                 Denial::WrongAgent {
@@ -680,6 +862,6 @@ mod tests {
         let m = mandate();
         let back: Mandate = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
-        assert!(back.verify(&key().public()));
+        assert!(back.verify(&keys()));
     }
 }

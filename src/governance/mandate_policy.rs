@@ -1,17 +1,24 @@
 //! The mandate policy: every check of a refund against the spend mandate it names, then an
 //! atomic reservation from the mandate's daily budget (stored by `store::mandates`).
 //!
-//! Invariants: a mandate is obeyed only if its signature verifies under `[mandates]
-//! signing_key` (stored caps are never trusted); nothing is reserved unless every check
-//! passed; a job key reserves at most once, so a retry never spends twice.
+//! Invariants: a mandate is obeyed only if one of `[mandates] verify_keys` signed its whole
+//! stored state (nothing stored is trusted otherwise), and never at a version older than one
+//! seen; nothing is reserved unless every check passed, nor while the day's counter reads
+//! less than the spend sealed in that day's receipts; a job key reserves at most once, so a
+//! retry never spends twice.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use time::OffsetDateTime;
 
 use crate::{
-    governance::mandate::{Denial, Reservation},
-    job::{Amount, Currency, IdempotencyKey, JobDate, Token},
-    signing::PublicKey,
-    store::{MandateStore, ReserveAnswer, StoreError},
+    governance::mandate::{Ask, Denial, Reservation},
+    job::{IdempotencyKey, JobDate, Token},
+    signing::VerifyKeys,
+    store::{MandateStore, ReceiptChain, ReserveAnswer, StoreError},
 };
 
 /// How many times `authorize` reads a mandate again when it was re-granted mid-way.
@@ -45,20 +52,43 @@ impl From<Denial> for MandateError {
 pub struct MandatePolicy {
     /// Where mandates and budgets live.
     store: MandateStore,
-    /// The public half of `[mandates] signing_key`: only mandates it verifies are obeyed.
-    public: PublicKey,
+    /// `[mandates] verify_keys`: only mandates one of them signed are obeyed.
+    keys: VerifyKeys,
     /// `[mandates] required`: refuse jobs that name no mandate.
     required: bool,
+    /// The sealed receipts, whose per-day spend under each mandate is the least its counter
+    /// can hold.
+    receipts: Option<ReceiptChain>,
+    /// What this process has seen: no older version is accepted after a newer one, and no
+    /// sealed spend goes down.
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// High-water marks this process keeps.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Mandate id → the newest version seen.
+    versions: HashMap<String, u64>,
+    /// (mandate id, day) → the largest sealed spend read.
+    sealed: HashMap<(String, String), u64>,
 }
 
 impl MandatePolicy {
-    /// A policy over `store`, trusting mandates signed by `public`.
-    pub fn new(store: MandateStore, public: PublicKey, required: bool) -> Self {
+    /// A policy over `store`, trusting mandates signed by one of `keys`.
+    pub fn new(store: MandateStore, keys: VerifyKeys, required: bool) -> Self {
         Self {
             store,
-            public,
+            keys,
             required,
+            receipts: None,
+            seen: Arc::default(),
         }
+    }
+
+    /// Reconciles every day's counter with the spend sealed in `receipts`.
+    pub fn with_receipts(mut self, receipts: ReceiptChain) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// The store it reads.
@@ -71,27 +101,31 @@ impl MandatePolicy {
         self.required
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Checks a refund against the mandate it names and reserves its amount from the daily
     /// budget of `now`'s UTC day.
     ///
     /// No mandate or agent named and none required → `Ok(None)`; an agent with no mandate is
-    /// refused. Otherwise, in order: the mandate is known, its signature verifies (and it is
-    /// stored under its own id), it names `agent_id`, it is not revoked, not expired at `now`,
-    /// caps `currency`, allows `amount` per refund; then one Lua script reserves `amount`
-    /// atomically, so workers racing for the last of a budget never overspend. Idempotent per
-    /// `job_key`: asking again returns the earlier reservation (even from another day) and
-    /// spends nothing more.
+    /// refused. Otherwise, in order: the mandate is known, one of the verify keys signed its
+    /// whole state (and it is stored under its own id), its version is not older than one
+    /// seen, it names the agent and the publisher, it is not revoked, not expired at `now`,
+    /// caps the currency, allows the amount per refund; then one Lua script reserves the
+    /// amount atomically (so workers racing for the last of a budget never overspend), after
+    /// checking the version against the stored floor and the day's counter against the spend
+    /// sealed in that day's receipts. Idempotent per `job_key`: asking again returns the
+    /// earlier reservation and spends nothing more.
     pub async fn authorize(
         &self,
-        agent_id: Option<&Token>,
+        ask: &Ask<'_>,
         mandate_id: Option<&Token>,
-        amount: Amount,
-        currency: Currency,
         job_key: &IdempotencyKey,
         now: OffsetDateTime,
     ) -> Result<Option<Reservation>, MandateError> {
         let Some(mandate_id) = mandate_id else {
-            return match agent_id {
+            return match ask.agent {
                 _ if self.required => Err(Denial::NoMandate.into()),
                 Some(agent) => Err(Denial::AgentWithoutMandate {
                     agent: agent.to_string(),
@@ -109,28 +143,24 @@ impl MandatePolicy {
                 Some(Err(_)) => return Err(Denial::Forged { id: id.to_owned() }.into()),
                 Some(Ok(stored)) => stored,
             };
+            let mandate = stored.mandate;
             // A validly signed mandate copied under another id is still a forgery here.
-            if stored.mandate.id != *mandate_id {
+            if mandate.id != *mandate_id || !mandate.verify(&self.keys) {
                 return Err(Denial::Forged { id: id.to_owned() }.into());
             }
-            stored.mandate.check(
-                &self.public,
-                stored.revoked_at.as_deref(),
-                agent_id,
-                amount.minor(),
-                currency,
-                now,
-            )?;
+            self.not_rolled_back(&mandate)?;
+            mandate.check(&self.keys, ask, now)?;
+            let least = self.sealed_spend(id, &day).await?;
             match self
                 .store
-                .reserve(&stored.mandate, &day, amount.minor(), job_key)
+                .reserve(&mandate, &day, ask.amount, job_key, least)
                 .await?
             {
-                ReserveAnswer::Reserved(reservation) => return Ok(Some(reservation)),
+                ReserveAnswer::Reserved(reservation, _) => return Ok(Some(reservation)),
                 ReserveAnswer::Over { left } => {
                     return Err(Denial::OverBudget {
                         id: id.to_owned(),
-                        amount: amount.minor(),
+                        amount: ask.amount,
                         left,
                     }
                     .into());
@@ -148,7 +178,25 @@ impl MandatePolicy {
                         id: id.to_owned(),
                         job_key: job_key.to_string(),
                         reserved,
-                        asked: amount.minor(),
+                        asked: ask.amount,
+                    }
+                    .into());
+                }
+                ReserveAnswer::RolledBack { floor } => {
+                    self.saw_version(id, floor);
+                    return Err(Denial::RolledBack {
+                        id: id.to_owned(),
+                        version: mandate.version,
+                        seen: floor,
+                    }
+                    .into());
+                }
+                ReserveAnswer::Tampered { spent, least } => {
+                    return Err(Denial::Tampered {
+                        id: id.to_owned(),
+                        why: format!(
+                            "the counter of {day} holds {spent}, but that day's sealed receipts spent {least} under it"
+                        ),
                     }
                     .into());
                 }
@@ -160,6 +208,58 @@ impl MandatePolicy {
             "mandate {id} kept changing while a refund was being reserved; try again"
         ))
         .into())
+    }
+
+    /// Refuses a version older than the newest this process has seen, and remembers this one.
+    fn not_rolled_back(&self, mandate: &crate::governance::mandate::Mandate) -> Result<(), Denial> {
+        let id = mandate.id.as_str();
+        let mut seen = self.seen();
+        let newest = seen.versions.entry(id.to_owned()).or_insert(0);
+        if mandate.version < *newest {
+            return Err(Denial::RolledBack {
+                id: id.to_owned(),
+                version: mandate.version,
+                seen: *newest,
+            });
+        }
+        *newest = mandate.version;
+        Ok(())
+    }
+
+    fn saw_version(&self, id: &str, version: u64) {
+        let mut seen = self.seen();
+        let newest = seen.versions.entry(id.to_owned()).or_insert(0);
+        *newest = (*newest).max(version);
+    }
+
+    /// The spend sealed under mandate `id` on `day`: what the receipts say (never less than
+    /// this process has already read; a tally that went down was edited).
+    async fn sealed_spend(&self, id: &str, day: &str) -> Result<u64, MandateError> {
+        let Some(receipts) = &self.receipts else {
+            return Ok(0);
+        };
+        let sealed = receipts.mandate_spend(id, day).await?;
+        let mut seen = self.seen();
+        // Only today's and yesterday's marks are useful; keep the map small.
+        if seen.sealed.len() > 1024 {
+            seen.sealed.retain(|(_, d), _| d.as_str() >= day);
+        }
+        let mark = seen
+            .sealed
+            .entry((id.to_owned(), day.to_owned()))
+            .or_insert(0);
+        if sealed < *mark {
+            return Err(Denial::Tampered {
+                id: id.to_owned(),
+                why: format!(
+                    "the sealed spend tally of {day} reads {sealed}, less than the {} read before",
+                    *mark
+                ),
+            }
+            .into());
+        }
+        *mark = sealed;
+        Ok(sealed)
     }
 
     /// Gives a reservation back (the refund failed permanently). Idempotent: releasing twice

@@ -9,12 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Pipeline, Recorded};
+use super::{Attempt, Pipeline, Recorded};
 use crate::{
     clock::now_rfc3339,
     governance::{
         MandateError,
-        mandate::{Denial, Reservation},
+        mandate::{Ask, Denial, Reservation},
     },
     job::{IdempotencyKey, ProviderName, RefundJob, Token},
     outcome::{FailureClass, Outcome},
@@ -44,6 +44,7 @@ pub(super) fn applies(pipeline: &Pipeline, job: &RefundJob) -> bool {
 pub(super) async fn pass(
     pipeline: &Pipeline,
     job: &RefundJob,
+    attempt: Attempt<'_>,
     key: &IdempotencyKey,
     ticket: &ClaimTicket,
     provider: Option<ProviderName>,
@@ -58,10 +59,13 @@ pub(super) async fn pass(
     let authorized = pipeline
         .mandates
         .authorize(
-            job.agent_id.as_ref(),
+            &Ask {
+                agent: job.agent_id.as_ref(),
+                publisher: attempt.envelope.publisher.as_deref(),
+                amount: job.amount.minor(),
+                currency: job.currency,
+            },
             job.mandate_id.as_ref(),
-            job.amount,
-            job.currency,
             key,
             time::OffsetDateTime::now_utc(),
         )
@@ -74,6 +78,14 @@ pub(super) async fn pass(
                 .mandate_denied
                 .with_label_values(&[agent_label(&denial, job.agent_id.as_ref())])
                 .inc();
+            if crate::metrics::TAMPER_RULES.contains(&denial.rule()) {
+                pipeline
+                    .metrics
+                    .mandate_tampered
+                    .with_label_values(&[denial.rule()])
+                    .inc();
+                tracing::error!(key = %key, rule = denial.rule(), why = %denial, "a mandate's stored state does not add up: refusing to spend under it");
+            }
             let why = denial.to_string();
             if let Err(e) = pipeline
                 .store
@@ -132,12 +144,15 @@ fn agent_label<'a>(denial: &'a Denial, asked: Option<&'a Token>) -> &'a str {
         // The mandate's own agent, not the one the job claimed.
         Denial::WrongAgent { expected, .. } => expected,
         // Raised after the agent check passed against a verified mandate.
-        Denial::Revoked { .. }
+        Denial::WrongPublisher { .. }
+        | Denial::Revoked { .. }
         | Denial::Expired { .. }
         | Denial::OverCap { .. }
         | Denial::OverBudget { .. }
         | Denial::WrongCurrency { .. }
-        | Denial::KeyReused { .. } => asked.map_or(UNKNOWN_AGENT, Token::as_str),
+        | Denial::KeyReused { .. }
+        | Denial::RolledBack { .. }
+        | Denial::Tampered { .. } => asked.map_or(UNKNOWN_AGENT, Token::as_str),
         Denial::NoMandate
         | Denial::AgentWithoutMandate { .. }
         | Denial::Unknown { .. }

@@ -132,6 +132,7 @@ impl Governed<'_> {
         let mandate = gate::pass(
             self.pipeline,
             self.job,
+            self.attempt,
             &self.key,
             &self.ticket,
             self.job.provider,

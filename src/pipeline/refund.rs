@@ -101,7 +101,7 @@ pub(super) async fn run(
         return (outcome, None);
     }
     let mandate = if gate::applies(pipeline, job) {
-        match gate::pass(pipeline, job, &request.key, &ticket, Some(name)).await {
+        match gate::pass(pipeline, job, attempt, &request.key, &ticket, Some(name)).await {
             Ok(step) => Some(step),
             Err(outcome) => return (outcome, None),
         }

@@ -6,25 +6,29 @@
 //! `SCAN MATCH <namespace>:*`):
 //!
 //! ```text
-//! <ns>:mandate:{<id>}                  hash: the signed fields, the signature, revoked_at
+//! <ns>:mandate:{<id>}                  hash: the signed fields (revocation included), the signature
+//! <ns>:mandate:{<id>}:floor             integer: the newest version ever stored or spent under
 //! <ns>:mandate:{<id>}:day:<YYYY-MM-DD>  integer: minor units reserved that UTC day
 //! <ns>:mandate:{<id>}:job:<job key>     hash: state (reserved|released), day, amount, agent
 //! <ns>:mandates                         set of mandate ids (for `list`; never in a script)
 //! ```
 //!
-//! The stored caps are never trusted: the policy verifies the signature on every
-//! authorisation, and the reserve script refuses if the mandate changed since it was read.
+//! The stored state is never trusted: the policy verifies the signature (over caps, expiry,
+//! publishers, version and revocation) on every authorisation; the reserve script refuses if
+//! the mandate changed since it was read, if its version is older than the floor (a rollback),
+//! or if the day's counter is lower than the spend sealed in that day's receipts (a counter
+//! deleted or lowered).
 //! This store never calls a provider; it only records and counts.
 
 use std::{collections::HashMap, time::Duration};
 
 use redis::{Script, aio::ConnectionManager};
-use time::OffsetDateTime;
 
 use super::{StoreError, redis_call};
 use crate::{
-    governance::mandate::{MAX_CAP, Mandate, Reservation, rfc3339},
+    governance::mandate::{MAX_CAP, Mandate, Reservation, Terms},
     job::{Currency, IdempotencyKey, JobDate, Token},
+    signing::KeyPair,
 };
 
 /// How long a day's budget counter and a job's reservation are kept: longer than the
@@ -32,13 +36,15 @@ use crate::{
 /// still finds its reservation.
 pub const RETENTION: Duration = Duration::from_secs(40 * 24 * 3600);
 
-/// A mandate as stored: the signed mandate and, once revoked, when.
+/// How many times a grant or a revocation reads again when another version was stored
+/// meanwhile.
+const CHANGED_RETRIES: usize = 3;
+
+/// A mandate as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMandate {
     /// The mandate, exactly as signed (verify it before trusting it).
     pub mandate: Mandate,
-    /// When it was revoked (RFC 3339), if it was.
-    pub revoked_at: Option<String>,
 }
 
 /// The Redis keys of one namespace's mandates, and the KEYS of every script call: pure, so a
@@ -77,17 +83,24 @@ impl MandateKeys {
         format!("{}:mandates", self.namespace)
     }
 
-    /// KEYS of `mandate_grant` and `mandate_revoke`.
-    pub fn mandate_script(&self, id: &str) -> [String; 1] {
-        [self.mandate(id)]
+    /// The newest version of mandate `id` ever stored or spent under.
+    pub fn floor(&self, id: &str) -> String {
+        format!("{}:floor", self.mandate(id))
     }
 
-    /// KEYS of `mandate_reserve`: the mandate, the day's counter, the job's reservation.
-    pub fn reserve_script(&self, id: &str, day: &str, job_key: &str) -> [String; 3] {
+    /// KEYS of `mandate_grant`: the mandate, its floor.
+    pub fn mandate_script(&self, id: &str) -> [String; 2] {
+        [self.mandate(id), self.floor(id)]
+    }
+
+    /// KEYS of `mandate_reserve`: the mandate, the day's counter, the job's reservation, the
+    /// floor.
+    pub fn reserve_script(&self, id: &str, day: &str, job_key: &str) -> [String; 4] {
         [
             self.mandate(id),
             self.day(id, day),
             self.reservation(id, job_key),
+            self.floor(id),
         ]
     }
 
@@ -102,6 +115,9 @@ impl MandateKeys {
 pub struct MandateStore {
     /// The reconnecting Redis connection.
     conn: ConnectionManager,
+    /// How long a reservation is kept: no longer than the idempotency records, so a key reused
+    /// after its record expired never finds an old reservation.
+    reservation_ttl: Duration,
     /// Every key and every script's KEYS, from one place.
     keys: MandateKeys,
     /// The scripts, loaded once (EVALSHA after the first call).
@@ -110,7 +126,6 @@ pub struct MandateStore {
 
 struct Scripts {
     grant: Script,
-    revoke: Script,
     reserve: Script,
     release: Script,
 }
@@ -119,7 +134,6 @@ fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         grant: Script::new(include_str!("lua/mandate_grant.lua")),
-        revoke: Script::new(include_str!("lua/mandate_revoke.lua")),
         reserve: Script::new(include_str!("lua/mandate_reserve.lua")),
         release: Script::new(include_str!("lua/mandate_release.lua")),
     })
@@ -137,8 +151,20 @@ impl std::fmt::Debug for MandateStore {
 /// what each answer means for the refund).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveAnswer {
-    /// Reserved (or already reserved under this job key).
-    Reserved(Reservation),
+    /// Reserved (or already reserved under this job key), with the day's counter after it.
+    Reserved(Reservation, u64),
+    /// The stored version is older than the floor: rolled back.
+    RolledBack {
+        /// The floor.
+        floor: u64,
+    },
+    /// The day's counter holds less than the least it can.
+    Tampered {
+        /// What it holds.
+        spent: u64,
+        /// The least it can hold.
+        least: u64,
+    },
     /// The day's budget has only `left` minor units.
     Over {
         /// Minor units left today.
@@ -165,6 +191,7 @@ impl MandateStore {
     pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
         Self {
             conn,
+            reservation_ttl: RETENTION,
             keys: MandateKeys::new(namespace),
             scripts: scripts(),
         }
@@ -195,9 +222,20 @@ impl MandateStore {
         self.keys.index()
     }
 
-    /// Stores a signed mandate, replacing one with the same id (new caps, no revocation);
-    /// what was spent under the old one stays spent.
-    pub async fn grant(&self, mandate: &Mandate) -> Result<(), StoreError> {
+    /// Reservations kept no longer than `ttl` (the idempotency records' TTL).
+    pub fn with_reservation_ttl(mut self, ttl: Duration) -> Self {
+        self.reservation_ttl = ttl.min(RETENTION);
+        self
+    }
+
+    /// Stores a signed version of a mandate (a grant or a revocation), replacing `read` (the
+    /// signature of the version the signer started from, `None` when there was none). What
+    /// was spent under earlier versions stays spent.
+    pub async fn store_version(
+        &self,
+        mandate: &Mandate,
+        read: Option<&str>,
+    ) -> Result<StoreAnswer, StoreError> {
         let id = mandate.id.as_str();
         // The index first: a grant whose hash write is lost leaves an id that `list` skips,
         // never a mandate that `list` cannot see.
@@ -210,44 +248,127 @@ impl MandateStore {
         })
         .await?;
         let fields = fields_of(mandate);
-        let [key] = self.keys.mandate_script(id);
-        let _: String = redis_call(|| {
+        let [key, floor] = self.keys.mandate_script(id);
+        let answer: String = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.grant.key(&key);
+            call.key(&floor)
+                .arg(read.unwrap_or(""))
+                .arg(mandate.version);
             for (name, value) in &fields {
                 call.arg(*name).arg(value);
             }
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;
-        Ok(())
+        match answer.as_str() {
+            "ok" => Ok(StoreAnswer::Stored),
+            "changed" => Ok(StoreAnswer::Changed),
+            "stale" => Ok(StoreAnswer::Stale),
+            other => Err(StoreError::Corrupt(format!(
+                "mandate grant script answered {other:?} for {id}"
+            ))),
+        }
     }
 
-    /// Revokes mandate `id` now; `false` when there is no such mandate. Revoking again keeps
-    /// the first revocation's time.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .revoke_at(id, OffsetDateTime::now_utc())
-            .await?
-            .is_some())
+    /// Stores version 1 of a new mandate, or the next version over whatever is stored (tests
+    /// and the demo; `mandate grant` reads first and stores with [`Self::store_version`]).
+    pub async fn grant(&self, mandate: &Mandate) -> Result<(), StoreError> {
+        let read = self.read(mandate.id.as_str()).await?;
+        let signature = read
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .map(|s| s.mandate.signature.clone());
+        match self.store_version(mandate, signature.as_deref()).await? {
+            StoreAnswer::Stored => Ok(()),
+            other => Err(StoreError::Unavailable(format!(
+                "mandate {} was not stored: {other:?}",
+                mandate.id
+            ))),
+        }
     }
 
-    /// Revokes mandate `id` as of `now`; the time it is revoked at, `None` when unknown.
-    pub async fn revoke_at(
+    /// Grants `terms` as finance: signs the version after everything stored under the id (its
+    /// stored version and its floor) with `key`, issued at `now`, and stores it over the
+    /// version read. Returns what was stored.
+    pub async fn grant_terms(
+        &self,
+        terms: Terms,
+        key: &KeyPair,
+        now: &str,
+    ) -> Result<Mandate, StoreError> {
+        for _ in 0..CHANGED_RETRIES {
+            let id = terms.id.to_string();
+            let stored = self.get(&id).await?;
+            let version = self.next_version(&id, stored.as_ref()).await?;
+            let mandate = Mandate::granted(terms.clone(), version, now, key);
+            let read = stored.as_ref().map(|s| s.mandate.signature.as_str());
+            if self.store_version(&mandate, read).await? == StoreAnswer::Stored {
+                return Ok(mandate);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "mandate {} kept changing while it was granted; try again",
+            terms.id
+        )))
+    }
+
+    /// Revokes mandate `id` as finance: signs its next version, revoked at `at`, with `key`.
+    /// `None` when there is no such mandate; the first revocation's time when it already was.
+    pub async fn revoke(
         &self,
         id: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<String>, StoreError> {
-        let [key] = self.keys.mandate_script(id);
-        let now = rfc3339(now);
-        let at: String = redis_call(|| {
+        key: &KeyPair,
+        at: &str,
+    ) -> Result<Option<Mandate>, StoreError> {
+        for _ in 0..CHANGED_RETRIES {
+            let Some(stored) = self.get(id).await? else {
+                return Ok(None);
+            };
+            if stored.mandate.revoked_at.is_some() {
+                return Ok(Some(stored.mandate));
+            }
+            let version = self.next_version(id, Some(&stored)).await?;
+            let mut revoked = stored.mandate.revoked(at, key);
+            if revoked.version != version {
+                // The floor is ahead of the stored version (it was rolled back): sign past it.
+                revoked.version = version;
+                revoked.signature = key.sign_hex(&revoked.canonical_bytes());
+            }
+            if self
+                .store_version(&revoked, Some(&stored.mandate.signature))
+                .await?
+                == StoreAnswer::Stored
+            {
+                return Ok(Some(revoked));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "mandate {id} kept changing while it was revoked; try again"
+        )))
+    }
+
+    /// The version after everything mandate `id` ever had.
+    async fn next_version(
+        &self,
+        id: &str,
+        stored: Option<&StoredMandate>,
+    ) -> Result<u64, StoreError> {
+        let floor = self.floor(id).await?;
+        Ok(stored.map_or(0, |s| s.mandate.version).max(floor) + 1)
+    }
+
+    /// The newest version of mandate `id` ever stored or spent under (0 when none).
+    pub async fn floor(&self, id: &str) -> Result<u64, StoreError> {
+        let key = self.keys.floor(id);
+        let floor: Option<String> = redis_call(|| {
             let mut conn = self.conn.clone();
-            let mut call = self.scripts.revoke.key(&key);
-            call.arg(&now);
-            async move { call.invoke_async(&mut conn).await }
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&key);
+            async move { cmd.query_async(&mut conn).await }
         })
         .await?;
-        Ok(Some(at).filter(|at| !at.is_empty()))
+        Ok(floor.and_then(|f| f.parse().ok()).unwrap_or(0))
     }
 
     /// Reads mandate `id`. A stored mandate whose fields cannot be read is `Corrupt`.
@@ -315,29 +436,35 @@ impl MandateStore {
         Ok(Some(parse_fields(&fields)))
     }
 
-    /// Runs the reserve script (see `lua/mandate_reserve.lua`).
+    /// Runs the reserve script (see `lua/mandate_reserve.lua`); `least` is the least the
+    /// day's counter can hold (the spend sealed in that day's receipts).
     pub async fn reserve(
         &self,
         mandate: &Mandate,
         day: &str,
         amount: u64,
         job_key: &IdempotencyKey,
+        least: u64,
     ) -> Result<ReserveAnswer, StoreError> {
         let id = mandate.id.as_str();
         let keys = self.keys.reserve_script(id, day, job_key.as_str());
-        let retention = u64::try_from(RETENTION.as_millis()).unwrap_or(u64::MAX);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.scripts.reserve.prepare_invoke();
             call.key(&keys[0])
                 .key(&keys[1])
                 .key(&keys[2])
+                .key(&keys[3])
                 .arg(&mandate.signature)
                 .arg(day)
                 .arg(amount)
                 .arg(mandate.max_per_day.min(MAX_CAP))
                 .arg(mandate.agent_id.as_str())
-                .arg(retention);
+                .arg(millis(RETENTION))
+                .arg(mandate.version)
+                .arg(least)
+                .arg(millis(self.reservation_ttl));
             async move { call.invoke_async(&mut conn).await }
         })
         .await?;
@@ -348,12 +475,20 @@ impl MandateStore {
             })
         };
         Ok(match field(0) {
-            "reserved" => ReserveAnswer::Reserved(Reservation {
-                mandate_id: id.to_owned(),
-                agent_id: mandate.agent_id.to_string(),
-                day: field(1).to_owned(),
-                amount: number(2)?,
-            }),
+            "reserved" => ReserveAnswer::Reserved(
+                Reservation {
+                    mandate_id: id.to_owned(),
+                    agent_id: mandate.agent_id.to_string(),
+                    day: field(1).to_owned(),
+                    amount: number(2)?,
+                },
+                number(3)?,
+            ),
+            "rolled_back" => ReserveAnswer::RolledBack { floor: number(1)? },
+            "tampered" => ReserveAnswer::Tampered {
+                spent: number(1)?,
+                least: number(2)?,
+            },
             "over" => ReserveAnswer::Over { left: number(1)? },
             "revoked" => ReserveAnswer::Revoked {
                 at: field(1).to_owned(),
@@ -408,6 +543,14 @@ fn fields_of(mandate: &Mandate) -> Vec<(&'static str, String)> {
         fields.push(("expires_at", at.clone()));
     }
     fields.push(("issued_at", mandate.issued_at.clone()));
+    fields.push(("version", mandate.version.to_string()));
+    fields.push((
+        "publishers",
+        serde_json::to_string(&mandate.publishers).unwrap_or_default(),
+    ));
+    if let Some(at) = &mandate.revoked_at {
+        fields.push(("revoked_at", at.clone()));
+    }
     fields.push(("signature", mandate.signature.clone()));
     fields
 }
@@ -435,10 +578,37 @@ fn parse_fields(fields: &HashMap<String, String>) -> Result<StoredMandate, Strin
             .ok_or_else(|| format!("currency must be an ISO 4217 code, got {code:?}"))?,
         expires_at: fields.get("expires_at").cloned(),
         issued_at: text("issued_at")?.to_owned(),
+        // A mandate stored before versions were signed reads as version 0 with no publisher:
+        // its signature (over the old format) does not verify, so it spends nothing.
+        version: fields
+            .get("version")
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("version must be a whole number, got {v:?}"))
+            })
+            .transpose()?
+            .unwrap_or(0),
+        publishers: fields
+            .get("publishers")
+            .map(|p| {
+                serde_json::from_str(p)
+                    .map_err(|_| format!("publishers must be a JSON list, got {p:?}"))
+            })
+            .transpose()?
+            .unwrap_or_default(),
+        revoked_at: fields.get("revoked_at").cloned(),
         signature: text("signature")?.to_owned(),
     };
-    Ok(StoredMandate {
-        mandate,
-        revoked_at: fields.get("revoked_at").cloned(),
-    })
+    Ok(StoredMandate { mandate })
+}
+
+/// What [`MandateStore::store_version`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreAnswer {
+    /// Stored.
+    Stored,
+    /// Another version was stored since the signer read it: read again.
+    Changed,
+    /// The mandate already had this version or a newer one: a rollback, refused.
+    Stale,
 }

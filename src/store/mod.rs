@@ -14,7 +14,7 @@ use redis::{RedisError, aio::ConnectionManager};
 pub use idempotency::{
     Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordState, RecordView, RefundRecord, Settle,
 };
-pub use mandates::{MandateKeys, MandateStore, ReserveAnswer, StoredMandate};
+pub use mandates::{MandateKeys, MandateStore, ReserveAnswer, StoreAnswer, StoredMandate};
 pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
 
 /// Why Redis could not answer.

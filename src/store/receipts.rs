@@ -54,6 +54,9 @@ pub struct ChainKeys {
     pub head: String,
     /// Idempotency key → position.
     pub index: String,
+    /// `<mandate>|<day>` → minor units sealed under that mandate's reservations of that day
+    /// (kept with each append; `receipts verify` adds the chain up again and compares).
+    pub spend: String,
 }
 
 /// The sealed receipts of one namespace.
@@ -130,6 +133,7 @@ impl ReceiptChain {
                 chain: format!("{tag}:chain"),
                 head: format!("{tag}:head"),
                 index: format!("{tag}:index"),
+                spend: format!("{tag}:spend"),
             },
             key,
             last_head: Arc::new(Mutex::new(None)),
@@ -279,13 +283,17 @@ impl ReceiptChain {
             let mut call = self.append.key(&self.keys.chain);
             call.key(&self.keys.head)
                 .key(&self.keys.index)
+                .key(&self.keys.spend)
                 .arg(GENESIS)
                 .arg(&first.prev_hash);
             for (receipt, text) in receipts.iter().zip(&texts) {
+                let (field, amount) = spend_of(&receipt.body).unwrap_or_default();
                 call.arg(receipt.seq)
                     .arg(&receipt.body.idempotency_key)
                     .arg(&receipt.hash)
-                    .arg(text);
+                    .arg(text)
+                    .arg(field)
+                    .arg(amount);
             }
             async move { call.invoke_async(&mut conn).await }
         })
@@ -503,6 +511,21 @@ impl ReceiptChain {
         })
     }
 
+    /// Minor units sealed under mandate `mandate`'s reservations of `day` (the tally kept with
+    /// each append).
+    pub async fn mandate_spend(&self, mandate: &str, day: &str) -> Result<u64, StoreError> {
+        let field = spend_field(mandate, day);
+        let value: Option<String> = self
+            .call(redis::cmd("HGET").arg(&self.keys.spend).arg(&field))
+            .await?;
+        match value {
+            None => Ok(0),
+            Some(text) => text.parse().map_err(|_| {
+                StoreError::Corrupt(format!("the sealed spend tally {field} holds {text:?}"))
+            }),
+        }
+    }
+
     /// Checks the whole chain with this chain's own key.
     pub async fn verify(&self) -> Result<ChainReport, StoreError> {
         self.verify_with(&self.key.public()).await
@@ -516,8 +539,22 @@ impl ReceiptChain {
         // The verifier and the read share one head: receipts appended meanwhile are neither
         // read nor taken for insertions.
         let mut verifier = ChainVerifier::new(key, head.clone());
+        let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        let mut intact = true;
         let read = self
-            .read_from(head, |seq, text| verifier.check(seq, &text))
+            .read_from(head.clone(), |seq, text| {
+                // Only intact receipts count: an edited one is reported as itself, and the
+                // tallies are compared only when the sums cover the whole chain.
+                match Receipt::parse(&text) {
+                    Ok(r) if r.recomputed_hash() == r.hash && r.signature_verifies(key) => {
+                        if let Some((field, amount)) = spend_of(&r.body) {
+                            *sums.entry(field).or_default() += amount;
+                        }
+                    }
+                    _ => intact = false,
+                }
+                verifier.check(seq, &text);
+            })
             .await?;
         if read.head.is_none() && verifier.checked() > 0 {
             verifier.problem(0, None, "the chain head is missing");
@@ -531,7 +568,47 @@ impl ReceiptChain {
         }
         self.check_index(&mut verifier, read.head.as_ref().map_or(0, |(seq, _)| *seq))
             .await?;
+        // Only when the sums cover every position up to the head.
+        if intact && verifier.checked() == head.as_ref().map_or(0, |(seq, _)| *seq) {
+            self.check_spend(&mut verifier, sums, &head).await?;
+        }
         Ok(verifier.finish())
+    }
+
+    /// The spend tallies must add up to the sealed receipts: a tally lowered or deleted would
+    /// let a mandate's day counter be lowered unnoticed. (Receipts appended while the chain
+    /// was read raise a tally above the sums read; only an unchanged head allows more.)
+    async fn check_spend(
+        &self,
+        verifier: &mut ChainVerifier<'_>,
+        sums: std::collections::BTreeMap<String, u64>,
+        head: &Option<(u64, String)>,
+    ) -> Result<(), StoreError> {
+        let tallies: std::collections::HashMap<String, String> = self
+            .call(redis::cmd("HGETALL").arg(&self.keys.spend))
+            .await?;
+        let still = self.head().await? == *head;
+        let mut fields: std::collections::BTreeSet<&String> = sums.keys().collect();
+        fields.extend(tallies.keys());
+        for field in fields {
+            let sealed = sums.get(field).copied().unwrap_or(0);
+            let tally = tallies.get(field).and_then(|t| t.parse::<u64>().ok());
+            let wrong = match tally {
+                Some(tally) => tally < sealed || (still && tally != sealed),
+                None => sealed > 0 || tallies.contains_key(field),
+            };
+            if wrong {
+                verifier.problem(
+                    0,
+                    None,
+                    format!(
+                        "spend tally {field:?} reads {}, but the sealed receipts add up to {sealed}",
+                        tallies.get(field).map_or("nothing", String::as_str)
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Every sealed key must be in the index, pointing at its receipt: a key missing from it
@@ -632,6 +709,20 @@ pub struct ChainRead {
 fn canonical_position(field: &str) -> Option<u64> {
     let seq: u64 = field.parse().ok()?;
     (seq.to_string() == field).then_some(seq)
+}
+
+/// The tally field of a mandate's day.
+fn spend_field(mandate: &str, day: &str) -> String {
+    format!("{mandate}|{day}")
+}
+
+/// The tally field and amount a receipt adds: its mandate reservation's mandate and day, and
+/// the amount refunded (`None` for a refund under no mandate).
+fn spend_of(body: &ReceiptBody) -> Option<(String, u64)> {
+    let reservation = body.mandate.as_ref()?;
+    let mandate = reservation.get("mandate_id")?.as_str()?;
+    let day = reservation.get("day")?.as_str()?;
+    Some((spend_field(mandate, day), body.amount))
 }
 
 #[cfg(test)]

@@ -188,13 +188,19 @@ pub(super) async fn dispose(
 ) -> JobEnd {
     let now = crate::clock::now_rfc3339();
     let dead_exchange = shared.options.topology.dead_exchange();
-    let replacement = match action(&end, envelope.first_seen.as_deref(), &now, &dead_exchange) {
+    let mut replacement = match action(&end, envelope.first_seen.as_deref(), &now, &dead_exchange) {
         // Left unacknowledged: the channel closes as the worker stops, and the broker
         // delivers the message again.
         Action::Leave => return end,
         Action::Ack => None,
         Action::Retry(replacement) | Action::DeadLetter(replacement) => Some(replacement),
     };
+    // The identity established at intake travels sealed with every copy (SPEC §5).
+    if let (Some(replacement), Some(publisher)) = (&mut replacement, &envelope.publisher) {
+        replacement
+            .headers
+            .push((headers::PUBLISHER, publisher.clone()));
+    }
     let topology = &shared.options.topology;
     let reply_to = envelope.reply_to.as_deref().filter(|queue| {
         let own = topology.owns(queue);

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use refund_sandbox::{FaultOptions, FixtureCustomer, FixtureInvoice, FixtureOrder, FixturePayment};
 use refund_worker::{
-    governance::mandate::Mandate,
-    job::{Currency, Token},
     outcome::{FailureClass, Outcome},
     signing::KeyPair,
     store::{self, MandateStore, ReceiptChain},
@@ -15,7 +13,9 @@ use refund_worker::{
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::helpers::{REDIS_URL, TestEnv, binary, eventually, today};
+use crate::helpers::{
+    REDIS_URL, TestEnv, binary, eventually, grant_mandate, mandate_store, revoke_mandate, today,
+};
 
 /// A Pix EndToEndId (32 alphanumerics) for order `n`.
 fn e2eid(n: u32) -> String {
@@ -53,21 +53,19 @@ pub fn governed_job(order_id: &str, amount: u64) -> Value {
 }
 
 async fn mandates(env: &TestEnv) -> MandateStore {
-    MandateStore::new(store::connect(REDIS_URL).await.unwrap(), env.prefix())
+    mandate_store(env).await
 }
 
+/// Mandate cm_support for support-bot, spent by the test's publisher (guest).
 async fn grant(env: &TestEnv, per_refund: u64, per_day: u64) {
-    let key = KeyPair::from_seed(&env.settings.mandates.signing_key, "mandates").unwrap();
-    let mandate = Mandate::new_signed(
-        Token::parse("cm_support").unwrap(),
-        Token::parse("support-bot").unwrap(),
-        per_refund,
-        per_day,
-        Currency::BRL,
-        None,
-        &key,
-    );
-    mandates(env).await.grant(&mandate).await.unwrap();
+    grant_mandate(
+        env,
+        "cm_support",
+        "support-bot",
+        (per_refund, per_day),
+        &["guest"],
+    )
+    .await;
 }
 
 async fn receipts(env: &TestEnv) -> ReceiptChain {
@@ -216,7 +214,7 @@ async fn revoked_unknown_and_wrong_agent_mandates_never_reach_a_provider() {
             .collect(),
     );
     grant(&env, 50_000, 500_000).await;
-    assert!(mandates(&env).await.revoke("cm_support").await.unwrap());
+    assert!(revoke_mandate(&env, "cm_support").await.is_some());
     let mut unknown = governed_job("701", 1_000);
     unknown["mandate_id"] = json!("cm_nobody");
     let mut wrong_agent = governed_job("702", 1_000);

@@ -13,10 +13,12 @@ use refund_worker::{
     app::{self, Connections},
     broker::{self, OutgoingJob, Publisher, Topology},
     config::Settings,
-    job::{IdempotencyKey, JobDate},
+    governance::mandate::{Mandate, Terms, rfc3339},
+    job::{Currency, IdempotencyKey, JobDate, Token},
     metrics::Metrics,
     outcome::Outcome,
-    store::{IdempotencyStore, RecordView},
+    signing::KeyPair,
+    store::{self, IdempotencyStore, MandateStore, RecordView},
     worker::{JobReport, RunEnd},
 };
 use serde_json::{Value, json};
@@ -41,6 +43,65 @@ pub fn test_settings() -> Settings {
     s.worker.prefetch = 64;
     s.worker.shutdown_grace = Duration::from_secs(5);
     s
+}
+
+/// Finance's signing key: the development one of `config/default.toml`.
+pub fn finance_key(_env: &TestEnv) -> KeyPair {
+    // From the shipped defaults, not the env's settings: a test may run its workers with no
+    // signing key at all, as production workers run.
+    let seed = test_settings()
+        .mandates
+        .signing_key()
+        .cloned()
+        .expect("the development key");
+    KeyPair::from_seed(&seed, "[mandates] signing_key").unwrap()
+}
+
+/// Grants (or grants again) mandate `id` to `agent`, in BRL, spendable by jobs published as
+/// one of `publishers` (broker users); signed with finance's key.
+pub async fn grant_mandate(
+    env: &TestEnv,
+    id: &str,
+    agent: &str,
+    (per_refund, per_day): (u64, u64),
+    publishers: &[&str],
+) -> Mandate {
+    let terms = Terms {
+        id: Token::parse(id).unwrap(),
+        agent_id: Token::parse(agent).unwrap(),
+        max_per_refund: per_refund,
+        max_per_day: per_day,
+        currency: Currency::BRL,
+        expires_at: None,
+        publishers: publishers.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    mandate_store(env)
+        .await
+        .grant_terms(
+            terms,
+            &finance_key(env),
+            &rfc3339(time::OffsetDateTime::now_utc()),
+        )
+        .await
+        .unwrap()
+}
+
+/// Revokes mandate `id` as finance.
+pub async fn revoke_mandate(env: &TestEnv, id: &str) -> Option<Mandate> {
+    mandate_store(env)
+        .await
+        .revoke(
+            id,
+            &finance_key(env),
+            &rfc3339(time::OffsetDateTime::now_utc()),
+        )
+        .await
+        .unwrap()
+}
+
+/// The mandates of the test's namespace.
+pub async fn mandate_store(env: &TestEnv) -> MandateStore {
+    MandateStore::new(store::connect(REDIS_URL).await.unwrap(), env.prefix())
 }
 
 /// A bulk Stripe job for `payment_id`.
@@ -212,7 +273,10 @@ impl TestEnv {
         let amqp = broker::connect(amqp_url, "refund-worker tests")
             .await
             .expect("RabbitMQ must be running on 127.0.0.1:5672 (see README)");
-        let publisher = Publisher::open(&amqp).await.unwrap();
+        // Jobs carry the connection's user as their AMQP `user_id`, as `publish` sends them.
+        let publisher = Publisher::open_as(&amqp, &broker::url_user(amqp_url))
+            .await
+            .unwrap();
         let topology = connections.topology(&settings);
         topology.declare(publisher.channel()).await.unwrap();
         let store = connections
@@ -324,12 +388,21 @@ impl TestEnv {
 
     /// Takes every message out of the dead-letter queue.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.read_dead_letters(true).await
+    }
+
+    /// The dead letters, left in the queue (read unacknowledged, handed back on close).
+    pub async fn dead_letters_kept(&self) -> Vec<DeadLetter> {
+        self.read_dead_letters(false).await
+    }
+
+    async fn read_dead_letters(&self, drain: bool) -> Vec<DeadLetter> {
         let channel = self.amqp.create_channel().await.unwrap();
         let mut letters = Vec::new();
         while let Some(message) = channel
             .basic_get(
                 self.topology.dead_queue().into(),
-                BasicGetOptions { no_ack: true },
+                BasicGetOptions { no_ack: drain },
             )
             .await
             .unwrap()

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Headers as a publisher writes them (nothing sealed).
-fn forged(pairs: &[(&str, &str)]) -> FieldTable {
+pub(crate) fn forged(pairs: &[(&str, &str)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in pairs {
         table.insert((*k).into(), AMQPValue::LongString(LongString::from(*v)));
@@ -41,7 +41,12 @@ fn refunds_of(env: &TestEnv, payment_id: &str) -> usize {
 
 /// Puts a letter into the dead-letter queue the way an attacker with publish rights can:
 /// through the dead-letter exchange, with whatever headers they like and no seal.
-async fn plant_dead_letter(env: &TestEnv, body: &[u8], message_id: &str, headers: FieldTable) {
+pub(crate) async fn plant_dead_letter(
+    env: &TestEnv,
+    body: &[u8],
+    message_id: &str,
+    headers: FieldTable,
+) {
     let connection = amqp().await;
     let publisher = Publisher::open(&connection).await.unwrap();
     let properties = BasicProperties::default()

@@ -3,8 +3,11 @@
 //! insider would and asserts on the sandbox's ledger and the mandate's budget.
 
 use refund_worker::{
-    governance::mandate::Mandate,
-    job::{Currency, Token},
+    governance::{
+        MandateError, MandatePolicy,
+        mandate::{Ask, Denial},
+    },
+    job::{Currency, IdempotencyKey, Token},
     outcome::Outcome,
     signing::KeyPair,
     store::{self, MandateStore},
@@ -13,26 +16,17 @@ use serde_json::json;
 
 use crate::{
     governed::{governed_job, pix_order, refund_calls},
-    helpers::{REDIS_URL, TestEnv, stripe_job, today},
+    helpers::{REDIS_URL, TestEnv, grant_mandate, mandate_store, stripe_job, today},
+    private_rabbit::PrivateRabbit,
 };
 
 async fn mandates(env: &TestEnv) -> MandateStore {
-    MandateStore::new(store::connect(REDIS_URL).await.unwrap(), env.prefix())
+    mandate_store(env).await
 }
 
-/// Grants `id` to `agent`, capped at `per_refund` per refund and `per_day` a day.
+/// Grants `id` to `agent`, spent by the test's publisher (guest).
 async fn grant(env: &TestEnv, id: &str, agent: &str, per_refund: u64, per_day: u64) {
-    let key = KeyPair::from_seed(&env.settings.mandates.signing_key, "mandates").unwrap();
-    let mandate = Mandate::new_signed(
-        Token::parse(id).unwrap(),
-        Token::parse(agent).unwrap(),
-        per_refund,
-        per_day,
-        Currency::BRL,
-        None,
-        &key,
-    );
-    mandates(env).await.grant(&mandate).await.unwrap();
+    grant_mandate(env, id, agent, (per_refund, per_day), &["guest"]).await;
 }
 
 /// A bulk Stripe job spending mandate `mandate` as `agent`.
@@ -283,5 +277,409 @@ async fn a_governed_refund_is_bounded_by_the_orders_total_and_told_only_to_the_e
     let verification = receipt.body.verification.clone().unwrap();
     assert_eq!(verification["total"], 10_000, "{verification}");
     assert_eq!(verification["refundable"], 10_000, "{verification}");
+    env.cleanup().await;
+}
+
+/// Publishes `job` on `url`'s connection as its broker user, with `user_id` as given
+/// (`None`: none). Returns the broker's refusal, if it refused.
+async fn publish_as(
+    env: &TestEnv,
+    url: &str,
+    user_id: Option<&str>,
+    job: &serde_json::Value,
+) -> Result<(), String> {
+    let connection = refund_worker::broker::connect(url, "an agent")
+        .await
+        .unwrap();
+    let publisher = refund_worker::broker::Publisher::open(&connection)
+        .await
+        .unwrap();
+    let mut properties = lapin::BasicProperties::default()
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    if let Some(user) = user_id {
+        properties = properties.with_user_id(user.into());
+    }
+    let sent = publisher
+        .publish(
+            &env.topology.jobs_exchange(),
+            refund_worker::broker::ROUTING_KEY,
+            &serde_json::to_vec(job).unwrap(),
+            properties,
+        )
+        .await
+        .map_err(|e| e.to_string());
+    let _ = connection.close(200, "done".into()).await;
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_broker_users_a_mandate_names_can_spend_it_and_the_identity_survives_replay() {
+    let rabbit = PrivateRabbit::start().await;
+    let pay_bot = rabbit.add_user("pay-bot").await;
+    let other_bot = rabbit.add_user("other-bot").await;
+    // Workers hold no mandate signing key: they verify with public keys only.
+    let env = TestEnv::with_infra(
+        "insider-users",
+        Default::default(),
+        |s| s.mandates.signing_key = None,
+        &rabbit.url,
+        REDIS_URL,
+    )
+    .await;
+    assert!(env.settings.mandates.signing_key().is_none());
+    grant_mandate(&env, "cm_bots", "pay-bot", (5_000, 6_000), &["pay-bot"]).await;
+    let job = |payment: &str, amount: u64| spending(payment, amount, "pay-bot", "cm_bots");
+
+    // The agent's own user: refunded.
+    publish_as(&env, &pay_bot, Some("pay-bot"), &job("pi_usr_ok", 4_000))
+        .await
+        .unwrap();
+    // Another user naming the right agent and mandate, and a job with no user_id at all.
+    publish_as(
+        &env,
+        &other_bot,
+        Some("other-bot"),
+        &job("pi_usr_other", 100),
+    )
+    .await
+    .unwrap();
+    publish_as(&env, &other_bot, None, &job("pi_usr_none", 100))
+        .await
+        .unwrap();
+    // A user_id that is not the connection's user: RabbitMQ itself refuses it.
+    let forged = publish_as(
+        &env,
+        &other_bot,
+        Some("pay-bot"),
+        &job("pi_usr_forged", 100),
+    )
+    .await;
+    let refusal = forged.expect_err("the broker refuses a forged user_id");
+    assert!(refusal.contains("user_id"), "{refusal}");
+    let run = env.run_until_idle().await;
+    assert_eq!(run.reports.len(), 3, "{:#?}", run.reports);
+    assert_eq!(refunds_of(&env, "pi_usr_ok"), 1, "{:#?}", env.ledger());
+    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+    // Over what is left today (2,000): dead-lettered, to be replayed once finance raises it.
+    publish_as(&env, &pay_bot, Some("pay-bot"), &job("pi_usr_later", 3_000))
+        .await
+        .unwrap();
+    env.run_until_idle().await;
+    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+
+    let letters = env.dead_letters_kept().await;
+    let reason = |payment: &str| {
+        letters
+            .iter()
+            .find(|l| String::from_utf8_lossy(&l.body).contains(payment))
+            .map(|l| l.headers["x-refund-error"].clone())
+            .unwrap_or_else(|| panic!("no letter for {payment}: {letters:#?}"))
+    };
+    assert!(
+        reason("pi_usr_other").contains("published as pay-bot, not broker user other-bot"),
+        "{letters:#?}"
+    );
+    assert!(
+        reason("pi_usr_none").contains("not a job published without an AMQP user_id"),
+        "{letters:#?}"
+    );
+    assert!(
+        reason("pi_usr_later").contains("daily budget"),
+        "{letters:#?}"
+    );
+    assert!(
+        !letters
+            .iter()
+            .any(|l| String::from_utf8_lossy(&l.body).contains("pi_usr_forged"))
+    );
+
+    // Finance raises the budget; an operator (as guest) replays everything. The sealed
+    // identity of pi_usr_later's letter passes; the others stay refused.
+    grant_mandate(&env, "cm_bots", "pay-bot", (5_000, 10_000), &["pay-bot"]).await;
+    crate::ops::cli_ok(&env, &["dlq", "replay", "--all"]).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_usr_later"), 1, "{:#?}", env.ledger());
+    assert_eq!(refunds_of(&env, "pi_usr_other"), 0);
+    assert_eq!(refunds_of(&env, "pi_usr_none"), 0);
+    assert_eq!(env.ledger().len(), 2);
+    env.cleanup().await;
+    drop(rabbit);
+}
+
+/// Every field of mandate `id` as stored, to write back later as an attacker would.
+async fn stored_fields(env: &TestEnv, id: &str) -> Vec<(String, String)> {
+    let mut conn = store::connect(REDIS_URL).await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(mandates(env).await.mandate_key(id))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn redis_cmd(args: &[&str]) {
+    let mut conn = store::connect(REDIS_URL).await.unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+}
+
+/// Replaces mandate `id`'s hash by `fields`.
+async fn write_back(env: &TestEnv, id: &str, fields: &[(String, String)]) {
+    let key = mandates(env).await.mandate_key(id);
+    redis_cmd(&["DEL", &key]).await;
+    let mut args = vec!["HSET", key.as_str()];
+    for (k, v) in fields {
+        args.push(k);
+        args.push(v);
+    }
+    redis_cmd(&args).await;
+}
+
+/// Runs one job spending cm_edit and returns its dead letter's reason, or `None` if it was
+/// refunded; a refusal for tampering is counted as such.
+async fn spend_once(env: &TestEnv, payment: &str, amount: u64) -> Option<String> {
+    env.publish_json(&[spending(payment, amount, "edit-bot", "cm_edit")])
+        .await;
+    let metrics = env.run_until_idle().await.metrics.render();
+    let tampered: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("refunds_mandate_tampered_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let letters = env.dead_letters().await;
+    match letters.as_slice() {
+        [] => {
+            assert_eq!(refunds_of(env, payment), 1, "{:#?}", env.ledger());
+            assert_eq!(tampered, 0, "{metrics}");
+            None
+        }
+        [letter] => {
+            assert_eq!(letter.headers["x-refund-error-class"], "mandate");
+            assert_eq!(refunds_of(env, payment), 0);
+            assert_eq!(tampered, 1, "counted as tampering: {metrics}");
+            Some(letter.headers["x-refund-error"].clone())
+        }
+        more => panic!("{more:#?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_edits_to_a_mandate_make_it_refuse_and_say_why() {
+    let env = TestEnv::start("insider-redis").await;
+    let v1 = grant_mandate(&env, "cm_edit", "edit-bot", (5_000, 100_000), &["guest"]).await;
+    let v1_fields = stored_fields(&env, "cm_edit").await;
+    assert_eq!(spend_once(&env, "pi_edit_1", 1_000).await, None);
+
+    // 1. A revocation's field deleted: the revocation is signed, so the rest no longer is.
+    let revoked = crate::helpers::revoke_mandate(&env, "cm_edit")
+        .await
+        .unwrap();
+    assert_eq!(revoked.version, v1.version + 1);
+    let key = mandates(&env).await.mandate_key("cm_edit");
+    redis_cmd(&["HDEL", &key, "revoked_at"]).await;
+    let why = spend_once(&env, "pi_edit_2", 100).await.unwrap();
+    assert!(why.contains("has an invalid signature"), "{why}");
+
+    // 2. An older signed grant (no revocation, a higher cap) written back over a newer one.
+    let v3 = grant_mandate(&env, "cm_edit", "edit-bot", (100, 100_000), &["guest"]).await;
+    assert_eq!(v3.version, 3);
+    write_back(&env, "cm_edit", &v1_fields).await;
+    let why = spend_once(&env, "pi_edit_3", 4_000).await.unwrap();
+    assert!(
+        why.contains("stored at version 1, older than version 3 already seen"),
+        "{why}"
+    );
+
+    // 3. The day's counter deleted, then lowered: the sealed receipts still say 1,000.
+    grant_mandate(&env, "cm_edit", "edit-bot", (5_000, 100_000), &["guest"]).await;
+    assert_eq!(spend_once(&env, "pi_edit_4", 500).await, None);
+    let day = mandates(&env)
+        .await
+        .day_key("cm_edit", &today().to_string());
+    redis_cmd(&["DEL", &day]).await;
+    let why = spend_once(&env, "pi_edit_5", 100).await.unwrap();
+    assert!(
+        why.contains("spend does not add up")
+            && why.contains("holds 0, but that day's sealed receipts spent 1500"),
+        "{why}"
+    );
+    redis_cmd(&["SET", &day, "700"]).await;
+    let why = spend_once(&env, "pi_edit_6", 100).await.unwrap();
+    assert!(why.contains("holds 700"), "{why}");
+
+    // No refund moved past any of the edits.
+    assert_eq!(env.ledger().len(), 2, "{:#?}", env.ledger());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_has_seen_a_version_refuses_an_older_one_even_with_the_floor_deleted() {
+    let env = TestEnv::start("insider-seen").await;
+    grant_mandate(&env, "cm_seen", "seen-bot", (5_000, 100_000), &["guest"]).await;
+    let v1_fields = stored_fields(&env, "cm_seen").await;
+    grant_mandate(&env, "cm_seen", "seen-bot", (100, 100_000), &["guest"]).await;
+    let policy = MandatePolicy::new(
+        mandates(&env).await,
+        crate::helpers::finance_key(&env).public().into(),
+        false,
+    );
+    let agent = Token::parse("seen-bot").unwrap();
+    let ask = |amount| Ask {
+        agent: Some(&agent),
+        publisher: Some("guest"),
+        amount,
+        currency: Currency::BRL,
+    };
+    let id = Token::parse("cm_seen").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let key = |k: &str| IdempotencyKey::parse(k).unwrap();
+    policy
+        .authorize(&ask(100), Some(&id), &key("seen-a"), now)
+        .await
+        .unwrap();
+    // The attacker rolls the mandate back and deletes its floor too.
+    write_back(&env, "cm_seen", &v1_fields).await;
+    redis_cmd(&["DEL", &mandates(&env).await.keys().floor("cm_seen")]).await;
+    let refused = policy
+        .authorize(&ask(4_000), Some(&id), &key("seen-b"), now)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(MandateError::Denied(Denial::RolledBack {
+                version: 1,
+                seen: 2,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_after_its_record_expired_reserves_afresh() {
+    let env = TestEnv::with("insider-stale", Default::default(), |s| {
+        s.idempotency.ttl = std::time::Duration::from_secs(2);
+    })
+    .await;
+    grant_mandate(&env, "cm_stale", "stale-bot", (1_000, 1_000), &["guest"]).await;
+    let mut first = spending("pi_stale_1", 1_000, "stale-bot", "cm_stale");
+    first["idempotency_key"] = json!("refund-stale-1");
+    env.publish_json(&[first]).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_stale_1"), 1);
+
+    // The record and the reservation expire together; the key is used again.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let mut second = spending("pi_stale_2", 1_000, "stale-bot", "cm_stale");
+    second["idempotency_key"] = json!("refund-stale-1");
+    env.publish_json(&[second]).await;
+    env.run_until_idle().await;
+    assert_eq!(refunds_of(&env, "pi_stale_2"), 0, "{:#?}", env.ledger());
+    env.one_dead_letter("mandate", Some("stripe"), &["daily budget", "(0 left)"])
+        .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_while_300_jobs_are_in_flight_stops_every_reservation_after_it() {
+    let faults = refund_sandbox::FaultOptions {
+        latency: std::time::Duration::from_millis(40),
+        ..Default::default()
+    };
+    let env = TestEnv::with("insider-revoke", faults, |s| s.worker.concurrency = 8).await;
+    grant_mandate(&env, "cm_busy", "busy-bot", (1_000, 10_000_000), &["guest"]).await;
+    let jobs: Vec<_> = (0..300)
+        .map(|i| spending(&format!("pi_busy_{i}"), 100, "busy-bot", "cm_busy"))
+        .collect();
+    env.publish_json(&jobs).await;
+    let mut worker = env.spawn_worker().await;
+    let before = worker
+        .collect_until(std::time::Duration::from_secs(60), |seen| seen.len() >= 60)
+        .await;
+    crate::helpers::revoke_mandate(&env, "cm_busy")
+        .await
+        .unwrap();
+    // Everything reserved is reserved by now: the reserve script refuses after the revocation.
+    let spent_at_revocation = mandates(&env)
+        .await
+        .spent("cm_busy", today())
+        .await
+        .unwrap();
+    let after = worker
+        .collect_until(std::time::Duration::from_secs(120), |seen| {
+            before.len() + seen.len() >= 300
+        })
+        .await;
+    worker.stop().await;
+
+    let refunded = env.ledger().len() as u64;
+    let spent = mandates(&env)
+        .await
+        .spent("cm_busy", today())
+        .await
+        .unwrap();
+    assert_eq!(
+        spent, spent_at_revocation,
+        "nothing reserved after the revocation"
+    );
+    assert_eq!(
+        refunded * 100,
+        spent,
+        "every refund had its reservation, and no more"
+    );
+    assert!(refunded >= 60 && refunded < 300, "{refunded}");
+    let refused = before
+        .iter()
+        .chain(&after)
+        .filter(|r| matches!(&r.outcome, Outcome::DeadLetter { why, .. } if why.contains("was revoked at")))
+        .count() as u64;
+    assert_eq!(refused + refunded, 300);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_planted_in_a_dead_letter_or_a_header_spends_nothing() {
+    let env = TestEnv::start("insider-planted").await;
+    grant_mandate(&env, "cm_planted", "pay-bot", (5_000, 50_000), &["pay-bot"]).await;
+    let job = spending("pi_planted_1", 1_000, "pay-bot", "cm_planted");
+    let body = serde_json::to_vec(&job).unwrap();
+    // A letter planted straight into the dead-letter queue, claiming the agent's identity.
+    crate::hostile::plant_dead_letter(
+        &env,
+        &body,
+        "m-planted",
+        crate::hostile::forged(&[
+            ("x-refund-publisher", "pay-bot"),
+            ("x-refund-error-class", "exhausted"),
+        ]),
+    )
+    .await;
+    // And a job published (as guest) with the same forged header.
+    env.publish_raw(
+        &serde_json::to_vec(&spending("pi_planted_2", 1_000, "pay-bot", "cm_planted")).unwrap(),
+        lapin::BasicProperties::default()
+            .with_message_id("m-planted-2".into())
+            .with_headers(crate::hostile::forged(&[("x-refund-publisher", "pay-bot")])),
+    )
+    .await;
+    env.run_until_idle().await;
+    crate::ops::cli_ok(&env, &["dlq", "replay", "m-planted"]).await;
+    env.run_until_idle().await;
+    assert!(env.ledger().is_empty(), "{:#?}", env.ledger());
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for letter in &letters {
+        let why = &letter.headers["x-refund-error"];
+        assert!(
+            why.contains("may be spent only by jobs published as pay-bot"),
+            "{why}"
+        );
+    }
     env.cleanup().await;
 }

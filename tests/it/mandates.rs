@@ -6,9 +6,9 @@ use std::{collections::BTreeSet, sync::Arc};
 use refund_worker::{
     governance::{
         MandateError, MandatePolicy,
-        mandate::{Denial, Mandate, Reservation},
+        mandate::{Ask, Denial, Mandate, Reservation},
     },
-    job::{Amount, Currency, IdempotencyKey, JobDate, Token},
+    job::{Currency, IdempotencyKey, JobDate, Token},
     signing::KeyPair,
     store::{self, MandateStore},
 };
@@ -26,13 +26,14 @@ fn job_key(s: &str) -> IdempotencyKey {
     IdempotencyKey::parse(s).unwrap()
 }
 
-fn amount(minor: u64) -> Amount {
-    Amount::new(minor).unwrap()
-}
-
 /// The key the binary signs with (the development key of `config/default.toml`).
 fn signing_key(env: &TestEnv) -> KeyPair {
-    KeyPair::from_seed(&env.settings.mandates.signing_key, "[mandates] signing_key").unwrap()
+    let seed = env
+        .settings
+        .mandates
+        .signing_key()
+        .expect("the development key");
+    KeyPair::from_seed(seed, "[mandates] signing_key").unwrap()
 }
 
 async fn mandate_store(env: &TestEnv) -> MandateStore {
@@ -42,7 +43,7 @@ async fn mandate_store(env: &TestEnv) -> MandateStore {
 async fn policy(env: &TestEnv, required: bool) -> MandatePolicy {
     MandatePolicy::new(
         mandate_store(env).await,
-        signing_key(env).public(),
+        signing_key(env).public().into(),
         required,
     )
 }
@@ -75,6 +76,21 @@ async fn raw(env: &TestEnv) -> (redis::aio::ConnectionManager, MandateStore) {
     )
 }
 
+/// What a job published by `publisher` for `agent` asks.
+fn ask_as<'a>(
+    agent: Option<&'a Token>,
+    publisher: Option<&'a str>,
+    minor: u64,
+    currency: Currency,
+) -> Ask<'a> {
+    Ask {
+        agent,
+        publisher,
+        amount: minor,
+        currency,
+    }
+}
+
 /// `authorize` for agent support-bot in BRL.
 async fn ask(
     policy: &MandatePolicy,
@@ -85,10 +101,13 @@ async fn ask(
 ) -> Result<Option<Reservation>, MandateError> {
     policy
         .authorize(
-            Some(&token("support-bot")),
+            &ask_as(
+                Some(&token("support-bot")),
+                Some("support-bot"),
+                minor,
+                Currency::BRL,
+            ),
             Some(&token(mandate)),
-            amount(minor),
-            Currency::BRL,
             &job_key(key),
             now,
         )
@@ -197,10 +216,13 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
     );
     let other_agent = policy
         .authorize(
-            Some(&token("rogue-bot")),
+            &ask_as(
+                Some(&token("rogue-bot")),
+                Some("support-bot"),
+                100,
+                Currency::BRL,
+            ),
             Some(&token("cm_deny")),
-            amount(100),
-            Currency::BRL,
             &job_key("deny-agent"),
             now,
         )
@@ -215,10 +237,8 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
     );
     let no_agent = policy
         .authorize(
-            None,
+            &ask_as(None, Some("support-bot"), 100, Currency::BRL),
             Some(&token("cm_deny")),
-            amount(100),
-            Currency::BRL,
             &job_key("deny-noagent"),
             now,
         )
@@ -226,10 +246,13 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
     assert!(matches!(denial(no_agent), Denial::WrongAgent { agent, .. } if agent.is_empty()));
     let dollars = policy
         .authorize(
-            Some(&token("support-bot")),
+            &ask_as(
+                Some(&token("support-bot")),
+                Some("support-bot"),
+                100,
+                Currency::parse("USD").unwrap(),
+            ),
             Some(&token("cm_deny")),
-            amount(100),
-            Currency::parse("USD").unwrap(),
             &job_key("deny-usd"),
             now,
         )
@@ -266,10 +289,13 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
         let p = p.clone();
         async move {
             p.authorize(
-                Some(&token("support-bot")),
+                &ask_as(
+                    Some(&token("support-bot")),
+                    Some("support-bot"),
+                    100,
+                    Currency::BRL,
+                ),
                 None,
-                amount(100),
-                Currency::BRL,
                 &job_key("deny-none"),
                 now,
             )
@@ -286,10 +312,8 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
     assert_eq!(denial(none(&required).await), Denial::NoMandate);
     let nobody = policy
         .authorize(
+            &ask_as(None, Some("support-bot"), 100, Currency::BRL),
             None,
-            None,
-            amount(100),
-            Currency::BRL,
             &job_key("deny-nobody"),
             now,
         )
@@ -312,7 +336,7 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
         .unwrap();
     let tampered = store.get("cm_forged").await.unwrap().unwrap();
     assert_eq!(tampered.mandate.max_per_refund, 5_000_000);
-    assert!(!tampered.mandate.verify(&signing_key(&env).public()));
+    assert!(!tampered.mandate.verify(&signing_key(&env).public().into()));
     assert_eq!(
         denial(ask(&policy, "cm_forged", 60_000, "deny-forged", now).await),
         Denial::Forged {
@@ -339,9 +363,28 @@ async fn each_broken_rule_is_refused_with_its_denial_and_spends_nothing() {
     );
 
     // Revoked: refused at once, with the time it was revoked.
-    assert!(store.revoke("cm_deny").await.unwrap());
-    assert!(!store.revoke("cm_nowhere").await.unwrap());
-    let revoked_at = store.get("cm_deny").await.unwrap().unwrap().revoked_at;
+    let at = refund_worker::governance::mandate::rfc3339(now);
+    assert!(
+        store
+            .revoke("cm_deny", &signing_key(&env), &at)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .revoke("cm_nowhere", &signing_key(&env), &at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let revoked_at = store
+        .get("cm_deny")
+        .await
+        .unwrap()
+        .unwrap()
+        .mandate
+        .revoked_at;
     assert!(revoked_at.is_some());
     assert_eq!(
         denial(ask(&policy, "cm_deny", 100, "deny-revoked", now).await),
@@ -482,7 +525,9 @@ async fn mandate_cli_grants_shows_revokes_and_lists() {
         .await,
     );
     assert!(
-        granted.contains("granted mandate cm_cli to agent support-bot"),
+        granted.contains(
+            "granted mandate cm_cli (version 1) to agent support-bot, spent by support-bot"
+        ),
         "{granted}"
     );
 
@@ -516,8 +561,14 @@ async fn mandate_cli_grants_shows_revokes_and_lists() {
 
     let revoked = stdout(&cli(&env, &["revoke", "cm_cli"]).await);
     assert!(revoked.contains("revoked mandate cm_cli"), "{revoked}");
+    assert!(revoked.contains("(version 2)"), "{revoked}");
     let shown = stdout(&cli(&env, &["show", "cm_cli"]).await);
     assert!(shown.contains("state            revoked at "), "{shown}");
+    assert!(shown.contains("version          2"), "{shown}");
+    assert!(
+        shown.contains("signature valid  yes"),
+        "a revocation is signed: {shown}"
+    );
     assert!(matches!(
         denial(
             ask(
@@ -600,6 +651,60 @@ async fn mandate_cli_grants_shows_revokes_and_lists() {
     assert!(stderr.contains("[mandates] signing_key"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(store.get("cm_x").await.unwrap().is_none());
+
+    // Granting an existing id needs --replace; only finance's key signs.
+    let again = cli(
+        &env,
+        &[
+            "grant",
+            "--id",
+            "cm_cli",
+            "--agent",
+            "support-bot",
+            "--max-per-refund",
+            "1",
+            "--max-per-day",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
+    let no_key = Command::new(binary())
+        .args(["mandate", "revoke", "cm_cli2"])
+        .envs(env.child_env())
+        .env("REFUND_MANDATES__SIGNING_KEY", "")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("finance's key"));
+    let replaced = stdout(
+        &cli(
+            &env,
+            &[
+                "grant",
+                "--id",
+                "cm_cli",
+                "--agent",
+                "support-bot",
+                "--max-per-refund",
+                "100",
+                "--max-per-day",
+                "1000",
+                "--publisher",
+                "bot-a",
+                "--publisher",
+                "bot-b",
+                "--replace",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        replaced.contains("(version 3)") && replaced.contains("spent by bot-a, bot-b"),
+        "{replaced}"
+    );
     env.cleanup().await;
 }
 
@@ -631,10 +736,18 @@ async fn every_key_a_mandate_script_touches_shares_the_mandates_hash_tag() {
         .unwrap();
     ask(&policy, id, 1_000, "keys-b", now).await.unwrap();
     policy.release(&first, &job_key("keys-a")).await.unwrap();
-    store.revoke(id).await.unwrap();
+    store
+        .revoke(
+            id,
+            &signing_key(&env),
+            &refund_worker::governance::mandate::rfc3339(now),
+        )
+        .await
+        .unwrap();
 
     let scripted = [
         store.mandate_key(id),
+        store.keys().floor(id),
         store.day_key(id, &day),
         store.reservation_key(id, "keys-a"),
         store.reservation_key(id, "keys-b"),

@@ -203,6 +203,16 @@ impl PrivateRabbit {
         .await
     }
 
+    /// Creates broker user `name` (password `name`-pw) with every permission on `/`, as an
+    /// operator creates an agent's user (docs/MANDATES.md); returns its AMQP URL.
+    pub async fn add_user(&self, name: &str) -> String {
+        let password = format!("{name}-pw");
+        self.ctl(&["add_user", name, &password]).await;
+        self.ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"])
+            .await;
+        format!("amqp://{name}:{password}@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
     /// Runs `rabbitmqctl -n <this node> ARGS` with this node's cookie; panics if it fails.
     async fn ctl(&self, args: &[&str]) -> String {
         let output = tokio::process::Command::new(script("rabbitmqctl"))
