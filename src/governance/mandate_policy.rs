@@ -137,6 +137,9 @@ impl MandatePolicy {
         let id = mandate_id.as_str();
         let day = JobDate::of(now).to_string();
         for _ in 0..CHANGED_RETRIES {
+            // What was seen before this read began: a concurrent task may see a newer version
+            // meanwhile, which says nothing about what this read returns.
+            let seen_before = self.seen().versions.get(id).copied().unwrap_or(0);
             let stored = match self.store.read(id).await? {
                 None => return Err(Denial::Unknown { id: id.to_owned() }.into()),
                 // Fields that do not even parse were not written by `grant`.
@@ -148,7 +151,7 @@ impl MandatePolicy {
             if mandate.id != *mandate_id || !mandate.verify(&self.keys) {
                 return Err(Denial::Forged { id: id.to_owned() }.into());
             }
-            self.not_rolled_back(&mandate)?;
+            self.not_rolled_back(&mandate, seen_before)?;
             mandate.check(&self.keys, ask, now)?;
             let least = self.sealed_spend(id, &day).await?;
             match self
@@ -210,19 +213,22 @@ impl MandatePolicy {
         .into())
     }
 
-    /// Refuses a version older than the newest this process has seen, and remembers this one.
-    fn not_rolled_back(&self, mandate: &crate::governance::mandate::Mandate) -> Result<(), Denial> {
+    /// Refuses a version older than `seen_before` (the newest this process had seen when the
+    /// read began), and remembers this one.
+    fn not_rolled_back(
+        &self,
+        mandate: &crate::governance::mandate::Mandate,
+        seen_before: u64,
+    ) -> Result<(), Denial> {
         let id = mandate.id.as_str();
-        let mut seen = self.seen();
-        let newest = seen.versions.entry(id.to_owned()).or_insert(0);
-        if mandate.version < *newest {
+        if mandate.version < seen_before {
             return Err(Denial::RolledBack {
                 id: id.to_owned(),
                 version: mandate.version,
-                seen: *newest,
+                seen: seen_before,
             });
         }
-        *newest = mandate.version;
+        self.saw_version(id, mandate.version);
         Ok(())
     }
 
@@ -238,27 +244,27 @@ impl MandatePolicy {
         let Some(receipts) = &self.receipts else {
             return Ok(0);
         };
+        let slot = (id.to_owned(), day.to_owned());
+        // The tally only grows: a value read before this read began cannot exceed it (one
+        // read by a concurrent task meanwhile can).
+        let before = self.seen().sealed.get(&slot).copied().unwrap_or(0);
         let sealed = receipts.mandate_spend(id, day).await?;
-        let mut seen = self.seen();
-        // Only today's and yesterday's marks are useful; keep the map small.
-        if seen.sealed.len() > 1024 {
-            seen.sealed.retain(|(_, d), _| d.as_str() >= day);
-        }
-        let mark = seen
-            .sealed
-            .entry((id.to_owned(), day.to_owned()))
-            .or_insert(0);
-        if sealed < *mark {
+        if sealed < before {
             return Err(Denial::Tampered {
                 id: id.to_owned(),
                 why: format!(
-                    "the sealed spend tally of {day} reads {sealed}, less than the {} read before",
-                    *mark
+                    "the sealed spend tally of {day} reads {sealed}, less than the {before} read before"
                 ),
             }
             .into());
         }
-        *mark = sealed;
+        let mut seen = self.seen();
+        // Only today's and later marks are useful; keep the map small.
+        if seen.sealed.len() > 1024 {
+            seen.sealed.retain(|(_, d), _| d.as_str() >= day);
+        }
+        let mark = seen.sealed.entry(slot).or_insert(0);
+        *mark = (*mark).max(sealed);
         Ok(sealed)
     }
 

@@ -633,13 +633,19 @@ async fn a_revocation_while_300_jobs_are_in_flight_stops_every_reservation_after
         spent,
         "every refund had its reservation, and no more"
     );
-    assert!(refunded >= 60 && refunded < 300, "{refunded}");
+    assert!((60..300).contains(&refunded), "{refunded}");
     let refused = before
         .iter()
         .chain(&after)
         .filter(|r| matches!(&r.outcome, Outcome::DeadLetter { why, .. } if why.contains("was revoked at")))
         .count() as u64;
-    assert_eq!(refused + refunded, 300);
+    let odd: Vec<_> = before
+        .iter()
+        .chain(&after)
+        .filter(|r| !matches!(&r.outcome, Outcome::Refunded { .. }))
+        .filter(|r| !matches!(&r.outcome, Outcome::DeadLetter { why, .. } if why.contains("was revoked at")))
+        .collect();
+    assert_eq!(refused + refunded, 300, "{odd:#?}");
     env.cleanup().await;
 }
 
