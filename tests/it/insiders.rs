@@ -332,8 +332,15 @@ async fn only_the_broker_users_a_mandate_names_can_spend_it_and_the_identity_sur
     grant_mandate(&env, "cm_bots", "pay-bot", (5_000, 6_000), &["pay-bot"]).await;
     let job = |payment: &str, amount: u64| spending(payment, amount, "pay-bot", "cm_bots");
 
-    // The agent's own user: refunded.
+    // The agent's own user: refunded, bulk and governed alike.
     publish_as(&env, &pay_bot, Some("pay-bot"), &job("pi_usr_ok", 4_000))
+        .await
+        .unwrap();
+    env.sandbox.load_orders(vec![pix_order("9100", 60, 50_000)]);
+    let mut governed = governed_job("9100", 1_000);
+    governed["agent_id"] = json!("pay-bot");
+    governed["mandate_id"] = json!("cm_bots");
+    publish_as(&env, &pay_bot, Some("pay-bot"), &governed)
         .await
         .unwrap();
     // Another user naming the right agent and mandate, and a job with no user_id at all.
@@ -359,15 +366,16 @@ async fn only_the_broker_users_a_mandate_names_can_spend_it_and_the_identity_sur
     let refusal = forged.expect_err("the broker refuses a forged user_id");
     assert!(refusal.contains("user_id"), "{refusal}");
     let run = env.run_until_idle().await;
-    assert_eq!(run.reports.len(), 3, "{:#?}", run.reports);
+    assert_eq!(run.reports.len(), 4, "{:#?}", run.reports);
     assert_eq!(refunds_of(&env, "pi_usr_ok"), 1, "{:#?}", env.ledger());
-    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
-    // Over what is left today (2,000): dead-lettered, to be replayed once finance raises it.
+    assert_eq!(refund_calls(&env), 2, "{:#?}", env.ledger());
+    assert_eq!(env.ledger().len(), 2, "{:#?}", env.ledger());
+    // Over what is left today (1,000): dead-lettered, to be replayed once finance raises it.
     publish_as(&env, &pay_bot, Some("pay-bot"), &job("pi_usr_later", 3_000))
         .await
         .unwrap();
     env.run_until_idle().await;
-    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+    assert_eq!(env.ledger().len(), 2, "{:#?}", env.ledger());
 
     let letters = env.dead_letters_kept().await;
     let reason = |payment: &str| {
@@ -403,7 +411,7 @@ async fn only_the_broker_users_a_mandate_names_can_spend_it_and_the_identity_sur
     assert_eq!(refunds_of(&env, "pi_usr_later"), 1, "{:#?}", env.ledger());
     assert_eq!(refunds_of(&env, "pi_usr_other"), 0);
     assert_eq!(refunds_of(&env, "pi_usr_none"), 0);
-    assert_eq!(env.ledger().len(), 2);
+    assert_eq!(env.ledger().len(), 3);
     env.cleanup().await;
     drop(rabbit);
 }
