@@ -21,7 +21,7 @@ use crate::{
     pipeline::{Attempt, Pipeline, PipelineOptions, PipelineParts},
     providers::Providers,
     services::Services,
-    signing::{BadKey, KeyPair},
+    signing::{BadKey, KeyPair, VerifyKeys},
     store::{self, IdempotencyStore, MandateStore, ReceiptChain, StoreError},
     worker::{self, Action, Delivered, RetryPolicy, Worker, WorkerOptions},
 };
@@ -118,7 +118,8 @@ struct Wiring {
 /// message if it is down).
 async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, AssembleError> {
     // Mandates are verified with public keys only: a worker never needs finance's seed.
-    let mandate_keys = settings.mandates.verify_keys()?;
+    let mandate_keys =
+        VerifyKeys::from_hex_list(&settings.mandates.verify_keys, "[mandates] verify_keys")?;
     let receipt_key = KeyPair::from_seed(&settings.receipts.signing_key, "[receipts] signing_key")?;
     if DEV_KEYS.contains(&settings.receipts.signing_key.expose()) {
         tracing::warn!(

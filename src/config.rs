@@ -87,11 +87,6 @@ impl MandateSettings {
             .as_ref()
             .filter(|k| !k.expose().trim().is_empty())
     }
-
-    /// The keys mandates are verified with.
-    pub fn verify_keys(&self) -> Result<crate::signing::VerifyKeys, crate::signing::BadKey> {
-        crate::signing::VerifyKeys::from_hex_list(&self.verify_keys, "[mandates] verify_keys")
-    }
 }
 
 /// Sealed receipts (SPEC §6).
@@ -356,9 +351,12 @@ impl Settings {
         }
         crate::broker::seal::Sealer::from_config(&self.broker.seal_keys)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.mandates
-            .verify_keys()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let hex_key = |k: &String| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+        if self.mandates.verify_keys.is_empty() || !self.mandates.verify_keys.iter().all(hex_key) {
+            return bad(
+                "[mandates] verify_keys must be a non-empty list of Ed25519 public keys in hex (64 hex digits each)",
+            );
+        }
         if self.idempotency.lease <= self.providers.timeout {
             return bad(
                 "[idempotency] lease must be longer than [providers] timeout, or a slow call could be taken over while it runs",
@@ -514,14 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_verify_key_is_the_public_half_of_the_shipped_signing_key_and_workers_need_no_seed()
-     {
-        let s = Settings::default();
-        let seed = s.mandates.signing_key().expect("a development seed ships");
-        let public = crate::signing::KeyPair::from_seed(seed, "test")
-            .unwrap()
-            .public_hex();
-        assert_eq!(s.mandates.verify_keys, vec![public]);
+    fn a_worker_needs_no_mandate_seed_but_verify_keys_that_read() {
         let load = |pairs: &[(&str, &str)]| {
             let env: HashMap<String, String> = pairs
                 .iter()
@@ -535,9 +526,14 @@ mod tests {
         ]);
         let err = worker.unwrap_err().to_string();
         assert!(err.contains("[mandates] verify_keys"), "{err}");
-        let worker = load(&[("REFUND_MANDATES__SIGNING_KEY", "")]).unwrap();
+        let two = format!("{},{}", "ab".repeat(32), "cd".repeat(32));
+        let worker = load(&[
+            ("REFUND_MANDATES__SIGNING_KEY", ""),
+            ("REFUND_MANDATES__VERIFY_KEYS", &two),
+        ])
+        .unwrap();
         assert!(worker.mandates.signing_key().is_none());
-        assert!(worker.mandates.verify_keys().is_ok());
+        assert_eq!(worker.mandates.verify_keys.len(), 2);
     }
 
     #[test]

@@ -132,6 +132,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_verify_key_is_the_public_half_of_the_shipped_mandate_seed() {
+        let s = crate::config::Settings::default();
+        let seed = s.mandates.signing_key().expect("a development seed ships");
+        let public = KeyPair::from_seed(seed, "test").unwrap().public_hex();
+        assert_eq!(s.mandates.verify_keys, vec![public]);
+        let keys = VerifyKeys::from_hex_list(&s.mandates.verify_keys, "test").unwrap();
+        assert_eq!(keys.to_hex(), s.mandates.verify_keys);
+        assert!(VerifyKeys::from_hex_list(&[], "test").is_err());
+        assert!(VerifyKeys::from_hex_list(&["00ff".into()], "test").is_err());
+    }
+
+    #[test]
     fn signatures_verify_and_any_change_breaks_them() {
         let key = KeyPair::from_seed(&Secret::new("11".repeat(32)), "test").unwrap();
         let signature = key.sign_hex(b"refund 18600");

@@ -19,11 +19,9 @@ use crate::{
 /// Runs a `mandate` subcommand.
 pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
     // Keys are checked before Redis is reached: a bad key is a configuration error (2).
-    let verify = ctx
-        .settings
-        .mandates
-        .verify_keys()
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let verify =
+        VerifyKeys::from_hex_list(&ctx.settings.mandates.verify_keys, "[mandates] verify_keys")
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
     match args.command {
         MandateCommand::Grant {
             id,
