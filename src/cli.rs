@@ -40,6 +40,14 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Who runs this, for the audit log (recorded with the OS user: `ana as NAME`).
+    #[arg(
+        long = "as",
+        value_name = "NAME",
+        env = "REFUND_OPERATOR",
+        global = true
+    )]
+    pub operator: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -73,6 +81,37 @@ pub enum Command {
     Receipts(ReceiptsArgs),
     /// Measure throughput against the sandbox, and the bare broker ceiling in the same run.
     Bench(BenchArgs),
+    /// Read and check the tamper-evident log of every operator action.
+    Audit(AuditArgs),
+}
+
+/// `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// The audit log operations.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The latest entries, oldest first: who, when, what, the preview shown, the result.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every entry's hash, signature and link: an edited, inserted or deleted entry is
+    /// named (exit 1).
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `mandate`.

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Publish(_) | Command::Dlq(_) | Command::Mandate(_) | Command::Receipts(_)
+        Command::Publish(_)
+            | Command::Dlq(_)
+            | Command::Mandate(_)
+            | Command::Receipts(_)
+            | Command::Audit(_)
     ) {
         restore_sigpipe();
     }
@@ -73,6 +77,7 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
             prefix: cli.prefix,
         },
         settings,
+        operator: commands::Operator::of_cli(cli.operator),
     };
     match cli.command {
         Command::Run(args) => commands::run::run(&ctx, args).await,
@@ -83,6 +88,7 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Mandate(args) => commands::mandate::run(&ctx, args).await,
         Command::Receipts(args) => commands::receipts::run(&ctx, args).await,
         Command::Bench(args) => commands::bench::run(&ctx, args).await,
+        Command::Audit(args) => commands::audit::run(&ctx, args).await,
     }
 }
 
@@ -90,9 +96,11 @@ fn init_logging(cli: &Cli) {
     // Interactive commands keep the terminal for their own output; services log at info.
     let default = match cli.command {
         Command::Run(_) | Command::Sandbox(_) => "info",
-        Command::Publish(_) | Command::Dlq(_) | Command::Mandate(_) | Command::Receipts(_) => {
-            "warn"
-        }
+        Command::Publish(_)
+        | Command::Dlq(_)
+        | Command::Mandate(_)
+        | Command::Receipts(_)
+        | Command::Audit(_) => "warn",
         // The demo's dead letters are expected; its summary reports them. The bench measures
         // the hot path, which logs nothing at error level.
         Command::Demo(_) | Command::Bench(_) => "error",

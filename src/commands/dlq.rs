@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{CommandError, Context, runtime};
 use crate::{
@@ -226,6 +226,8 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
     if queue.letters.len() == READ_LIMIT {
         eprintln!("note: read the first {READ_LIMIT} dead letters only");
     }
+    // What an action did, for the audit log: (action, target, result).
+    let mut done: Option<(&str, Value, Value)> = None;
     let result = match args.command {
         DlqCommand::List { filter, json } => list(&queue, &Filter::parse(&filter)?, json),
         DlqCommand::Show { job_id } => show(&queue, &job_id),
@@ -236,12 +238,16 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             all,
             yes,
         } => {
-            purge(
-                &queue,
-                &select(&queue, &job_ids, &Filter::parse(&filter)?, all)?,
-                yes,
-            )
-            .await
+            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let purged = purge(&queue, &chosen, yes).await;
+            let outcome = match &purged {
+                Ok(()) => Some(json!({ "purged": chosen.len() })),
+                // Refused before anything was deleted: nothing to record.
+                Err(CommandError::Usage(_)) => None,
+                Err(e) => Some(json!({ "failed": e.to_string() })),
+            };
+            done = outcome.map(|o| ("dlq purge", target_of(&chosen), o));
+            purged
         }
         DlqCommand::Replay {
             job_ids,
@@ -279,7 +285,17 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 _ => false,
             };
             check_set(&fields, letters, class, collision).map_err(CommandError::Usage)?;
-            replay.run(&chosen).await
+            let summary = replay.run(&chosen).await;
+            if !dry_run {
+                let mut target = target_of(&chosen);
+                target["set"] = json!(set);
+                let outcome = match &summary {
+                    Ok(counts) => counts.clone(),
+                    Err(e) => json!({ "failed": e.to_string() }),
+                };
+                done = Some(("dlq replay", target, outcome));
+            }
+            summary.map(|_| ())
         }
     };
     let removed = queue.removed();
@@ -296,7 +312,15 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             Err(e) => eprintln!("note: could not update the dead-letter money tally: {e}"),
         }
     }
+    if let Some((action, target, outcome)) = done {
+        super::audit::record(ctx, action, target, Value::Null, outcome).await?;
+    }
     result
+}
+
+/// The letters an action was applied to, for the audit log.
+fn target_of(chosen: &[&DeadLetter]) -> Value {
+    json!({ "job_ids": chosen.iter().map(|l| l.job_id.as_str()).collect::<Vec<_>>() })
 }
 
 /// The letters a replay or purge acts on: by id, by filter, or all; never by default.
@@ -653,7 +677,8 @@ impl Replay<'_> {
         }
     }
 
-    async fn run(&self, chosen: &[&DeadLetter]) -> Result<(), CommandError> {
+    /// Replays `chosen`; the counts, for the audit log.
+    async fn run(&self, chosen: &[&DeadLetter]) -> Result<Value, CommandError> {
         let (mut replayed, mut refunded, mut skipped, mut copies) = (0, 0, 0, 0);
         // Dead-lettering is at-least-once: a worker that dies between the broker's confirm of
         // a dead letter and its ack leaves a second, identical copy. One replay is enough for
@@ -712,6 +737,7 @@ impl Replay<'_> {
             println!("{tag:<13} {} {text}", letter.job_id);
         }
         let prefix = if self.dry_run { "dry run: " } else { "" };
+        let copies_removed = copies;
         let copies = if copies > 0 {
             format!(", {copies} duplicate copies removed")
         } else {
@@ -720,7 +746,12 @@ impl Replay<'_> {
         println!(
             "{prefix}{replayed} replayed, {refunded} already refunded (removed from the queue), {skipped} skipped and left in the queue{copies}"
         );
-        Ok(())
+        Ok(json!({
+            "replayed": replayed,
+            "already_refunded": refunded,
+            "skipped": skipped,
+            "duplicate_copies_removed": copies_removed,
+        }))
     }
 
     async fn one(&self, letter: &DeadLetter) -> Result<Replayed, CommandError> {

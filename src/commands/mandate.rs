@@ -73,6 +73,23 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
                 mandate.expires_at.as_deref().unwrap_or("never"),
                 key.public_hex(),
             );
+            super::audit::record(
+                ctx,
+                "mandate grant",
+                serde_json::json!({ "mandate_id": mandate.id.as_str() }),
+                serde_json::Value::Null,
+                serde_json::json!({
+                    "version": mandate.version,
+                    "agent_id": mandate.agent_id.as_str(),
+                    "publishers": mandate.publishers,
+                    "max_per_refund": mandate.max_per_refund,
+                    "max_per_day": mandate.max_per_day,
+                    "currency": mandate.currency.code(),
+                    "expires_at": mandate.expires_at,
+                    "signed_by": key.public_hex(),
+                }),
+            )
+            .await?;
             if !verify.verifies(&mandate.canonical_bytes(), &mandate.signature) {
                 eprintln!(
                     "warning: [mandates] verify_keys does not hold this key ({}): workers will refuse the mandate until it does",
@@ -92,10 +109,20 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
                 .ok_or_else(|| unknown(ctx, &id))?;
             match revoked.revoked_at.as_deref() {
                 Some(when) if when != at => println!("mandate {id} was already revoked at {when}"),
-                _ => println!(
-                    "revoked mandate {id} at {at} (version {}); refunds under it stop at once",
-                    revoked.version
-                ),
+                _ => {
+                    println!(
+                        "revoked mandate {id} at {at} (version {}); refunds under it stop at once",
+                        revoked.version
+                    );
+                    super::audit::record(
+                        ctx,
+                        "mandate revoke",
+                        serde_json::json!({ "mandate_id": id }),
+                        serde_json::Value::Null,
+                        serde_json::json!({ "version": revoked.version, "revoked_at": at }),
+                    )
+                    .await?;
+                }
             }
             Ok(())
         }

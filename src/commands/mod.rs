@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns a [`CommandError`] that `main` prints as one line and
 //! maps to an exit code (1 runtime failure, 2 bad usage or configuration).
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod dlq;
@@ -21,6 +22,32 @@ pub struct Context {
     pub connections: Connections,
     /// Loaded settings.
     pub settings: Settings,
+    /// Who runs the command, for the audit log.
+    pub operator: Operator,
+}
+
+/// Who an action is recorded as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// `ana`, or `ana as ops-bot` when the CLI ran with `--as ops-bot`.
+    pub who: String,
+    /// `cli` or `console`.
+    pub via: &'static str,
+}
+
+impl Operator {
+    /// A CLI run: the OS user, and the name given with `--as`.
+    pub fn of_cli(named: Option<String>) -> Self {
+        let user = ["USER", "LOGNAME", "USERNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let who = match named.filter(|n| !n.is_empty()) {
+            Some(name) => format!("{user} as {name}"),
+            None => user,
+        };
+        Self { who, via: "cli" }
+    }
 }
 
 /// A command's failure.

@@ -1,7 +1,8 @@
-//! Redis: the idempotency records, mandates and the receipt chain. Lua scripts live beside
+//! Redis: the idempotency records, mandates, the receipt chain and the audit log. Lua scripts live beside
 //! the code that calls them, and every key one script touches shares a hash tag, so the
 //! layout works on Redis Cluster too.
 
+pub mod audit;
 pub mod idempotency;
 pub mod mandates;
 pub mod receipts;
@@ -11,6 +12,7 @@ use std::{future::Future, time::Duration};
 use backon::{ExponentialBuilder, Retryable};
 use redis::{RedisError, aio::ConnectionManager};
 
+pub use audit::AuditLog;
 pub use idempotency::{
     Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordState, RecordView, RefundRecord, Settle,
 };

@@ -3,6 +3,7 @@
 // Test helpers are `pub` for their sibling modules; the test binary exports nothing.
 #![allow(unreachable_pub)]
 
+mod audit;
 mod bench;
 mod chaos;
 mod faults;

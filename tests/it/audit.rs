@@ -1,0 +1,122 @@
+//! The audit log: every operator action of the CLI (dead-letter replays and purges, mandate
+//! grants and revocations) is appended with who, when, what and the result, chained and
+//! signed, so `audit verify` names an entry that was edited or deleted.
+
+use refund_worker::{governance::audit::Entry, store};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{REDIS_URL, TestEnv, today},
+    ops::{cli, cli_ok},
+};
+
+fn entries(stdout: &str) -> Vec<Entry> {
+    serde_json::from_str(stdout).expect("audit list --json prints entries")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cli_action_is_recorded_with_its_operator_and_a_deleted_entry_is_detected() {
+    let env = TestEnv::start("audit-cli").await;
+    // Two invalid jobs: one fixed and replayed, one purged.
+    let bad = |payment: &str| json!({ "payment_id": payment, "amount": -5, "provider": "stripe", "date": today().to_string() });
+    let ids = env
+        .publish_json(&[bad("pi_audit_1"), bad("pi_audit_2")])
+        .await;
+    env.run_until_idle().await;
+
+    cli_ok(
+        &env,
+        &[
+            "--as",
+            "ops-bot",
+            "mandate",
+            "grant",
+            "--id",
+            "cm_audit",
+            "--agent",
+            "audit-bot",
+            "--max-per-refund",
+            "100",
+            "--max-per-day",
+            "1000",
+        ],
+    )
+    .await;
+    cli_ok(
+        &env,
+        &["dlq", "replay", &ids[0], "--dry-run", "--set", "amount=500"],
+    )
+    .await;
+    cli_ok(
+        &env,
+        &[
+            "--as",
+            "ops-bot",
+            "dlq",
+            "replay",
+            &ids[0],
+            "--set",
+            "amount=500",
+        ],
+    )
+    .await;
+    cli_ok(&env, &["dlq", "purge", &ids[1], "--yes"]).await;
+    cli_ok(&env, &["mandate", "revoke", "cm_audit"]).await;
+
+    let listed = entries(&cli_ok(&env, &["audit", "list", "--json"]).await);
+    let actions: Vec<&str> = listed.iter().map(|e| e.action.action.as_str()).collect();
+    // The dry run is a preview, not an action: it is not recorded.
+    assert_eq!(
+        actions,
+        ["mandate grant", "dlq replay", "dlq purge", "mandate revoke"],
+        "{listed:#?}"
+    );
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    assert_eq!(listed[0].action.who, format!("{user} as ops-bot"));
+    assert_eq!(listed[0].action.via, "cli");
+    assert_eq!(listed[0].action.target["mandate_id"], "cm_audit");
+    assert_eq!(listed[1].action.target["job_ids"], json!([ids[0]]));
+    assert_eq!(listed[1].action.target["set"], json!(["amount=500"]));
+    assert_eq!(listed[1].action.result["replayed"], 1, "{:?}", listed[1]);
+    assert_eq!(listed[2].action.result, json!({ "purged": 1 }));
+    assert_eq!(listed[3].action.result["version"], 2);
+    assert!(listed.windows(2).all(|w| w[1].prev_hash == w[0].hash));
+    let verified = cli_ok(&env, &["audit", "verify"]).await;
+    assert!(
+        verified.contains("audit log intact: 4 entries verified"),
+        "{verified}"
+    );
+
+    // Someone deletes the purge from the log, then edits who replayed.
+    let mut conn = store::connect(REDIS_URL).await.unwrap();
+    let log = format!("{{{}:audit}}:log", env.prefix());
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&log)
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let text: String = redis::cmd("HGET")
+        .arg(&log)
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&log)
+        .arg(2)
+        .arg(text.replace(" as ops-bot", ""))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let broken = cli(&env, &["audit", "verify"]).await;
+    assert_eq!(broken.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&broken.stdout);
+    assert!(said.contains("entry 3: missing (deleted?)"), "{said}");
+    assert!(said.contains("entry 2: edited (hash mismatch)"), "{said}");
+    let json: Value =
+        serde_json::from_slice(&cli(&env, &["audit", "verify", "--json"]).await.stdout)
+            .expect("verify --json prints JSON");
+    assert_eq!(json["checked"], 3);
+    env.cleanup().await;
+}
