@@ -19,10 +19,10 @@ use crate::{
     governance::MandatePolicy,
     metrics::{Health, Metrics},
     pipeline::{Attempt, Pipeline, PipelineOptions, PipelineParts},
-    providers::Providers,
+    providers::{Providers, pause::PauseBoard},
     services::Services,
     signing::{BadKey, KeyPair, VerifyKeys},
-    store::{self, IdempotencyStore, MandateStore, ReceiptChain, StoreError},
+    store::{self, Controls, IdempotencyStore, MandateStore, ReceiptChain, StoreError},
     worker::{self, Action, Delivered, RetryPolicy, Worker, WorkerOptions},
 };
 
@@ -114,6 +114,39 @@ struct Wiring {
     sealer: Sealer,
 }
 
+/// How often a worker reads the ops pauses.
+const PAUSE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies the ops pauses from Redis onto `board` now and then every [`PAUSE_POLL`], for as
+/// long as anything holds the board. A read that fails keeps the board as it was.
+async fn follow_pauses(controls: Controls, board: &Arc<PauseBoard>) {
+    async fn copy(controls: &Controls, board: &PauseBoard) {
+        match controls.paused().await {
+            Ok(paused) => board.set_all(
+                paused
+                    .into_iter()
+                    .filter_map(|(name, pause)| {
+                        Some((
+                            crate::job::ProviderName::parse(&name).ok()?,
+                            pause.to_string(),
+                        ))
+                    })
+                    .collect(),
+            ),
+            Err(e) => tracing::debug!(error = %e, "could not read the provider pauses"),
+        }
+    }
+    copy(&controls, board).await;
+    let weak = Arc::downgrade(board);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PAUSE_POLL).await;
+            let Some(board) = weak.upgrade() else { break };
+            copy(&controls, &board).await;
+        }
+    });
+}
+
 /// Builds the pipeline and what surrounds it. Connects to Redis now (failing with a clear
 /// message if it is down).
 async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, AssembleError> {
@@ -152,9 +185,11 @@ async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, 
     let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = crate::http::client(&settings.providers)?;
     let receipts = ReceiptChain::new(conn.clone(), prefix, receipt_key);
+    let pauses = Arc::new(PauseBoard::new(metrics.provider_paused.clone()));
+    follow_pauses(Controls::new(conn.clone(), prefix), &pauses).await;
     let pipeline = Pipeline::new(PipelineParts {
         store: store.clone(),
-        providers: Providers::from_settings(settings, &metrics, client.clone()),
+        providers: Providers::from_settings(settings, &metrics, client.clone(), &pauses),
         services: Services::from_settings(settings, client),
         mandates: MandatePolicy::new(
             MandateStore::new(conn.clone(), prefix).with_reservation_ttl(settings.idempotency.ttl),

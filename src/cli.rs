@@ -83,6 +83,41 @@ pub enum Command {
     Bench(BenchArgs),
     /// Read and check the tamper-evident log of every operator action.
     Audit(AuditArgs),
+    /// Pause or resume refunds to one provider during its incident; list the pauses.
+    Provider(ProviderArgs),
+}
+
+/// `provider`.
+#[derive(Debug, Args)]
+pub struct ProviderArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ProviderCommand,
+}
+
+/// The per-provider controls.
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Stop refunds to PROVIDER: its jobs wait in the retry tiers without spending attempts;
+    /// every worker honours it within seconds.
+    Pause {
+        /// stripe, mercadopago, asaas, pix or rinne.
+        provider: String,
+        /// Why (recorded with the pause and in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let refunds to PROVIDER go again.
+    Resume {
+        /// stripe, mercadopago, asaas, pix or rinne.
+        provider: String,
+    },
+    /// The paused providers: who paused each, when and why.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `audit`.

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             | Command::Mandate(_)
             | Command::Receipts(_)
             | Command::Audit(_)
+            | Command::Provider(_)
     ) {
         restore_sigpipe();
     }
@@ -89,6 +90,7 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Receipts(args) => commands::receipts::run(&ctx, args).await,
         Command::Bench(args) => commands::bench::run(&ctx, args).await,
         Command::Audit(args) => commands::audit::run(&ctx, args).await,
+        Command::Provider(args) => commands::provider::run(&ctx, args).await,
     }
 }
 
@@ -100,7 +102,8 @@ fn init_logging(cli: &Cli) {
         | Command::Dlq(_)
         | Command::Mandate(_)
         | Command::Receipts(_)
-        | Command::Audit(_) => "warn",
+        | Command::Audit(_)
+        | Command::Provider(_) => "warn",
         // The demo's dead letters are expected; its summary reports them. The bench measures
         // the hot path, which logs nothing at error level.
         Command::Demo(_) | Command::Bench(_) => "error",

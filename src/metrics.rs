@@ -69,6 +69,8 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// Money waiting in the dead-letter queue, in minor units.
     pub dead_letter_amount: IntGaugeVec,
+    /// 1 while ops have paused a provider.
+    pub provider_paused: IntGaugeVec,
     /// Refunds refused by a mandate, per agent.
     pub mandate_denied: IntCounterVec,
     /// Refusals because a mandate's stored state does not add up (`forged`, `rolled_back`,
@@ -172,6 +174,14 @@ impl Metrics {
             &["provider"],
         )
         .expect("static metric");
+        let provider_paused = IntGaugeVec::new(
+            Opts::new(
+                "refunds_provider_paused",
+                "1 while ops have paused refunds to the provider (its jobs wait, spending no attempt).",
+            ),
+            &["provider"],
+        )
+        .expect("static metric");
         let dead_letter_amount = IntGaugeVec::new(
             Opts::new(
                 "refunds_dead_letter_amount_minor",
@@ -188,6 +198,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(step_duration.clone()),
             Box::new(circuit_open.clone()),
+            Box::new(provider_paused.clone()),
             Box::new(dead_letter_amount.clone()),
         ] {
             registry
@@ -199,6 +210,7 @@ impl Metrics {
             succeeded.with_label_values(&[p]);
             retried.with_label_values(&[p]);
             circuit_open.with_label_values(&[p]);
+            provider_paused.with_label_values(&[p]);
             amount.with_label_values(&[p, "BRL"]);
             for outcome in OUTCOMES {
                 duration.with_label_values(&[p, outcome]);
@@ -227,6 +239,7 @@ impl Metrics {
             step_duration,
             dead_letter_depth,
             circuit_open,
+            provider_paused,
             dead_letter_amount,
             mandate_denied,
             mandate_tampered,

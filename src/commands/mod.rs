@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod mandate;
+pub mod provider;
 pub mod publish;
 pub mod receipts;
 pub mod run;

@@ -1,6 +1,6 @@
 //! Per-provider protection around a connector: a cap on calls in flight, a client-side rate
 //! limit, the provider's own "come back later" (429 with `Retry-After` or rate-limit headers),
-//! and a circuit breaker. A call the guard refuses never reaches the provider: it fails fast
+//! a circuit breaker, and the ops pause ([`super::pause`]). A call the guard refuses never reaches the provider: it fails fast
 //! with [`ProviderError::Skipped`], which costs the job no attempt and the provider nothing,
 //! and leaves the worker free for the other providers.
 //!
@@ -17,7 +17,10 @@ use std::{
 use prometheus::IntGauge;
 use tokio::{sync::Semaphore, time::Instant};
 
-use super::{ProviderError, ProviderRefund, RefundProvider, RefundRequest};
+use super::{
+    ProviderError, ProviderRefund, RefundProvider, RefundRequest,
+    pause::{PAUSED_RETRY, PauseBoard},
+};
 use crate::job::ProviderName;
 
 /// How long a call may wait for a token of the rate limit before it is skipped instead.
@@ -52,6 +55,8 @@ pub struct Guarded {
     state: Mutex<State>,
     /// `refunds_provider_circuit_open{provider}`.
     circuit_gauge: IntGauge,
+    /// The ops pauses: a paused provider is refused like an open circuit.
+    pauses: Option<Arc<PauseBoard>>,
 }
 
 #[derive(Debug)]
@@ -95,7 +100,14 @@ impl Guarded {
                 probing: false,
             }),
             circuit_gauge,
+            pauses: None,
         }
+    }
+
+    /// Honours the pauses on `board`.
+    pub fn paused_by(mut self, board: Arc<PauseBoard>) -> Self {
+        self.pauses = Some(board);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -115,6 +127,9 @@ impl Guarded {
     /// half-open is its probe: the returned [`Probe`] gives the turn back if the call ends
     /// without a verdict (cancelled), so the circuit can never stay half-open for good.
     fn admit(&self) -> Result<Probe<'_>, ProviderError> {
+        if let Some(why) = self.pauses.as_ref().and_then(|b| b.why(self.inner.name())) {
+            return Err(self.skip(format!("paused by ops ({why})"), PAUSED_RETRY));
+        }
         let now = Instant::now();
         let mut state = self.state();
         if let Some(until) = state.open_until {

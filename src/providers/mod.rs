@@ -10,6 +10,7 @@ pub mod asaas;
 pub(crate) mod error;
 pub mod guard;
 pub mod mercadopago;
+pub mod pause;
 pub mod pix;
 pub mod rinne;
 pub mod stripe;
@@ -121,8 +122,13 @@ pub struct Providers {
 
 impl Providers {
     /// Builds every connector, sharing one HTTP connection pool, each behind its guard
-    /// (limits and circuit breaker from its settings).
-    pub fn from_settings(settings: &Settings, metrics: &Metrics, client: reqwest::Client) -> Self {
+    /// (limits and circuit breaker from its settings, and the ops pauses of `pauses`).
+    pub fn from_settings(
+        settings: &Settings,
+        metrics: &Metrics,
+        client: reqwest::Client,
+        pauses: &Arc<pause::PauseBoard>,
+    ) -> Self {
         let p = &settings.providers;
         let connectors: [Arc<dyn RefundProvider>; 5] = [
             Arc::new(stripe::Stripe::new(client.clone(), &p.stripe)),
@@ -145,7 +151,9 @@ impl Providers {
                 circuit_open_for: p.circuit_open_for,
             };
             let gauge = metrics.circuit_open.with_label_values(&[name.as_str()]);
-            providers.insert(Arc::new(guard::Guarded::new(connector, limits, gauge)));
+            providers.insert(Arc::new(
+                guard::Guarded::new(connector, limits, gauge).paused_by(Arc::clone(pauses)),
+            ));
         }
         providers
     }

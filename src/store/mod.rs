@@ -3,6 +3,7 @@
 //! layout works on Redis Cluster too.
 
 pub mod audit;
+pub mod control;
 pub mod idempotency;
 pub mod mandates;
 pub mod receipts;
@@ -13,6 +14,7 @@ use backon::{ExponentialBuilder, Retryable};
 use redis::{RedisError, aio::ConnectionManager};
 
 pub use audit::AuditLog;
+pub use control::{Controls, Pause};
 pub use idempotency::{
     Claim, ClaimTicket, IdempotencyStore, RecordKeys, RecordState, RecordView, RefundRecord, Settle,
 };

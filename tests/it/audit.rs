@@ -120,3 +120,96 @@ async fn every_cli_action_is_recorded_with_its_operator_and_a_deleted_entry_is_d
     assert_eq!(json["checked"], 3);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_provider_gets_no_call_its_jobs_wait_without_spending_attempts_and_resume_lets_them_go()
+ {
+    let env = TestEnv::start("pause").await;
+    let mut worker = env.spawn_worker().await;
+    cli_ok(
+        &env,
+        &[
+            "--as",
+            "oncall",
+            "provider",
+            "pause",
+            "stripe",
+            "--reason",
+            "stripe incident INC-42",
+        ],
+    )
+    .await;
+    // Every worker reads the pauses every second.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let listed = cli_ok(&env, &["provider", "list"]).await;
+    assert!(
+        listed.contains("stripe") && listed.contains("INC-42"),
+        "{listed}"
+    );
+    let asaas = json!({ "payment_id": "pay_pause_1", "amount": 500, "provider": "asaas", "date": today().to_string() });
+    env.publish_json(&[crate::helpers::stripe_job("pi_pause_1", 700), asaas])
+        .await;
+
+    // Asaas goes; Stripe waits, again and again, for as long as the pause lasts.
+    let waited = worker
+        .collect_until(std::time::Duration::from_secs(30), |seen| {
+            seen.iter()
+                .any(|r| matches!(r.outcome, refund_worker::outcome::Outcome::Refunded { .. }))
+                && seen.len() >= 6
+        })
+        .await;
+    let ledger = env.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:#?}");
+    assert_eq!(ledger[0].payment_id, "pay_pause_1");
+    assert!(
+        env.sandbox
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/stripe/")),
+        "nothing reached Stripe while it was paused"
+    );
+    for report in waited
+        .iter()
+        .filter(|r| !matches!(r.outcome, refund_worker::outcome::Outcome::Refunded { .. }))
+    {
+        assert!(
+            matches!(&report.outcome, refund_worker::outcome::Outcome::Retry { counts: false, why, .. } if why.contains("paused by ops")),
+            "{report:#?}"
+        );
+    }
+    let metrics = worker.metrics.render();
+    assert!(
+        metrics.contains(r#"refunds_provider_paused{provider="stripe"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        env.dead_letters_kept().await.is_empty(),
+        "nothing retried into exhaustion"
+    );
+
+    cli_ok(&env, &["--as", "oncall", "provider", "resume", "stripe"]).await;
+    worker
+        .collect_until(std::time::Duration::from_secs(30), |seen| {
+            seen.iter()
+                .any(|r| matches!(r.outcome, refund_worker::outcome::Outcome::Refunded { .. }))
+        })
+        .await;
+    worker.stop().await;
+    assert_eq!(env.ledger().len(), 2, "{:#?}", env.ledger());
+    let listed = entries(&cli_ok(&env, &["audit", "list", "--json"]).await);
+    let actions: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|e| {
+            (
+                e.action.action.as_str(),
+                e.action.target["provider"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("provider pause", "stripe"), ("provider resume", "stripe")]
+    );
+    assert!(listed[0].action.who.ends_with(" as oncall"), "{listed:#?}");
+    env.cleanup().await;
+}
