@@ -85,6 +85,44 @@ pub enum Command {
     Audit(AuditArgs),
     /// Pause or resume refunds to one provider during its incident; list the pauses.
     Provider(ProviderArgs),
+    /// The ops console (web): overview, dead letters, provider pauses, audit log.
+    Console(ConsoleArgs),
+}
+
+/// `console`.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Where to listen (localhost by default: put a TLS proxy in front to reach it from afar).
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    pub listen: SocketAddr,
+    /// `operator add NAME`, or nothing to serve.
+    #[command(subcommand)]
+    pub command: Option<ConsoleCommand>,
+}
+
+/// The console's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// Manage operators.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+/// `console operator`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Hash a new operator's password (read from stdin) and print the configuration entry.
+    Add(OperatorAdd),
+}
+
+/// `console operator add`.
+#[derive(Debug, Args)]
+pub struct OperatorAdd {
+    /// The operator's sign-in name.
+    pub name: String,
+    /// May look, may not act.
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 /// `provider`.

@@ -29,6 +29,8 @@ pub struct Settings {
     pub services: ServicesSettings,
     /// Spend mandates.
     pub mandates: MandateSettings,
+    /// The ops console.
+    pub console: ConsoleSettings,
     /// Sealed receipts.
     pub receipts: ReceiptSettings,
     /// What the service trusts in the messages it reads back.
@@ -87,6 +89,31 @@ impl MandateSettings {
             .as_ref()
             .filter(|k| !k.expose().trim().is_empty())
     }
+}
+
+/// The ops console: who may sign in.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// How long a sign-in lasts without use.
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// The operators (`refund-worker console operator add NAME` prints an entry).
+    #[serde(default)]
+    pub operators: Vec<OperatorSettings>,
+}
+
+/// One console operator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSettings {
+    /// The sign-in name.
+    pub name: String,
+    /// An argon2id PHC string (`$argon2id$v=19$…`); never the password.
+    pub password_hash: Secret,
+    /// May look, may not act.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Sealed receipts (SPEC §6).

@@ -91,13 +91,14 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Bench(args) => commands::bench::run(&ctx, args).await,
         Command::Audit(args) => commands::audit::run(&ctx, args).await,
         Command::Provider(args) => commands::provider::run(&ctx, args).await,
+        Command::Console(args) => commands::console::run(&ctx, args).await,
     }
 }
 
 fn init_logging(cli: &Cli) {
     // Interactive commands keep the terminal for their own output; services log at info.
     let default = match cli.command {
-        Command::Run(_) | Command::Sandbox(_) => "info",
+        Command::Run(_) | Command::Sandbox(_) | Command::Console(_) => "info",
         Command::Publish(_)
         | Command::Dlq(_)
         | Command::Mandate(_)

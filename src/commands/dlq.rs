@@ -142,21 +142,22 @@ pub fn cause(error: &str) -> String {
     job::truncate(&out, 100)
 }
 
-/// One failure group of `dlq list`.
+/// One failure group of `dlq list` (and of the console's dead letters page).
 #[derive(Debug, Serialize)]
-struct Group {
-    class: String,
-    cause: String,
-    count: usize,
-    providers: BTreeSet<String>,
-    oldest: Option<String>,
-    newest: Option<String>,
+pub(crate) struct Group {
+    pub(crate) class: String,
+    pub(crate) cause: String,
+    pub(crate) count: usize,
+    pub(crate) providers: BTreeSet<String>,
+    pub(crate) oldest: Option<String>,
+    pub(crate) newest: Option<String>,
     /// Money waiting, minor units per currency.
-    amount: BTreeMap<String, u64>,
-    job_ids: Vec<String>,
+    pub(crate) amount: BTreeMap<String, u64>,
+    pub(crate) job_ids: Vec<String>,
 }
 
-fn group(letters: &[&DeadLetter]) -> Vec<Group> {
+/// The letters grouped by class and cause, largest group first.
+pub(crate) fn group(letters: &[&DeadLetter]) -> Vec<Group> {
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for letter in letters {
         let class = class_of(letter).to_owned();
@@ -193,7 +194,7 @@ fn group(letters: &[&DeadLetter]) -> Vec<Group> {
     groups
 }
 
-fn money(amount: &BTreeMap<String, u64>) -> String {
+pub(crate) fn money(amount: &BTreeMap<String, u64>) -> String {
     if amount.is_empty() {
         return "-".into();
     }
@@ -285,17 +286,20 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 _ => false,
             };
             check_set(&fields, letters, class, collision).map_err(CommandError::Usage)?;
-            let summary = replay.run(&chosen).await;
+            let report = replay.run(&chosen).await;
+            if let Ok(report) = &report {
+                report.print();
+            }
             if !dry_run {
                 let mut target = target_of(&chosen);
                 target["set"] = json!(set);
-                let outcome = match &summary {
-                    Ok(counts) => counts.clone(),
+                let outcome = match &report {
+                    Ok(report) => report.counts.clone(),
                     Err(e) => json!({ "failed": e.to_string() }),
                 };
                 done = Some(("dlq replay", target, outcome));
             }
-            summary.map(|_| ())
+            report.map(|_| ())
         }
     };
     let removed = queue.removed();
@@ -595,18 +599,40 @@ fn check_set(
     Ok(())
 }
 
-/// A replay run.
-struct Replay<'a> {
-    publisher: &'a Publisher,
-    exchange: String,
-    store: &'a crate::store::IdempotencyStore,
-    edits: &'a [(String, Option<Value>)],
-    dry_run: bool,
-    sealer: &'a Sealer,
+/// A replay run (the CLI's and the console's).
+pub(crate) struct Replay<'a> {
+    pub(crate) publisher: &'a Publisher,
+    pub(crate) exchange: String,
+    pub(crate) store: &'a crate::store::IdempotencyStore,
+    pub(crate) edits: &'a [(String, Option<Value>)],
+    pub(crate) dry_run: bool,
+    pub(crate) sealer: &'a Sealer,
+}
+
+/// What a replay run did (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplayReport {
+    /// One line per letter: what happened to it (`replayed`, `would remove`, `skipped`…),
+    /// its job id, and why.
+    pub(crate) lines: Vec<(String, String, String)>,
+    /// The closing sentence (`3 replayed, 1 already refunded …`).
+    pub(crate) summary: String,
+    /// The counts, for the audit log.
+    pub(crate) counts: Value,
+}
+
+impl ReplayReport {
+    /// As the CLI prints it.
+    pub(crate) fn print(&self) {
+        for (tag, job_id, text) in &self.lines {
+            println!("{tag:<13} {job_id} {text}");
+        }
+        println!("{}", self.summary);
+    }
 }
 
 /// Where a letter's job stands against its idempotency record.
-enum Standing {
+pub(crate) enum Standing {
     /// Refunded under its key, by this very job (same fingerprint): the text says where.
     Refunded(String),
     /// Its key is held by a different refund: the text says which and what to do.
@@ -629,7 +655,11 @@ impl Replay<'_> {
     /// by the sealed day it was keyed under, else by the day pinned to its message id or body
     /// (an unsealed letter's headers choose nothing). "Already refunded" only when the record
     /// under that key holds this very refund (same fingerprint).
-    async fn standing(&self, letter: &DeadLetter, body: &[u8]) -> Result<Standing, CommandError> {
+    pub(crate) async fn standing(
+        &self,
+        letter: &DeadLetter,
+        body: &[u8],
+    ) -> Result<Standing, CommandError> {
         let Ok(job) = RefundJob::parse(body) else {
             return Ok(Standing::Open(None));
         };
@@ -677,9 +707,10 @@ impl Replay<'_> {
         }
     }
 
-    /// Replays `chosen`; the counts, for the audit log.
-    async fn run(&self, chosen: &[&DeadLetter]) -> Result<Value, CommandError> {
+    /// Replays `chosen` (or, dry, says what it would do).
+    pub(crate) async fn run(&self, chosen: &[&DeadLetter]) -> Result<ReplayReport, CommandError> {
         let (mut replayed, mut refunded, mut skipped, mut copies) = (0, 0, 0, 0);
+        let mut lines = Vec::with_capacity(chosen.len());
         // Dead-lettering is at-least-once: a worker that dies between the broker's confirm of
         // a dead letter and its ack leaves a second, identical copy. One replay is enough for
         // both; replaying each would double the copies at every round.
@@ -734,7 +765,7 @@ impl Replay<'_> {
                     ("skipped", t.as_str())
                 }
             };
-            println!("{tag:<13} {} {text}", letter.job_id);
+            lines.push((tag.to_owned(), letter.job_id.clone(), text.to_owned()));
         }
         let prefix = if self.dry_run { "dry run: " } else { "" };
         let copies_removed = copies;
@@ -743,15 +774,19 @@ impl Replay<'_> {
         } else {
             String::new()
         };
-        println!(
+        let summary = format!(
             "{prefix}{replayed} replayed, {refunded} already refunded (removed from the queue), {skipped} skipped and left in the queue{copies}"
         );
-        Ok(json!({
-            "replayed": replayed,
-            "already_refunded": refunded,
-            "skipped": skipped,
-            "duplicate_copies_removed": copies_removed,
-        }))
+        Ok(ReplayReport {
+            lines,
+            summary,
+            counts: json!({
+                "replayed": replayed,
+                "already_refunded": refunded,
+                "skipped": skipped,
+                "duplicate_copies_removed": copies_removed,
+            }),
+        })
     }
 
     async fn one(&self, letter: &DeadLetter) -> Result<Replayed, CommandError> {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod dlq;
 pub mod mandate;

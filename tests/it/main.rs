@@ -6,6 +6,7 @@
 mod audit;
 mod bench;
 mod chaos;
+mod console;
 mod faults;
 mod governed;
 mod helpers;

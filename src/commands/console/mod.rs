@@ -1,0 +1,539 @@
+//! `refund-worker console`: the ops console, server-rendered HTML (maud) from axum, usable
+//! without JavaScript. Every page but the sign-in page needs a session; every action carries
+//! the session's CSRF token, is refused to read-only operators, and is recorded in the audit
+//! log under the operator's name.
+//!
+//! This first part: sign-in, the overview (queues, consumers, dead letters and money stuck,
+//! paused providers, the audit head), dead letters grouped and searchable with a page per
+//! letter, per-provider pause and resume, and the audit log. Replays from the console are the
+//! next part; until then `refund-worker dlq replay` does them (and is audited the same way).
+
+mod auth;
+mod pages;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Form, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{CommandError, Context, runtime};
+use crate::{
+    broker::{self, Publisher, dead_letters::DeadLetterQueue, seal::Sealer},
+    cli::{ConsoleArgs, ConsoleCommand, OperatorCommand},
+    governance::{audit::Action, mandate::rfc3339},
+    job::ProviderName,
+    store::{self, Controls, Pause},
+};
+
+use auth::hash_password;
+use auth::{Auth, COOKIE, Session, cookie_token};
+
+/// Dead letters read per page.
+const READ_LIMIT: usize = 2_000;
+
+/// What every handler shares.
+struct Console {
+    ctx: Context,
+    auth: Auth,
+    sealer: Sealer,
+}
+
+type Shared = State<Arc<Console>>;
+
+/// Runs a `console` subcommand.
+pub async fn run(ctx: &Context, args: ConsoleArgs) -> Result<(), CommandError> {
+    match args.command {
+        Some(ConsoleCommand::Operator(OperatorCommand::Add(op))) => {
+            operator_add(&op.name, op.read_only)
+        }
+        None => serve(ctx, args.listen).await,
+    }
+}
+
+/// `console operator add NAME`: reads the password from stdin and prints the entry to put in
+/// the configuration (only the argon2id hash, never the password).
+fn operator_add(name: &str, read_only: bool) -> Result<(), CommandError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(CommandError::Usage(
+            "an operator name is 1 to 64 of [A-Za-z0-9._-]".into(),
+        ));
+    }
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password).map_err(runtime)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.chars().count() < 12 {
+        return Err(CommandError::Usage(
+            "the password (read from stdin) must be at least 12 characters".into(),
+        ));
+    }
+    let hash = hash_password(password).map_err(runtime)?;
+    println!(
+        "# add to the console's configuration file ([console] section):\n[[console.operators]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\nread_only = {read_only}"
+    );
+    Ok(())
+}
+
+async fn serve(ctx: &Context, listen: SocketAddr) -> Result<(), CommandError> {
+    if ctx.settings.console.operators.is_empty() {
+        return Err(CommandError::Usage(
+            "no console operators are configured: add one with `refund-worker console operator add NAME` (password on stdin) and put the printed entry in the configuration file".into(),
+        ));
+    }
+    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let console = Arc::new(Console {
+        ctx: ctx.clone(),
+        auth: Auth::new(
+            ctx.settings.console.operators.clone(),
+            ctx.settings.console.session_ttl,
+        ),
+        sealer,
+    });
+    let app = router(console);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CommandError::Runtime(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener.local_addr().map_err(runtime)?;
+    // Tests and scripts read this line to find a port chosen by the system (:0).
+    println!("console listening on http://{local}");
+    let shutdown = super::shutdown_on_signal();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(runtime)
+}
+
+fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/", get(overview))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/{job_id}", get(letter))
+        .route("/providers/{name}/pause", post(pause))
+        .route("/providers/{name}/resume", post(resume))
+        .route("/audit", get(audit))
+        .with_state(console)
+}
+
+/// Why a request gets no page.
+enum Refusal {
+    /// Not signed in (or the session expired): to the sign-in page.
+    SignIn,
+    /// Signed in, but this action is not theirs to take.
+    Forbidden(&'static str),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::SignIn => Redirect::to("/login").into_response(),
+            Refusal::Forbidden(why) => (StatusCode::FORBIDDEN, why).into_response(),
+        }
+    }
+}
+
+/// The session of a request.
+fn signed_in(console: &Console, headers: &HeaderMap) -> Result<Session, Refusal> {
+    cookie_token(headers.get(header::COOKIE).and_then(|v| v.to_str().ok()))
+        .and_then(|token| console.auth.session(token))
+        .ok_or(Refusal::SignIn)
+}
+
+/// The session of an action: signed in, not read-only, and carrying its CSRF token.
+fn may_act(console: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, Refusal> {
+    let session = signed_in(console, headers)?;
+    if csrf != session.csrf {
+        return Err(Refusal::Forbidden(
+            "the form's CSRF token does not match your session; reload the page",
+        ));
+    }
+    if session.read_only {
+        return Err(Refusal::Forbidden("read-only operators may not act"));
+    }
+    Ok(session)
+}
+
+fn page_error(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Html(pages::error(&e.to_string()).into_string()),
+    )
+        .into_response()
+}
+
+async fn login_page() -> Html<String> {
+    Html(pages::login(None).into_string())
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    name: String,
+    password: String,
+}
+
+async fn login(State(console): Shared, Form(form): Form<Credentials>) -> Response {
+    let checked = {
+        let console = Arc::clone(&console);
+        // argon2 is deliberately slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || console.auth.sign_in(&form.name, &form.password))
+            .await
+            .ok()
+            .flatten()
+    };
+    match checked {
+        Some((token, _)) => {
+            let mut response = Redirect::to("/").into_response();
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(Some("wrong name or password")).into_string()),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+async fn logout(
+    State(console): Shared,
+    headers: HeaderMap,
+    Form(_form): Form<CsrfOnly>,
+) -> Response {
+    if let Some(token) = cookie_token(headers.get(header::COOKIE).and_then(|v| v.to_str().ok())) {
+        console.auth.sign_out(token);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("rw_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    response
+}
+
+/// RabbitMQ for one request (the console is not a hot path).
+async fn broker_session(console: &Console) -> Result<(lapin::Connection, Publisher), String> {
+    let connection = broker::connect(&console.ctx.connections.amqp_url, "refund-worker console")
+        .await
+        .map_err(|e| e.to_string())?;
+    let publisher = Publisher::open(&connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((connection, publisher))
+}
+
+/// Ready messages and consumers of `queue` (passive declare: nothing is created).
+async fn depth(publisher: &Publisher, queue: &str) -> Option<(u32, u32)> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = publisher
+        .channel()
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .ok()?;
+    Some((declared.message_count(), declared.consumer_count()))
+}
+
+async fn read_letters(
+    console: &Console,
+    connection: &lapin::Connection,
+) -> Result<DeadLetterQueue, String> {
+    let topology = console.ctx.connections.topology(&console.ctx.settings);
+    DeadLetterQueue::read(connection, &topology, READ_LIMIT, &console.sealer)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn controls(console: &Console) -> Result<Controls, String> {
+    let conn = store::connect(&console.ctx.connections.redis_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Controls::new(conn, &console.ctx.connections.prefix))
+}
+
+async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let (connection, publisher) = match broker_session(&console).await {
+        Ok(b) => b,
+        Err(e) => return page_error(e),
+    };
+    let topology = console.ctx.connections.topology(&console.ctx.settings);
+    let mut queues = Vec::new();
+    for queue in topology
+        .work_queues()
+        .into_iter()
+        .chain([topology.dead_queue()])
+    {
+        let (ready, consumers) = depth(&publisher, &queue).await.unwrap_or((0, 0));
+        queues.push((queue, ready, consumers));
+    }
+    let letters = match read_letters(&console, &connection).await {
+        Ok(q) => q,
+        Err(e) => return page_error(e),
+    };
+    let all: Vec<_> = letters.letters.iter().collect();
+    let groups = super::dlq::group(&all);
+    let mut stuck = std::collections::BTreeMap::new();
+    for letter in &letters.letters {
+        if let Some((amount, currency)) = &letter.amount {
+            *stuck.entry(currency.clone()).or_insert(0u64) += amount;
+        }
+    }
+    let count = letters.letters.len();
+    letters.close().await;
+    let _ = connection.close(200, "console".into()).await;
+    let paused = match controls(&console).await {
+        Ok(c) => c.paused().await.unwrap_or_default(),
+        Err(e) => return page_error(e),
+    };
+    let audit_head = match super::audit::open(&console.ctx).await {
+        Ok(log) => log.head().await.ok().flatten(),
+        Err(_) => None,
+    };
+    Html(
+        pages::overview(&pages::Overview {
+            session: &session,
+            prefix: &console.ctx.connections.prefix,
+            queues: &queues,
+            dead_letters: count,
+            groups: &groups,
+            stuck: &stuck,
+            paused: &paused,
+            audit_head: audit_head.as_ref(),
+        })
+        .into_string(),
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+async fn dead_letters(
+    State(console): Shared,
+    headers: HeaderMap,
+    Query(search): Query<Search>,
+) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let (connection, _publisher) = match broker_session(&console).await {
+        Ok(b) => b,
+        Err(e) => return page_error(e),
+    };
+    let letters = match read_letters(&console, &connection).await {
+        Ok(q) => q,
+        Err(e) => return page_error(e),
+    };
+    let q = search.q.trim().to_lowercase();
+    let matching: Vec<_> = letters
+        .letters
+        .iter()
+        .filter(|l| {
+            q.is_empty()
+                || l.job_id.to_lowercase().contains(&q)
+                || l.payment_id
+                    .as_deref()
+                    .is_some_and(|p| p.to_lowercase().contains(&q))
+                || l.error.to_lowercase().contains(&q)
+                || String::from_utf8_lossy(&l.body).to_lowercase().contains(&q)
+        })
+        .collect();
+    let groups = super::dlq::group(&matching);
+    let body = pages::dead_letters(&session, &search.q, &groups, &matching).into_string();
+    letters.close().await;
+    let _ = connection.close(200, "console".into()).await;
+    Html(body).into_response()
+}
+
+async fn letter(
+    State(console): Shared,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let (connection, _publisher) = match broker_session(&console).await {
+        Ok(b) => b,
+        Err(e) => return page_error(e),
+    };
+    let letters = match read_letters(&console, &connection).await {
+        Ok(q) => q,
+        Err(e) => return page_error(e),
+    };
+    let found = letters.letters.iter().find(|l| l.job_id == job_id);
+    let response = match found {
+        Some(l) => Html(pages::letter(&session, l).into_string()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(pages::error(&format!("no dead letter with job id {job_id}")).into_string()),
+        )
+            .into_response(),
+    };
+    letters.close().await;
+    let _ = connection.close(200, "console".into()).await;
+    response
+}
+
+#[derive(Deserialize)]
+struct PauseForm {
+    csrf: String,
+    reason: String,
+}
+
+async fn record(
+    console: &Console,
+    session: &Session,
+    action: &str,
+    target: Value,
+    result: Value,
+) -> Result<(), String> {
+    let log = super::audit::open(&console.ctx)
+        .await
+        .map_err(|e| e.to_string())?;
+    log.append(Action {
+        who: session.operator.clone(),
+        via: "console".into(),
+        action: action.into(),
+        target,
+        preview: Value::Null,
+        result,
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("{action} was done, but could not be recorded in the audit log: {e}"))
+}
+
+async fn pause(
+    State(console): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<PauseForm>,
+) -> Response {
+    let session = match may_act(&console, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(provider) = ProviderName::parse(&name) else {
+        return (StatusCode::NOT_FOUND, "no such provider").into_response();
+    };
+    let reason = form.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return (StatusCode::BAD_REQUEST, "say why, in at most 500 bytes").into_response();
+    }
+    let controls = match controls(&console).await {
+        Ok(c) => c,
+        Err(e) => return page_error(e),
+    };
+    let pause = Pause {
+        by: session.operator.clone(),
+        at: rfc3339(time::OffsetDateTime::now_utc()),
+        reason: reason.to_owned(),
+    };
+    match controls.pause(provider.as_str(), &pause).await {
+        Ok(true) => {
+            if let Err(e) = record(
+                &console,
+                &session,
+                "provider pause",
+                json!({ "provider": provider.as_str() }),
+                json!({ "paused": true, "reason": reason }),
+            )
+            .await
+            {
+                return page_error(e);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => return page_error(e),
+    }
+    Redirect::to("/").into_response()
+}
+
+async fn resume(
+    State(console): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let session = match may_act(&console, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(provider) = ProviderName::parse(&name) else {
+        return (StatusCode::NOT_FOUND, "no such provider").into_response();
+    };
+    let controls = match controls(&console).await {
+        Ok(c) => c,
+        Err(e) => return page_error(e),
+    };
+    match controls.resume(provider.as_str()).await {
+        Ok(true) => {
+            if let Err(e) = record(
+                &console,
+                &session,
+                "provider resume",
+                json!({ "provider": provider.as_str() }),
+                json!({ "resumed": true }),
+            )
+            .await
+            {
+                return page_error(e);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => return page_error(e),
+    }
+    Redirect::to("/").into_response()
+}
+
+async fn audit(State(console): Shared, headers: HeaderMap) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let log = match super::audit::open(&console.ctx).await {
+        Ok(log) => log,
+        Err(e) => return page_error(e),
+    };
+    let entries = match log.list(200).await {
+        Ok(e) => e,
+        Err(e) => return page_error(e),
+    };
+    let report = match log.verify().await {
+        Ok(r) => r,
+        Err(e) => return page_error(e),
+    };
+    Html(pages::audit(&session, &entries, &report).into_string()).into_response()
+}

@@ -1,0 +1,276 @@
+//! The console's pages: plain HTML forms and tables, no JavaScript, readable on a laptop.
+
+use std::collections::BTreeMap;
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::auth::Session;
+use crate::{
+    broker::dead_letters::DeadLetter,
+    commands::dlq::{Group, money},
+    governance::audit::{AuditReport, Entry},
+    job::ProviderName,
+    store::Pause,
+};
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 1rem;color:#1b1b1b}\
+nav{display:flex;gap:1rem;align-items:center;border-bottom:1px solid #ccc;padding:.5rem 0}\
+nav .who{margin-left:auto;color:#555}table{border-collapse:collapse;width:100%;margin:.5rem 0}\
+th,td{border-bottom:1px solid #e3e3e3;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.92rem}\
+th{background:#f5f5f5}pre{background:#f5f5f5;padding:.5rem;overflow:auto}.warn{color:#a40000}\
+.ok{color:#0a6b2a}form.inline{display:inline}input[type=text]{min-width:16rem}";
+
+fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · refund-worker console" }
+                style { (STYLE) }
+            }
+            body {
+                @if let Some(session) = session {
+                    nav {
+                        strong { "refund-worker" }
+                        a href="/" { "Overview" }
+                        a href="/dead-letters" { "Dead letters" }
+                        a href="/audit" { "Audit log" }
+                        span.who {
+                            (session.operator)
+                            @if session.read_only { " (read-only)" }
+                        }
+                        form.inline method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                h1 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+/// The sign-in page, the only page without a session.
+pub(super) fn login(problem: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            @if let Some(problem) = problem { p.warn { (problem) } }
+            form method="post" action="/login" {
+                p { label { "Name " input type="text" name="name" autocomplete="username" required; } }
+                p { label { "Password " input type="password" name="password" autocomplete="current-password" required; } }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+/// A page that could not be built.
+pub(super) fn error(what: &str) -> Markup {
+    layout(
+        "Not available",
+        None,
+        html! { p.warn { (what) } p { a href="/" { "Back to the overview" } } },
+    )
+}
+
+/// What the overview shows.
+pub(super) struct Overview<'a> {
+    pub(super) session: &'a Session,
+    pub(super) prefix: &'a str,
+    /// (queue, ready messages, consumers).
+    pub(super) queues: &'a [(String, u32, u32)],
+    pub(super) dead_letters: usize,
+    pub(super) groups: &'a [Group],
+    /// Minor units stuck in dead letters, per currency.
+    pub(super) stuck: &'a BTreeMap<String, u64>,
+    pub(super) paused: &'a BTreeMap<String, Pause>,
+    pub(super) audit_head: Option<&'a (u64, String)>,
+}
+
+/// The overview.
+pub(super) fn overview(o: &Overview<'_>) -> Markup {
+    layout(
+        "Overview",
+        Some(o.session),
+        html! {
+            p { "Prefix " code { (o.prefix) } }
+            h2 { "Queues" }
+            table {
+                tr { th { "queue" } th { "ready" } th { "consumers (workers)" } }
+                @for (queue, ready, consumers) in o.queues {
+                    tr { td { code { (queue) } } td { (ready) } td { (consumers) } }
+                }
+            }
+            h2 { "Dead letters" }
+            p {
+                strong { (o.dead_letters) } " dead letters; money stuck: "
+                strong { (money(o.stuck)) }
+                " · " a href="/dead-letters" { "open the dead letters" }
+            }
+            (group_table(o.groups))
+            h2 { "Providers" }
+            table {
+                tr { th { "provider" } th { "state" } th { "action" } }
+                @for provider in ProviderName::ALL {
+                    @let name = provider.as_str();
+                    tr {
+                        td { (name) }
+                        @match o.paused.get(name) {
+                            Some(pause) => {
+                                td.warn { "paused " (pause.to_string()) }
+                                td {
+                                    @if !o.session.read_only {
+                                        form.inline method="post" action={ "/providers/" (name) "/resume" } {
+                                            input type="hidden" name="csrf" value=(o.session.csrf);
+                                            button type="submit" { "Resume" }
+                                        }
+                                    }
+                                }
+                            }
+                            None => {
+                                td.ok { "refunding" }
+                                td {
+                                    @if !o.session.read_only {
+                                        form.inline method="post" action={ "/providers/" (name) "/pause" } {
+                                            input type="hidden" name="csrf" value=(o.session.csrf);
+                                            input type="text" name="reason" placeholder="why (incident id)" required;
+                                            button type="submit" { "Pause" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Audit log" }
+            p {
+                @match o.audit_head {
+                    Some((seq, hash)) => { (seq) " entries, head " code { (&hash[..hash.len().min(16)]) } }
+                    None => "no entries yet",
+                }
+                " · " a href="/audit" { "open the audit log" }
+            }
+        },
+    )
+}
+
+fn group_table(groups: &[Group]) -> Markup {
+    html! {
+        table {
+            tr { th { "class" } th { "cause" } th { "count" } th { "providers" } th { "money" } th { "oldest" } th { "letters" } }
+            @for g in groups {
+                tr {
+                    td { (g.class) } td { (g.cause) } td { (g.count) }
+                    td { (g.providers.iter().cloned().collect::<Vec<_>>().join(", ")) }
+                    td { (money(&g.amount)) }
+                    td { (g.oldest.as_deref().unwrap_or("-")) }
+                    td {
+                        @for id in g.job_ids.iter().take(5) {
+                            a href={ "/dead-letters/" (id) } { (id) } " "
+                        }
+                        @if g.job_ids.len() > 5 { "…" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dead letters, grouped, with a search.
+pub(super) fn dead_letters(
+    session: &Session,
+    q: &str,
+    groups: &[Group],
+    letters: &[&DeadLetter],
+) -> Markup {
+    layout(
+        "Dead letters",
+        Some(session),
+        html! {
+            form method="get" action="/dead-letters" {
+                input type="text" name="q" value=(q) placeholder="payment id, order id, job id or text";
+                button type="submit" { "Search" }
+            }
+            h2 { "Groups" }
+            (group_table(groups))
+            h2 { (letters.len()) " letters" }
+            table {
+                tr { th { "job id" } th { "class" } th { "provider" } th { "payment" } th { "amount" } th { "last seen" } th { "reason" } }
+                @for l in letters {
+                    tr {
+                        td { a href={ "/dead-letters/" (l.job_id) } { (l.job_id) } }
+                        td { (l.class.map_or("unknown", |c| c.as_str())) }
+                        td { (l.provider.as_deref().unwrap_or("-")) }
+                        td { (l.payment_id.as_deref().unwrap_or("-")) }
+                        td { @if let Some((amount, currency)) = &l.amount { (amount) " " (currency) } }
+                        td { (l.last_seen.as_deref().unwrap_or("-")) }
+                        td { (l.error) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// One letter: reason, headers (sealed or not), body.
+pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
+    let body = serde_json::from_slice::<serde_json::Value>(&l.body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(&l.body).into_owned());
+    layout(
+        &format!("Dead letter {}", l.job_id),
+        Some(session),
+        html! {
+            table {
+                tr { th { "class" } td { (l.class.map_or("unknown", |c| c.as_str())) } }
+                tr { th { "reason" } td { (l.error) } }
+                tr { th { "provider" } td { (l.provider.as_deref().unwrap_or("-")) } }
+                tr { th { "attempts" } td { (l.attempts) } }
+                tr { th { "sealed" } td {
+                    @if l.envelope.seal.is_sealed() { span.ok { "yes: written by this deployment" } }
+                    @else { span.warn { "NO: its x-refund-* headers are not believed; a replay treats it as a new job keyed from its body" } }
+                } }
+            }
+            h2 { "Headers" }
+            table {
+                @for (k, v) in &l.headers { tr { td { code { (k) } } td { (v) } } }
+            }
+            h2 { "Body" }
+            pre { (body) }
+            p { "Replay it with " code { "refund-worker dlq replay " (l.job_id) " --dry-run" } " (console replays come next)." }
+        },
+    )
+}
+
+/// The audit log, newest last, with the verification result.
+pub(super) fn audit(session: &Session, entries: &[Entry], report: &AuditReport) -> Markup {
+    layout(
+        "Audit log",
+        Some(session),
+        html! {
+            @if report.is_intact() {
+                p.ok { "Intact: " (report.checked) " entries verified (hashes, signatures, links)." }
+            } @else {
+                p.warn { "NOT intact:" }
+                ul.warn { @for (seq, what) in &report.problems { li { "entry " (seq) ": " (what) } } }
+            }
+            table {
+                tr { th { "#" } th { "when" } th { "who" } th { "via" } th { "action" } th { "target" } th { "result" } }
+                @for e in entries {
+                    tr {
+                        td { (e.seq) } td { (e.at) } td { (e.action.who) } td { (e.action.via) }
+                        td { (e.action.action) } td { code { (e.action.target) } } td { code { (e.action.result) } }
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,250 @@
+//! The ops console over HTTP, as a browser without JavaScript uses it: nothing without signing
+//! in, sign-in with argon2id hashes made by `console operator add`, dead letters found by
+//! payment id, a provider paused and resumed with the session's CSRF token (refused without
+//! it, and to a read-only operator), every action in the audit log under the operator's name.
+
+use std::{process::Stdio, time::Duration};
+
+use reqwest::{StatusCode, redirect::Policy};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::helpers::{TestEnv, binary, today};
+
+/// `console operator add NAME` with `password` on stdin: the entry it prints.
+async fn operator_entry(name: &str, password: &str, read_only: bool) -> String {
+    let mut command = Command::new(binary());
+    command.args(["console", "operator", "add", name]);
+    if read_only {
+        command.arg("--read-only");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(password), "the password is never printed");
+    assert!(text.contains("$argon2id$"), "{text}");
+    text
+}
+
+/// Starts the console on a free port; its child and base URL.
+async fn start_console(env: &TestEnv, config: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(binary())
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .envs(env.child_env())
+        .env("REFUND_CONFIG", config)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the console starts")
+        .unwrap()
+        .expect("a line");
+    let url = line
+        .strip_prefix("console listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    (child, url)
+}
+
+/// Signs in; the session cookie.
+async fn sign_in(client: &reqwest::Client, url: &str, name: &str, password: &str) -> String {
+    let answer = client
+        .post(format!("{url}/login"))
+        .form(&[("name", name), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page(client: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode, String) {
+    let answer = client
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (answer.status(), answer.text().await.unwrap())
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..at + 64].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_it_is_audited() {
+    let env = TestEnv::start("console").await;
+    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
+    let entries = format!(
+        "{}\n{}",
+        operator_entry("ana", "correct horse battery", false).await,
+        operator_entry("rita", "read only staple", true).await
+    );
+    std::fs::write(&config, entries).unwrap();
+    let (_console, url) = start_console(&env, &config).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+
+    // Nothing but the sign-in page without a session.
+    for path in ["/", "/dead-letters", "/audit", "/dead-letters/x"] {
+        let answer = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(answer.headers()["location"], "/login");
+    }
+    let unsigned = client
+        .post(format!("{url}/providers/stripe/pause"))
+        .form(&[("csrf", "x"), ("reason", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), StatusCode::SEE_OTHER);
+    let wrong = client
+        .post(format!("{url}/login"))
+        .form(&[("name", "ana"), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("wrong name or password")
+    );
+
+    // A dead letter to find.
+    let ids = env
+        .publish_json(&[json!({ "payment_id": "pi_console_1", "amount": -5, "provider": "stripe", "date": today().to_string() })])
+        .await;
+    env.run_until_idle().await;
+
+    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    let (status, overview) = page(&client, &format!("{url}/"), &ana).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        overview.contains(&format!("{}.jobs", env.prefix())),
+        "{overview}"
+    );
+    assert!(overview.contains("1</strong> dead letters"), "{overview}");
+    let (_, found) = page(&client, &format!("{url}/dead-letters?q=pi_console_1"), &ana).await;
+    assert!(found.contains(&ids[0]), "{found}");
+    let (_, none) = page(&client, &format!("{url}/dead-letters?q=pi_nowhere"), &ana).await;
+    assert!(none.contains("0 letters"), "{none}");
+    let (status, letter) = page(&client, &format!("{url}/dead-letters/{}", ids[0]), &ana).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        letter.contains("yes: written by this deployment") && letter.contains("pi_console_1"),
+        "{letter}"
+    );
+
+    // Pause: refused without the session's token, done with it.
+    let forged = client
+        .post(format!("{url}/providers/stripe/pause"))
+        .header("cookie", &ana)
+        .form(&[("csrf", "not-the-token"), ("reason", "INC-7")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let csrf = csrf_of(&overview);
+    let paused = client
+        .post(format!("{url}/providers/stripe/pause"))
+        .header("cookie", &ana)
+        .form(&[("csrf", csrf.as_str()), ("reason", "Stripe incident INC-7")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::SEE_OTHER);
+    let listed = crate::ops::cli_ok(&env, &["provider", "list", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["stripe"]["by"], "ana");
+    assert_eq!(listed["stripe"]["reason"], "Stripe incident INC-7");
+    let (_, overview) = page(&client, &format!("{url}/"), &ana).await;
+    assert!(overview.contains("paused by ana"), "{overview}");
+
+    // A read-only operator sees, but may not act.
+    let rita = sign_in(&client, &url, "rita", "read only staple").await;
+    let (_, seen) = page(&client, &format!("{url}/"), &rita).await;
+    assert!(
+        seen.contains("(read-only)") && !seen.contains(">Resume<"),
+        "{seen}"
+    );
+    let refused = client
+        .post(format!("{url}/providers/stripe/resume"))
+        .header("cookie", &rita)
+        .form(&[("csrf", csrf_of(&seen).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let resumed = client
+        .post(format!("{url}/providers/stripe/resume"))
+        .header("cookie", &ana)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::SEE_OTHER);
+    let listed = crate::ops::cli_ok(&env, &["provider", "list", "--json"]).await;
+    assert_eq!(listed.trim(), "{}");
+
+    let (_, audit) = page(&client, &format!("{url}/audit"), &ana).await;
+    assert!(audit.contains("Intact: 2 entries verified"), "{audit}");
+    assert!(
+        audit.contains("provider pause") && audit.contains("provider resume"),
+        "{audit}"
+    );
+    let log: Vec<refund_worker::governance::audit::Entry> =
+        serde_json::from_str(&crate::ops::cli_ok(&env, &["audit", "list", "--json"]).await)
+            .unwrap();
+    assert!(
+        log.iter()
+            .all(|e| e.action.who == "ana" && e.action.via == "console"),
+        "{log:#?}"
+    );
+
+    // Signed out: back to nothing.
+    let out = client
+        .post(format!("{url}/logout"))
+        .header("cookie", &ana)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let (status, _) = page(&client, &format!("{url}/"), &ana).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let _ = std::fs::remove_file(&config);
+    env.cleanup().await;
+}
