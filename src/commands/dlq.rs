@@ -99,7 +99,7 @@ fn old_enough(age: Option<Duration>, min: Duration) -> bool {
 }
 
 /// The class label of a letter.
-fn class_of(letter: &DeadLetter) -> &'static str {
+pub(crate) fn class_of(letter: &DeadLetter) -> &'static str {
     letter.class.map_or("unknown", |c| c.as_str())
 }
 

@@ -167,6 +167,25 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
         "{letter}"
     );
 
+    // A replay of that letter is previewed first; an invalid body would be skipped, and the
+    // preview moves nothing.
+    assert!(letter.contains("Preview a replay"), "{letter}");
+    let preview = client
+        .post(format!("{url}/dead-letters/{}/replay", ids[0]))
+        .header("cookie", &ana)
+        .form(&[("csrf", csrf_of(&letter).as_str())])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        preview.contains("<td>skipped</td>") && preview.contains("Confirm the replay"),
+        "{preview}"
+    );
+    assert_eq!(env.dead_letters_kept().await.len(), 1);
+
     // Pause: refused without the session's token, done with it.
     let forged = client
         .post(format!("{url}/providers/stripe/pause"))
@@ -245,6 +264,125 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let (status, _) = page(&client, &format!("{url}/"), &ana).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    let _ = std::fs::remove_file(&config);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_log_agree() {
+    let env = TestEnv::start("console-canary").await;
+    crate::helpers::grant_mandate(&env, "cm_canary", "canary-bot", (1_000, 1_000), &["guest"])
+        .await;
+    let job = |payment: &str| {
+        let mut job = crate::helpers::stripe_job(payment, 600);
+        job["agent_id"] = json!("canary-bot");
+        job["mandate_id"] = json!("cm_canary");
+        job
+    };
+    env.publish_json(&[job("pi_canary_0")]).await;
+    env.run_until_idle().await;
+    // Over what is left today: two letters of one group (class mandate, same cause).
+    env.publish_json(&[job("pi_canary_1"), job("pi_canary_2")])
+        .await;
+    env.run_until_idle().await;
+    assert_eq!(env.ledger().len(), 1);
+    let letters = env.dead_letters_kept().await;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    let cause = refund_worker::commands::dlq::cause(&letters[0].headers["x-refund-error"]);
+    assert_eq!(
+        cause,
+        refund_worker::commands::dlq::cause(&letters[1].headers["x-refund-error"])
+    );
+
+    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
+    std::fs::write(
+        &config,
+        operator_entry("ana", "correct horse battery", false).await,
+    )
+    .unwrap();
+    let (_console, url) = start_console(&env, &config).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    let (_, listing) = page(&client, &format!("{url}/dead-letters"), &ana).await;
+    assert!(listing.contains("canary first"), "{listing}");
+    let csrf = csrf_of(&listing);
+
+    // Finance raises the budget; the operator previews the group: nothing moves.
+    crate::helpers::grant_mandate(&env, "cm_canary", "canary-bot", (1_000, 10_000), &["guest"])
+        .await;
+    let form = |confirm: bool| {
+        let mut f = vec![
+            ("csrf", csrf.clone()),
+            ("class", "mandate".to_owned()),
+            ("cause", cause.clone()),
+            ("canary", "on".to_owned()),
+        ];
+        if confirm {
+            f.push(("confirm", "yes".to_owned()));
+            f.push(("preview", "2 would replay".to_owned()));
+        }
+        f
+    };
+    let preview = client
+        .post(format!("{url}/groups/replay"))
+        .header("cookie", &ana)
+        .form(&form(false))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        preview.matches("<td>would replay</td>").count(),
+        2,
+        "{preview}"
+    );
+    assert!(preview.contains("Confirm the replay"), "{preview}");
+    assert_eq!(
+        env.dead_letters_kept().await.len(),
+        2,
+        "a preview moves nothing"
+    );
+
+    // Confirmed, canary first, with a worker running: the canary refunds, then the rest go.
+    let mut worker = env.spawn_worker().await;
+    let done = client
+        .post(format!("{url}/groups/replay"))
+        .header("cookie", &ana)
+        .form(&form(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("refunded; the rest were replayed"), "{done}");
+    worker
+        .collect_until(Duration::from_secs(30), |seen| seen.len() >= 2)
+        .await;
+    worker.stop().await;
+    let mut paid: Vec<String> = env.ledger().into_iter().map(|e| e.payment_id).collect();
+    paid.sort();
+    assert_eq!(paid, ["pi_canary_0", "pi_canary_1", "pi_canary_2"]);
+    assert!(env.dead_letters_kept().await.is_empty());
+
+    let log: Vec<refund_worker::governance::audit::Entry> =
+        serde_json::from_str(&crate::ops::cli_ok(&env, &["audit", "list", "--json"]).await)
+            .unwrap();
+    let entry = log
+        .iter()
+        .find(|e| e.action.action == "dlq replay group (canary)")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(entry.action.who, "ana");
+    assert_eq!(entry.action.preview, json!("2 would replay"));
+    assert_eq!(
+        entry.action.result["counts"]["replayed"], 1,
+        "the rest, after the canary: {entry:#?}"
+    );
     let _ = std::fs::remove_file(&config);
     env.cleanup().await;
 }

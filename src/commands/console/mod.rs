@@ -3,10 +3,11 @@
 //! the session's CSRF token, is refused to read-only operators, and is recorded in the audit
 //! log under the operator's name.
 //!
-//! This first part: sign-in, the overview (queues, consumers, dead letters and money stuck,
-//! paused providers, the audit head), dead letters grouped and searchable with a page per
-//! letter, per-provider pause and resume, and the audit log. Replays from the console are the
-//! next part; until then `refund-worker dlq replay` does them (and is audited the same way).
+//! Sign-in, the overview (queues, consumers, dead letters and money stuck, paused providers,
+//! the audit head), dead letters grouped and searchable with a page per letter, replay of one
+//! letter or of a group — always previewed first (a dry run), and for a group optionally as a
+//! canary: one letter, its outcome awaited, then the rest only if it refunded — per-provider
+//! pause and resume, and the audit log, which records the preview each action was confirmed on.
 
 mod auth;
 mod pages;
@@ -122,6 +123,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/", get(overview))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{job_id}", get(letter))
+        .route("/dead-letters/{job_id}/replay", post(replay_one))
+        .route("/groups/replay", post(replay_group))
         .route("/providers/{name}/pause", post(pause))
         .route("/providers/{name}/resume", post(resume))
         .route("/audit", get(audit))
@@ -419,20 +422,7 @@ async fn record(
     target: Value,
     result: Value,
 ) -> Result<(), String> {
-    let log = super::audit::open(&console.ctx)
-        .await
-        .map_err(|e| e.to_string())?;
-    log.append(Action {
-        who: session.operator.clone(),
-        via: "console".into(),
-        action: action.into(),
-        target,
-        preview: Value::Null,
-        result,
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| format!("{action} was done, but could not be recorded in the audit log: {e}"))
+    record_with_preview(console, session, action, target, "", result).await
 }
 
 async fn pause(
@@ -536,4 +526,324 @@ async fn audit(State(console): Shared, headers: HeaderMap) -> Response {
         Err(e) => return page_error(e),
     };
     Html(pages::audit(&session, &entries, &report).into_string()).into_response()
+}
+
+/// How long a canary's outcome is awaited before the rest of its group is left alone.
+const CANARY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Deserialize)]
+struct ReplayForm {
+    csrf: String,
+    /// Present once the operator confirmed the preview.
+    #[serde(default)]
+    confirm: Option<String>,
+    /// The preview the operator was shown (recorded with the action).
+    #[serde(default)]
+    preview: String,
+    /// Group replays: the group.
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    cause: String,
+    /// Group replays: one letter first.
+    #[serde(default)]
+    canary: Option<String>,
+}
+
+/// What a replay request needs from RabbitMQ and Redis, opened for it.
+struct ReplayWorld {
+    connection: lapin::Connection,
+    publisher: Publisher,
+    letters: DeadLetterQueue,
+    store: crate::store::IdempotencyStore,
+}
+
+async fn replay_world(console: &Console) -> Result<ReplayWorld, String> {
+    let (connection, publisher) = broker_session(console).await?;
+    let letters = read_letters(console, &connection).await?;
+    let store = console
+        .ctx
+        .connections
+        .idempotency_store(&console.ctx.settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ReplayWorld {
+        connection,
+        publisher,
+        letters,
+        store,
+    })
+}
+
+impl ReplayWorld {
+    fn replay<'a>(&'a self, console: &'a Console, dry_run: bool) -> super::dlq::Replay<'a> {
+        super::dlq::Replay {
+            publisher: &self.publisher,
+            exchange: console
+                .ctx
+                .connections
+                .topology(&console.ctx.settings)
+                .jobs_exchange(),
+            store: &self.store,
+            edits: &[],
+            dry_run,
+            sealer: &console.sealer,
+        }
+    }
+
+    async fn close(self) {
+        // The money-stuck tally follows the queue (best effort: the queue is the truth).
+        let removed = self.letters.removed();
+        if !removed.is_empty()
+            && let Err(e) = self.store.forget_dead_letters(&removed).await
+        {
+            tracing::warn!(error = %e, "could not update the dead-letter money tally");
+        }
+        self.letters.close().await;
+        let _ = self.connection.close(200, "console".into()).await;
+    }
+}
+
+fn preview_text(report: &super::dlq::ReplayReport) -> String {
+    let mut text: Vec<String> = report
+        .lines
+        .iter()
+        .map(|(tag, id, why)| format!("{tag} {id} {why}"))
+        .collect();
+    text.push(report.summary.clone());
+    text.join("\n")
+}
+
+async fn replay_one(
+    State(console): Shared,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let session = match may_act(&console, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let world = match replay_world(&console).await {
+        Ok(w) => w,
+        Err(e) => return page_error(e),
+    };
+    let chosen: Vec<_> = world
+        .letters
+        .letters
+        .iter()
+        .filter(|l| l.job_id == job_id)
+        .collect();
+    if chosen.is_empty() {
+        world.close().await;
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::error(&format!("no dead letter with job id {job_id}")).into_string()),
+        )
+            .into_response();
+    }
+    let confirmed = form.confirm.as_deref() == Some("yes");
+    let report = world.replay(&console, !confirmed).run(&chosen).await;
+    let page = match (&report, confirmed) {
+        (Err(e), _) => pages::error(&e.to_string()),
+        (Ok(report), false) => pages::replay_preview(
+            &session,
+            &format!("/dead-letters/{job_id}/replay"),
+            report,
+            &[],
+            &preview_text(report),
+        ),
+        (Ok(report), true) => pages::replay_done(&session, report, None),
+    };
+    if confirmed {
+        let result = match &report {
+            Ok(r) => r.counts.clone(),
+            Err(e) => json!({ "failed": e.to_string() }),
+        };
+        let target = json!({ "job_ids": [job_id] });
+        if let Err(e) = record_with_preview(
+            &console,
+            &session,
+            "dlq replay",
+            target,
+            &form.preview,
+            result,
+        )
+        .await
+        {
+            world.close().await;
+            return page_error(e);
+        }
+    }
+    world.close().await;
+    Html(page.into_string()).into_response()
+}
+
+async fn replay_group(
+    State(console): Shared,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let session = match may_act(&console, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let world = match replay_world(&console).await {
+        Ok(w) => w,
+        Err(e) => return page_error(e),
+    };
+    let chosen: Vec<_> = world
+        .letters
+        .letters
+        .iter()
+        .filter(|l| {
+            super::dlq::class_of(l) == form.class && super::dlq::cause(&l.error) == form.cause
+        })
+        .collect();
+    if chosen.is_empty() {
+        world.close().await;
+        return page_error("no dead letter is left in that group");
+    }
+    let canary = form.canary.is_some();
+    let hidden = [
+        ("class", form.class.as_str()),
+        ("cause", form.cause.as_str()),
+        ("canary", if canary { "on" } else { "" }),
+    ];
+    if form.confirm.as_deref() != Some("yes") {
+        let page = match world.replay(&console, true).run(&chosen).await {
+            Ok(report) => pages::replay_preview(
+                &session,
+                "/groups/replay",
+                &report,
+                &hidden,
+                &preview_text(&report),
+            ),
+            Err(e) => pages::error(&e.to_string()),
+        };
+        world.close().await;
+        return Html(page.into_string()).into_response();
+    }
+    let (report, canary_said) = if canary {
+        run_canary(&console, &world, &chosen).await
+    } else {
+        (world.replay(&console, false).run(&chosen).await, None)
+    };
+    let result = match &report {
+        Ok(r) => json!({ "counts": r.counts, "canary": canary_said }),
+        Err(e) => json!({ "failed": e.to_string(), "canary": canary_said }),
+    };
+    let target = json!({
+        "class": form.class,
+        "cause": form.cause,
+        "canary": canary,
+        "job_ids": chosen.iter().map(|l| l.job_id.as_str()).collect::<Vec<_>>(),
+    });
+    let action = if canary {
+        "dlq replay group (canary)"
+    } else {
+        "dlq replay group"
+    };
+    let recorded =
+        record_with_preview(&console, &session, action, target, &form.preview, result).await;
+    let page = match (&report, recorded) {
+        (_, Err(e)) => pages::error(&e),
+        (Err(e), _) => pages::error(&e.to_string()),
+        (Ok(report), Ok(())) => pages::replay_done(&session, report, canary_said.as_deref()),
+    };
+    world.close().await;
+    Html(page.into_string()).into_response()
+}
+
+/// Replays the first letter alone, waits for its refund, and replays the rest only if it
+/// came; otherwise the rest stay in the queue. The report covers what was replayed; the text
+/// says how the canary fared.
+async fn run_canary(
+    console: &Console,
+    world: &ReplayWorld,
+    chosen: &[&crate::broker::dead_letters::DeadLetter],
+) -> (
+    Result<super::dlq::ReplayReport, CommandError>,
+    Option<String>,
+) {
+    let replay = world.replay(console, false);
+    let (first, rest) = chosen.split_at(1);
+    let canary = first[0];
+    let first_report = match replay.run(first).await {
+        Ok(r) => r,
+        Err(e) => return (Err(e), Some("the canary could not be replayed".into())),
+    };
+    let sent = first_report
+        .lines
+        .iter()
+        .any(|(tag, _, _)| tag == "replayed");
+    if !sent {
+        return (
+            Ok(first_report),
+            Some(format!(
+                "the canary {} was not replayed (see its line); the rest stay in the queue",
+                canary.job_id
+            )),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + CANARY_WAIT;
+    let refunded = loop {
+        match replay.standing(canary, &canary.body).await {
+            Ok(super::dlq::Standing::Refunded(_)) => break true,
+            Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => break false,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+        }
+    };
+    if !refunded {
+        return (
+            Ok(first_report),
+            Some(format!(
+                "the canary {} did not refund within {}s; the rest ({}) stay in the queue",
+                canary.job_id,
+                CANARY_WAIT.as_secs(),
+                rest.len()
+            )),
+        );
+    }
+    let said = Some(format!(
+        "the canary {} refunded; the rest were replayed",
+        canary.job_id
+    ));
+    match replay.run(rest).await {
+        Ok(mut report) => {
+            let mut lines = first_report.lines;
+            lines.append(&mut report.lines);
+            report.lines = lines;
+            (Ok(report), said)
+        }
+        Err(e) => (Err(e), said),
+    }
+}
+
+async fn record_with_preview(
+    console: &Console,
+    session: &Session,
+    action: &str,
+    target: Value,
+    preview: &str,
+    result: Value,
+) -> Result<(), String> {
+    let log = super::audit::open(&console.ctx)
+        .await
+        .map_err(|e| e.to_string())?;
+    log.append(Action {
+        who: session.operator.clone(),
+        via: "console".into(),
+        action: action.into(),
+        target,
+        preview: if preview.is_empty() {
+            Value::Null
+        } else {
+            Value::String(preview.chars().take(4_000).collect())
+        },
+        result,
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("{action} was done, but could not be recorded in the audit log: {e}"))
 }

@@ -200,6 +200,19 @@ pub(super) fn dead_letters(
             }
             h2 { "Groups" }
             (group_table(groups))
+            @if !session.read_only {
+                h3 { "Replay a group" }
+                @for g in groups {
+                    form method="post" action="/groups/replay" {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        input type="hidden" name="class" value=(g.class);
+                        input type="hidden" name="cause" value=(g.cause);
+                        label { input type="checkbox" name="canary" checked; " canary first" }
+                        " "
+                        button type="submit" { "Preview: " (g.class) " — " (g.cause) " (" (g.count) ")" }
+                    }
+                }
+            }
             h2 { (letters.len()) " letters" }
             table {
                 tr { th { "job id" } th { "class" } th { "provider" } th { "payment" } th { "amount" } th { "last seen" } th { "reason" } }
@@ -245,7 +258,12 @@ pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
             }
             h2 { "Body" }
             pre { (body) }
-            p { "Replay it with " code { "refund-worker dlq replay " (l.job_id) " --dry-run" } " (console replays come next)." }
+            @if !session.read_only {
+                form method="post" action={ "/dead-letters/" (l.job_id) "/replay" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    button type="submit" { "Preview a replay" }
+                }
+            }
         },
     )
 }
@@ -273,4 +291,60 @@ pub(super) fn audit(session: &Session, entries: &[Entry], report: &AuditReport) 
             }
         },
     )
+}
+
+/// A replay's preview (the dry run) and the form that confirms it.
+pub(super) fn replay_preview(
+    session: &Session,
+    action: &str,
+    report: &crate::commands::dlq::ReplayReport,
+    hidden: &[(&str, &str)],
+    preview: &str,
+) -> Markup {
+    layout(
+        "Replay: preview",
+        Some(session),
+        html! {
+            p { "Nothing has been sent yet. This is what the replay would do:" }
+            (report_table(report))
+            p { strong { (report.summary) } }
+            form method="post" action=(action) {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="confirm" value="yes";
+                input type="hidden" name="preview" value=(preview);
+                @for (name, value) in hidden {
+                    @if !value.is_empty() { input type="hidden" name=(name) value=(value); }
+                }
+                button type="submit" { "Confirm the replay" }
+                " " a href="/dead-letters" { "Cancel" }
+            }
+        },
+    )
+}
+
+/// What a replay did.
+pub(super) fn replay_done(
+    session: &Session,
+    report: &crate::commands::dlq::ReplayReport,
+    canary: Option<&str>,
+) -> Markup {
+    layout(
+        "Replay: done",
+        Some(session),
+        html! {
+            @if let Some(canary) = canary { p { strong { (canary) } } }
+            (report_table(report))
+            p { strong { (report.summary) } }
+            p { a href="/dead-letters" { "Back to the dead letters" } " · " a href="/audit" { "Audit log" } }
+        },
+    )
+}
+
+fn report_table(report: &crate::commands::dlq::ReplayReport) -> Markup {
+    html! {
+        table {
+            tr { th { "what" } th { "job id" } th { "why" } }
+            @for (tag, id, why) in &report.lines { tr { td { (tag) } td { (id) } td { (why) } } }
+        }
+    }
 }
