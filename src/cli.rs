@@ -316,9 +316,14 @@ pub enum DlqCommand {
         /// Show what would happen; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Fix a field while replaying, as field=value (a JSON value, or text); repeatable.
+        /// Fix a field while replaying, as field=value (a JSON value, or text); `field=` removes
+        /// it (any name: a typo such as `ammount=` too); repeatable.
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
+        /// Replace the letter's whole body with this file's (or stdin's, `-`), validated as a
+        /// job before anything is sent; key fields stay locked unless the letter is invalid.
+        #[arg(long, value_name = "FILE|-", conflicts_with = "set")]
+        body: Option<PathBuf>,
     },
     /// Delete dead letters for good (export them first if they matter).
     Purge {

@@ -256,10 +256,36 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             all,
             dry_run,
             set,
+            body,
         } => {
             let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let edits = parse_edits(&set)?;
-            let fields: Vec<&str> = edits.iter().map(|(field, _)| field.as_str()).collect();
+            let new_body =
+                match &body {
+                    None => None,
+                    Some(path) if path.as_os_str() == "-" => {
+                        let mut text = Vec::new();
+                        std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)
+                            .map_err(runtime)?;
+                        Some(text)
+                    }
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        CommandError::Usage(format!("--body {}: {e}", path.display()))
+                    })?),
+                };
+            let mut fields: Vec<String> = edits.iter().map(|(field, _)| field.clone()).collect();
+            if let Some(new_body) = &new_body {
+                let letters = set_target(&chosen).0;
+                if letters != 1 {
+                    return Err(CommandError::Usage(format!(
+                        "--body replaces exactly one dead letter's body, but this selection has {letters}; name a single JOB_ID"
+                    )));
+                }
+                RefundJob::parse(new_body)
+                    .map_err(|e| CommandError::Usage(format!("--body is not a valid job: {e}")))?;
+                fields = changed_fields(&chosen[0].body, new_body);
+            }
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
             let store = ctx
                 .connections
                 .idempotency_store(&ctx.settings)
@@ -270,6 +296,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 exchange: topology.jobs_exchange(),
                 store: &store,
                 edits: &edits,
+                body: new_body.as_deref(),
                 dry_run,
                 sealer: &sealer,
             };
@@ -293,6 +320,9 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             if !dry_run {
                 let mut target = target_of(&chosen);
                 target["set"] = json!(set);
+                if let Some(new_body) = &new_body {
+                    target["body"] = json!(String::from_utf8_lossy(new_body));
+                }
                 let outcome = match &report {
                     Ok(report) => report.counts.clone(),
                     Err(e) => json!({ "failed": e.to_string() }),
@@ -528,9 +558,10 @@ fn parse_edits(set: &[String]) -> Result<Vec<(String, Option<Value>)>, CommandEr
             let (field, value) = edit.split_once('=').ok_or_else(|| {
                 CommandError::Usage(format!("--set takes field=value, got {edit:?}"))
             })?;
-            if !job::FIELDS.contains(&field) {
+            // Removing a field is how a typo is fixed (`ammount=`): any name may go.
+            if !value.is_empty() && !job::FIELDS.contains(&field) {
                 return Err(CommandError::Usage(format!(
-                    "--set: {field:?} is not a job field"
+                    "--set: {field:?} is not a job field (`{field}=` removes it)"
                 )));
             }
             let value = match value {
@@ -544,12 +575,32 @@ fn parse_edits(set: &[String]) -> Result<Vec<(String, Option<Value>)>, CommandEr
         .collect()
 }
 
+/// The top-level fields whose values differ between two bodies (added, removed or changed);
+/// a body that is not a JSON object changes every key field.
+pub(crate) fn changed_fields(old: &[u8], new: &[u8]) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (job::parse_object(old), job::parse_object(new)) else {
+        return KEY_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+    };
+    let mut fields: BTreeSet<String> = BTreeSet::new();
+    for (k, v) in &old {
+        if new.get(k) != Some(v) {
+            fields.insert(k.clone());
+        }
+    }
+    for k in new.keys() {
+        if !old.contains_key(k) {
+            fields.insert(k.clone());
+        }
+    }
+    fields.into_iter().collect()
+}
+
 /// The job fields that make the idempotency key.
 const KEY_FIELDS: [&str; 4] = ["date", "idempotency_key", "payment_id", "order_id"];
 
 /// The letters a `--set` would edit, counted as the replay counts them (identical copies, same
 /// job id and same body, are one letter), and their class: `invalid` only when every copy is.
-fn set_target(chosen: &[&DeadLetter]) -> (usize, Option<FailureClass>) {
+pub(crate) fn set_target(chosen: &[&DeadLetter]) -> (usize, Option<FailureClass>) {
     let letters: BTreeSet<(&str, &[u8])> = chosen
         .iter()
         .map(|l| (l.job_id.as_str(), l.body.as_slice()))
@@ -569,7 +620,7 @@ fn set_target(chosen: &[&DeadLetter]) -> (usize, Option<FailureClass>) {
 /// under its key (an `exhausted` one after a timeout, say); a new key would hide that refund
 /// from the replay's check and send a second one. The class is the sealed one: a planted
 /// letter's class header is not believed, so it counts as unknown.
-fn check_set(
+pub(crate) fn check_set(
     fields: &[&str],
     letters: usize,
     class: Option<FailureClass>,
@@ -605,6 +656,8 @@ pub(crate) struct Replay<'a> {
     pub(crate) exchange: String,
     pub(crate) store: &'a crate::store::IdempotencyStore,
     pub(crate) edits: &'a [(String, Option<Value>)],
+    /// A whole new body for the (one) letter, already read.
+    pub(crate) body: Option<&'a [u8]>,
     pub(crate) dry_run: bool,
     pub(crate) sealer: &'a Sealer,
 }
@@ -790,8 +843,11 @@ impl Replay<'_> {
     }
 
     async fn one(&self, letter: &DeadLetter) -> Result<Replayed, CommandError> {
-        // The body as it will be replayed: the original bytes, or the edited object.
-        let body = if self.edits.is_empty() {
+        // The body as it will be replayed: a replacement, the original bytes, or the edited
+        // object.
+        let body = if let Some(body) = self.body {
+            body.to_vec()
+        } else if self.edits.is_empty() {
             letter.body.clone()
         } else {
             let mut object: Map<String, Value> = match job::parse_object(&letter.body) {

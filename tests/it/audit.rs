@@ -213,3 +213,72 @@ async fn a_paused_provider_gets_no_call_its_jobs_wait_without_spending_attempts_
     assert!(listed[0].action.who.ends_with(" as oncall"), "{listed:#?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_is_removed_with_set_field_equals_and_a_body_is_replaced_from_stdin() {
+    let env = TestEnv::start("dlq-body").await;
+    let typo = json!({ "payment_id": "pi_body_1", "ammount": 500, "provider": "stripe", "date": today().to_string() });
+    let broken = json!({ "payment_id": "pi_body_2", "amount": "lots", "provider": "stripe", "date": today().to_string() });
+    let ids = env.publish_json(&[typo, broken]).await;
+    env.run_until_idle().await;
+
+    // The typo goes, the right field comes.
+    let out = cli_ok(
+        &env,
+        &[
+            "dlq",
+            "replay",
+            &ids[0],
+            "--set",
+            "ammount=",
+            "--set",
+            "amount=500",
+        ],
+    )
+    .await;
+    assert!(out.contains("1 replayed"), "{out}");
+    // A whole new body, from stdin; an invalid one is refused before anything is sent.
+    let replace = |body: String| {
+        let env = env.child_env();
+        let id = ids[1].clone();
+        async move {
+            let mut child = tokio::process::Command::new(crate::helpers::binary())
+                .args(["dlq", "replay", &id, "--body", "-"])
+                .envs(env)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, body.as_bytes())
+                .await
+                .unwrap();
+            drop(stdin);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let refused = replace(r#"{"payment_id":"pi_body_2","amount":-1}"#.to_owned()).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--body is not a valid job"));
+    let body = json!({ "payment_id": "pi_body_2", "amount": 700, "provider": "stripe", "date": today().to_string() });
+    let done = replace(body.to_string()).await;
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("1 replayed"));
+    env.run_until_idle().await;
+    let mut paid: Vec<(String, u64)> = env
+        .ledger()
+        .into_iter()
+        .map(|e| (e.payment_id, e.amount))
+        .collect();
+    paid.sort();
+    assert_eq!(paid, [("pi_body_1".into(), 500), ("pi_body_2".into(), 700)]);
+    let log = entries(&cli_ok(&env, &["audit", "list", "--json"]).await);
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].action.target["body"], json!(body.to_string()));
+    env.cleanup().await;
+}

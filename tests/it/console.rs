@@ -186,6 +186,59 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
     );
     assert_eq!(env.dead_letters_kept().await.len(), 1);
 
+    // Edit & retry: a body that is still not a job is refused before anything is sent; the
+    // fixed one is previewed, then confirmed.
+    let edit = |body: &str, confirm: bool| {
+        let mut form = vec![("csrf", csrf_of(&letter)), ("body", body.to_owned())];
+        if confirm {
+            form.push(("confirm", "yes".to_owned()));
+            form.push(("preview", "1 would replay".to_owned()));
+        }
+        form
+    };
+    let still_bad = client
+        .post(format!("{url}/dead-letters/{}/replay", ids[0]))
+        .header("cookie", &ana)
+        .form(&edit(
+            r#"{"payment_id":"pi_console_1","amount":"many","provider":"stripe"}"#,
+            false,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still_bad.status(), StatusCode::BAD_REQUEST);
+    assert!(still_bad.text().await.unwrap().contains("not a valid job"));
+    let fixed = format!(
+        r#"{{"payment_id":"pi_console_1","amount":500,"provider":"stripe","date":"{}"}}"#,
+        today()
+    );
+    let previewed = client
+        .post(format!("{url}/dead-letters/{}/replay", ids[0]))
+        .header("cookie", &ana)
+        .form(&edit(&fixed, false))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(previewed.contains("<td>would replay</td>"), "{previewed}");
+    let replayed = client
+        .post(format!("{url}/dead-letters/{}/replay", ids[0]))
+        .header("cookie", &ana)
+        .form(&edit(&fixed, true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(replayed.contains("<td>replayed</td>"), "{replayed}");
+    env.run_until_idle().await;
+    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+    assert_eq!(env.ledger()[0].amount, 500);
+    assert!(env.dead_letters_kept().await.is_empty());
+
     // Pause: refused without the session's token, done with it.
     let forged = client
         .post(format!("{url}/providers/stripe/pause"))
@@ -239,7 +292,7 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
     assert_eq!(listed.trim(), "{}");
 
     let (_, audit) = page(&client, &format!("{url}/audit"), &ana).await;
-    assert!(audit.contains("Intact: 2 entries verified"), "{audit}");
+    assert!(audit.contains("Intact: 3 entries verified"), "{audit}");
     assert!(
         audit.contains("provider pause") && audit.contains("provider resume"),
         "{audit}"

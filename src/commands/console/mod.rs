@@ -548,6 +548,9 @@ struct ReplayForm {
     /// Group replays: one letter first.
     #[serde(default)]
     canary: Option<String>,
+    /// Edit & retry: the letter's new body (validated before anything is sent).
+    #[serde(default)]
+    body: String,
 }
 
 /// What a replay request needs from RabbitMQ and Redis, opened for it.
@@ -586,6 +589,7 @@ impl ReplayWorld {
                 .jobs_exchange(),
             store: &self.store,
             edits: &[],
+            body: None,
             dry_run,
             sealer: &console.sealer,
         }
@@ -643,14 +647,39 @@ async fn replay_one(
             .into_response();
     }
     let confirmed = form.confirm.as_deref() == Some("yes");
-    let report = world.replay(&console, !confirmed).run(&chosen).await;
+    // Edit & retry: the new body must be a valid job, and may touch the idempotency key only
+    // on a letter that is invalid (it never reached a provider).
+    let new_body = (!form.body.trim().is_empty()).then(|| form.body.as_bytes().to_vec());
+    if let Some(body) = &new_body {
+        let refused = match crate::job::RefundJob::parse(body) {
+            Err(e) => Some(format!("the edited body is not a valid job: {e}")),
+            Ok(_) => {
+                let fields = super::dlq::changed_fields(&chosen[0].body, body);
+                let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                let (letters, class) = super::dlq::set_target(&chosen);
+                super::dlq::check_set(&fields, letters, class, false).err()
+            }
+        };
+        if let Some(why) = refused {
+            world.close().await;
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(pages::error(&why).into_string()),
+            )
+                .into_response();
+        }
+    }
+    let mut replay = world.replay(&console, !confirmed);
+    replay.body = new_body.as_deref();
+    let report = replay.run(&chosen).await;
+    let hidden = [("body", form.body.as_str())];
     let page = match (&report, confirmed) {
         (Err(e), _) => pages::error(&e.to_string()),
         (Ok(report), false) => pages::replay_preview(
             &session,
             &format!("/dead-letters/{job_id}/replay"),
             report,
-            &[],
+            &hidden,
             &preview_text(report),
         ),
         (Ok(report), true) => pages::replay_done(&session, report, None),
@@ -660,7 +689,10 @@ async fn replay_one(
             Ok(r) => r.counts.clone(),
             Err(e) => json!({ "failed": e.to_string() }),
         };
-        let target = json!({ "job_ids": [job_id] });
+        let mut target = json!({ "job_ids": [job_id] });
+        if new_body.is_some() {
+            target["body"] = json!(form.body);
+        }
         if let Err(e) = record_with_preview(
             &console,
             &session,

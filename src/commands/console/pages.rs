@@ -263,6 +263,19 @@ pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
                     input type="hidden" name="csrf" value=(session.csrf);
                     button type="submit" { "Preview a replay" }
                 }
+                h2 { "Edit & retry" }
+                p {
+                    "Fix the body and preview the replay; it is validated as a job first. "
+                    @if l.class != Some(crate::outcome::FailureClass::Invalid) {
+                        "This letter is not invalid: the fields of its idempotency key (payment_id, order_id, date, idempotency_key) are locked."
+                    }
+                }
+                form method="post" action={ "/dead-letters/" (l.job_id) "/replay" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    textarea name="body" rows="12" cols="100" { (body) }
+                    br;
+                    button type="submit" { "Preview the edited replay" }
+                }
             }
         },
     )
