@@ -345,6 +345,29 @@ pub enum DlqCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Move dead letters to a file (the export format) and out of the queue; `dlq import`
+    /// brings them back, still sealed.
+    Archive {
+        /// Job ids to archive.
+        job_ids: Vec<String>,
+        /// Which dead letters, when not by id.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// The archive file (must not exist yet).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Confirm: the letters leave the queue once the file is written and synced.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Put archived (or exported) dead letters back into the dead-letter queue.
+    Import {
+        /// A file written by `dlq archive` or `dlq export`.
+        file: std::path::PathBuf,
+    },
 }
 
 /// Filters shared by the dead-letter commands.

@@ -233,6 +233,36 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
         DlqCommand::List { filter, json } => list(&queue, &Filter::parse(&filter)?, json),
         DlqCommand::Show { job_id } => show(&queue, &job_id),
         DlqCommand::Export { out } => export(&queue, out.as_deref()),
+        DlqCommand::Archive {
+            job_ids,
+            filter,
+            all,
+            out,
+            yes,
+        } => {
+            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let archived = archive(&chosen, &out, yes).await;
+            let outcome = match &archived {
+                Ok(()) => {
+                    Some(json!({ "archived": chosen.len(), "file": out.display().to_string() }))
+                }
+                Err(CommandError::Usage(_)) => None,
+                Err(e) => Some(json!({ "failed": e.to_string() })),
+            };
+            done = outcome.map(|o| ("dlq archive", target_of(&chosen), o));
+            archived
+        }
+        DlqCommand::Import { file } => {
+            let imported = import(&publisher, &topology.dead_exchange(), &file).await;
+            if let Ok(count) = &imported {
+                done = Some((
+                    "dlq import",
+                    json!({ "file": file.display().to_string() }),
+                    json!({ "imported": count }),
+                ));
+            }
+            imported.map(|_| ())
+        }
         DlqCommand::Purge {
             job_ids,
             filter,
@@ -504,21 +534,7 @@ fn export(queue: &DeadLetterQueue, out: Option<&std::path::Path>) -> Result<(), 
         None => Box::new(std::io::stdout().lock()),
     };
     for letter in &queue.letters {
-        let mut row = serde_json::json!({
-            "job_id": letter.job_id,
-            "class": letter.class.map(|c| c.as_str()),
-            "error": letter.error,
-            "provider": letter.provider,
-            "payment_id": letter.payment_id,
-            "attempts": letter.attempts,
-            "last_seen": letter.last_seen,
-            "headers": letter.headers,
-        });
-        match std::str::from_utf8(&letter.body) {
-            Ok(text) => row["body"] = Value::String(text.to_owned()),
-            Err(_) => row["body_hex"] = Value::String(hex::encode(&letter.body)),
-        }
-        writeln!(sink, "{row}").map_err(runtime)?;
+        writeln!(sink, "{}", export_row(letter)).map_err(runtime)?;
     }
     sink.flush().map_err(runtime)?;
     if let Some(path) = out {
@@ -548,6 +564,128 @@ async fn purge(
     }
     println!("purged {} dead letter(s)", chosen.len());
     Ok(())
+}
+
+/// One letter as a JSON Lines row (export and archive).
+fn export_row(letter: &DeadLetter) -> Value {
+    let mut row = serde_json::json!({
+        "job_id": letter.job_id,
+        "message_id": letter.envelope.message_id,
+        "content_type": letter.properties.content_type().as_ref().map(|t| t.to_string()),
+        "class": letter.class.map(|c| c.as_str()),
+        "error": letter.error,
+        "provider": letter.provider,
+        "payment_id": letter.payment_id,
+        "attempts": letter.attempts,
+        "last_seen": letter.last_seen,
+        "headers": letter.headers,
+    });
+    match std::str::from_utf8(&letter.body) {
+        Ok(text) => row["body"] = Value::String(text.to_owned()),
+        Err(_) => row["body_hex"] = Value::String(hex::encode(&letter.body)),
+    }
+    row
+}
+
+/// Writes `chosen` to a new file, syncs it, then removes them from the queue.
+async fn archive(
+    chosen: &[&DeadLetter],
+    out: &std::path::Path,
+    yes: bool,
+) -> Result<(), CommandError> {
+    if !yes {
+        return Err(CommandError::Usage(format!(
+            "archive moves {} dead letter(s) out of the queue into {}; pass --yes",
+            chosen.len(),
+            out.display()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|e| {
+            CommandError::Usage(format!(
+                "cannot create {}: {e} (an archive is never overwritten)",
+                out.display()
+            ))
+        })?;
+    let mut sink = std::io::BufWriter::new(file);
+    for letter in chosen {
+        writeln!(sink, "{}", export_row(letter)).map_err(runtime)?;
+    }
+    let file = sink.into_inner().map_err(|e| runtime(e.error()))?;
+    // On disk before anything leaves the queue.
+    file.sync_all().map_err(runtime)?;
+    for letter in chosen {
+        letter.remove().await.map_err(runtime)?;
+    }
+    println!(
+        "archived {} dead letter(s) to {}",
+        chosen.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Publishes the letters of an archive back to the dead-letter exchange, headers as they were
+/// (so a letter this deployment sealed is still sealed, and an edited one is not). Every row
+/// is read before anything is sent.
+async fn import(
+    publisher: &Publisher,
+    exchange: &str,
+    file: &std::path::Path,
+) -> Result<usize, CommandError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let mut letters = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad =
+            |why: &str| CommandError::Usage(format!("{} line {}: {why}", file.display(), n + 1));
+        let row: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let body = match (row["body"].as_str(), row["body_hex"].as_str()) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(hex_text)) => hex::decode(hex_text).map_err(|e| bad(&e.to_string()))?,
+            _ => return Err(bad("no body")),
+        };
+        let mut headers = lapin::types::FieldTable::default();
+        for (k, v) in row["headers"]
+            .as_object()
+            .ok_or_else(|| bad("no headers"))?
+        {
+            let v = v.as_str().ok_or_else(|| bad("a header that is not text"))?;
+            headers.insert(
+                k.as_str().into(),
+                lapin::types::AMQPValue::LongString(v.into()),
+            );
+        }
+        let mut properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(id) = row["message_id"].as_str().filter(|id| id.len() <= 255) {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(t) = row["content_type"].as_str().filter(|t| t.len() <= 255) {
+            properties = properties.with_content_type(t.into());
+        }
+        letters.push((body, properties));
+    }
+    for (body, properties) in &letters {
+        publisher
+            .publish(exchange, "", body, properties.clone())
+            .await
+            .map_err(runtime)?;
+    }
+    println!(
+        "imported {} dead letter(s) from {}",
+        letters.len(),
+        file.display()
+    );
+    Ok(letters.len())
 }
 
 /// `--set field=value` edits: the value is JSON when it parses as JSON, else text; an empty

@@ -282,3 +282,41 @@ async fn a_typo_is_removed_with_set_field_equals_and_a_body_is_replaced_from_std
     assert_eq!(log[1].action.target["body"], json!(body.to_string()));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_letters_leave_the_queue_and_come_back_sealed_with_import() {
+    let env = TestEnv::start("dlq-archive").await;
+    let bad = |payment: &str| json!({ "payment_id": payment, "amount": -1, "provider": "stripe", "date": today().to_string() });
+    env.publish_json(&[bad("pi_arch_1"), bad("pi_arch_2")])
+        .await;
+    env.run_until_idle().await;
+    let file = std::env::temp_dir().join(format!("{}-archive.jsonl", env.prefix()));
+    let path = file.to_str().unwrap();
+
+    let refused = cli(&env, &["dlq", "archive", "--all", "--out", path]).await;
+    assert_eq!(refused.status.code(), Some(2), "needs --yes");
+    let out = cli_ok(&env, &["dlq", "archive", "--all", "--out", path, "--yes"]).await;
+    assert!(out.contains("archived 2 dead letter(s)"), "{out}");
+    assert!(env.dead_letters_kept().await.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    let again = cli(&env, &["dlq", "archive", "--all", "--out", path, "--yes"]).await;
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an archive is never overwritten"
+    );
+
+    let out = cli_ok(&env, &["dlq", "import", path]).await;
+    assert!(out.contains("imported 2 dead letter(s)"), "{out}");
+    let letters = env.dead_letters_kept().await;
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        let shown = cli_ok(&env, &["dlq", "show", &letter.headers["x-refund-job-id"]]).await;
+        assert!(shown.contains("sealed") && shown.contains("yes"), "{shown}");
+    }
+    let log = entries(&cli_ok(&env, &["audit", "list", "--json"]).await);
+    let actions: Vec<&str> = log.iter().map(|e| e.action.action.as_str()).collect();
+    assert_eq!(actions, ["dlq archive", "dlq import"]);
+    let _ = std::fs::remove_file(&file);
+    env.cleanup().await;
+}
