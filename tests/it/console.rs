@@ -115,7 +115,14 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
         .unwrap();
 
     // Nothing but the sign-in page without a session.
-    for path in ["/", "/dead-letters", "/audit", "/dead-letters/x"] {
+    for path in [
+        "/",
+        "/dead-letters",
+        "/audit",
+        "/dead-letters/x",
+        "/mandates",
+        "/receipts",
+    ] {
         let answer = client.get(format!("{url}{path}")).send().await.unwrap();
         assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
         assert_eq!(answer.headers()["location"], "/login");
@@ -436,6 +443,19 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
         entry.action.result["counts"]["replayed"], 1,
         "the rest, after the canary: {entry:#?}"
     );
+
+    // The mandate and the receipts, as finance and auditors see them in the console.
+    let (_, mandates) = page(&client, &format!("{url}/mandates"), &ana).await;
+    assert!(
+        mandates.contains("cm_canary") && mandates.contains("<td class=\"ok\">valid</td>"),
+        "{mandates}"
+    );
+    assert!(
+        mandates.contains("18.00 BRL"),
+        "3 × 6.00 spent today: {mandates}"
+    );
+    let (_, receipts) = page(&client, &format!("{url}/receipts"), &ana).await;
+    assert!(receipts.contains("3 receipts intact"), "{receipts}");
     let _ = std::fs::remove_file(&config);
     env.cleanup().await;
 }

@@ -128,6 +128,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/providers/{name}/pause", post(pause))
         .route("/providers/{name}/resume", post(resume))
         .route("/audit", get(audit))
+        .route("/mandates", get(mandates))
+        .route("/receipts", get(receipts))
         .with_state(console)
 }
 
@@ -878,4 +880,78 @@ async fn record_with_preview(
     .await
     .map(|_| ())
     .map_err(|e| format!("{action} was done, but could not be recorded in the audit log: {e}"))
+}
+
+async fn mandates(State(console): Shared, headers: HeaderMap) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let keys = match crate::signing::VerifyKeys::from_hex_list(
+        &console.ctx.settings.mandates.verify_keys,
+        "[mandates] verify_keys",
+    ) {
+        Ok(k) => k,
+        Err(e) => return page_error(e),
+    };
+    let conn = match store::connect(&console.ctx.connections.redis_url).await {
+        Ok(c) => c,
+        Err(e) => return page_error(e),
+    };
+    let store = crate::store::MandateStore::new(conn, &console.ctx.connections.prefix);
+    let stored = match store.list().await {
+        Ok(l) => l,
+        Err(e) => return page_error(e),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let today = crate::job::JobDate::of(now);
+    let mut rows = Vec::with_capacity(stored.len());
+    for s in stored {
+        let spent = store.spent(s.mandate.id.as_str(), today).await.unwrap_or(0);
+        let valid = s.mandate.verify(&keys);
+        let state = s.mandate.state(now);
+        rows.push(pages::MandateRow {
+            mandate: s.mandate,
+            spent,
+            valid,
+            state: state.as_str(),
+        });
+    }
+    Html(pages::mandates(&session, &today.to_string(), &rows).into_string()).into_response()
+}
+
+async fn receipts(State(console): Shared, headers: HeaderMap) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let key = match crate::signing::KeyPair::from_seed(
+        &console.ctx.settings.receipts.signing_key,
+        "[receipts] signing_key",
+    ) {
+        Ok(k) => k,
+        Err(e) => return page_error(e),
+    };
+    let conn = match store::connect(&console.ctx.connections.redis_url).await {
+        Ok(c) => c,
+        Err(e) => return page_error(e),
+    };
+    let chain = crate::store::ReceiptChain::new(conn, &console.ctx.connections.prefix, key);
+    let head = chain.head().await.ok().flatten();
+    let report = match chain.verify().await {
+        Ok(r) => r,
+        Err(e) => return page_error(e),
+    };
+    let at = rfc3339(time::OffsetDateTime::now_utc());
+    Html(
+        pages::receipts(
+            &session,
+            head.as_ref(),
+            &report,
+            &at,
+            &chain.public_key().to_hex(),
+        )
+        .into_string(),
+    )
+    .into_response()
 }

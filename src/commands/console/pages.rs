@@ -36,6 +36,8 @@ fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                         strong { "refund-worker" }
                         a href="/" { "Overview" }
                         a href="/dead-letters" { "Dead letters" }
+                        a href="/mandates" { "Mandates" }
+                        a href="/receipts" { "Receipts" }
                         a href="/audit" { "Audit log" }
                         span.who {
                             (session.operator)
@@ -360,4 +362,68 @@ fn report_table(report: &crate::commands::dlq::ReplayReport) -> Markup {
             @for (tag, id, why) in &report.lines { tr { td { (tag) } td { (id) } td { (why) } } }
         }
     }
+}
+
+/// One mandate row.
+pub(super) struct MandateRow {
+    pub(super) mandate: crate::governance::mandate::Mandate,
+    pub(super) spent: u64,
+    pub(super) valid: bool,
+    pub(super) state: &'static str,
+}
+
+/// The mandates: caps, spent and left today, expiry, publishers, state, signature. Granting
+/// and revoking stay finance's (`refund-worker mandate grant|revoke`, with their key).
+pub(super) fn mandates(session: &Session, today: &str, rows: &[MandateRow]) -> Markup {
+    layout(
+        "Mandates",
+        Some(session),
+        html! {
+            p { "Spent and left are for " (today) " (UTC). Granting and revoking are finance's, with their key: "
+                code { "refund-worker mandate grant|revoke" } "." }
+            table {
+                tr { th { "id" } th { "agent" } th { "publishers" } th { "per refund" } th { "per day" }
+                     th { "spent today" } th { "left today" } th { "expires" } th { "version" } th { "state" } th { "signature" } }
+                @for r in rows {
+                    @let m = &r.mandate;
+                    @let cur = |minor: u64| format!("{} {}", crate::job::format_minor(minor, m.currency.exponent()), m.currency);
+                    tr {
+                        td { (m.id.as_str()) } td { (m.agent_id.as_str()) } td { (m.publishers.join(", ")) }
+                        td { (cur(m.max_per_refund)) } td { (cur(m.max_per_day)) }
+                        td { (cur(r.spent)) } td { (cur(m.max_per_day.saturating_sub(r.spent))) }
+                        td { (m.expires_at.as_deref().unwrap_or("never")) } td { (m.version) }
+                        td { (r.state) }
+                        @if r.valid { td.ok { "valid" } } @else { td.warn { "INVALID: refused" } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The receipt chain: its head and a verification run now.
+pub(super) fn receipts(
+    session: &Session,
+    head: Option<&(u64, String)>,
+    report: &crate::governance::receipt::ChainReport,
+    at: &str,
+    public_key: &str,
+) -> Markup {
+    layout(
+        "Receipts",
+        Some(session),
+        html! {
+            p { @match head {
+                Some((seq, hash)) => { (seq) " receipts; chain head " code { (hash) } }
+                None => "no receipts yet",
+            } }
+            @if report.is_intact() {
+                p.ok { "Verified at " (at) ": " (report.checked) " receipts intact (hashes, signatures, links, spend tallies)." }
+            } @else {
+                p.warn { "Verified at " (at) ": NOT intact" }
+                ul.warn { @for p in &report.problems { li { (p.to_string()) } } }
+            }
+            p { "Auditors verify an export offline with the public key " code { (public_key) } "." }
+        },
+    )
 }
