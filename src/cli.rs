@@ -87,6 +87,31 @@ pub enum Command {
     Provider(ProviderArgs),
     /// The ops console (web): overview, dead letters, provider pauses, audit log.
     Console(ConsoleArgs),
+    /// One job's outcome: its record, provider refund id, receipt and dead letters.
+    Status(StatusArgs),
+}
+
+/// `status JOB_ID | --payment ID [--date D] | --order ID [--date D] | --key KEY`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["job_id", "payment", "order", "key"])))]
+pub struct StatusArgs {
+    /// The job id (`message_id`, `x-refund-job-id`).
+    pub job_id: Option<String>,
+    /// A bulk job's payment id.
+    #[arg(long)]
+    pub payment: Option<String>,
+    /// A governed job's order id.
+    #[arg(long)]
+    pub order: Option<String>,
+    /// The idempotency key itself.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The day the job is keyed under (default: today, UTC).
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `console`.

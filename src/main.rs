@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             | Command::Receipts(_)
             | Command::Audit(_)
             | Command::Provider(_)
+            | Command::Status(_)
     ) {
         restore_sigpipe();
     }
@@ -92,6 +93,7 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Audit(args) => commands::audit::run(&ctx, args).await,
         Command::Provider(args) => commands::provider::run(&ctx, args).await,
         Command::Console(args) => commands::console::run(&ctx, args).await,
+        Command::Status(args) => commands::status::run(&ctx, args).await,
     }
 }
 
@@ -104,7 +106,8 @@ fn init_logging(cli: &Cli) {
         | Command::Mandate(_)
         | Command::Receipts(_)
         | Command::Audit(_)
-        | Command::Provider(_) => "warn",
+        | Command::Provider(_)
+        | Command::Status(_) => "warn",
         // The demo's dead letters are expected; its summary reports them. The bench measures
         // the hot path, which logs nothing at error level.
         Command::Demo(_) | Command::Bench(_) => "error",

@@ -12,6 +12,7 @@ pub mod publish;
 pub mod receipts;
 pub mod run;
 pub mod sandbox;
+pub mod status;
 
 use tokio_util::sync::CancellationToken;
 

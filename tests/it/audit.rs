@@ -320,3 +320,45 @@ async fn archived_letters_leave_the_queue_and_come_back_sealed_with_import() {
     let _ = std::fs::remove_file(&file);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_where_one_job_stands_by_job_id_payment_or_key() {
+    let env = TestEnv::start("status").await;
+    let ids = env
+        .publish_json(&[
+            crate::helpers::stripe_job("pi_status_ok", 1_860),
+            json!({ "payment_id": "pi_status_bad", "amount": -1, "provider": "stripe", "date": today().to_string() }),
+        ])
+        .await;
+    env.run_until_idle().await;
+    let refund_id = env.ledger()[0].refund_id.clone();
+
+    let by_payment: Value = serde_json::from_str(
+        &cli_ok(&env, &["status", "--payment", "pi_status_ok", "--json"]).await,
+    )
+    .unwrap();
+    assert_eq!(by_payment["key"], format!("pi_status_ok:{}", today()));
+    assert_eq!(by_payment["record"]["state"], "done");
+    assert_eq!(by_payment["record"]["refund_id"], refund_id);
+    assert_eq!(by_payment["receipt"]["job_id"], ids[0]);
+    assert_eq!(by_payment["dead_letters"], json!([]));
+
+    let by_job = cli_ok(&env, &["status", &ids[0]]).await;
+    assert!(
+        by_job.contains("done") && by_job.contains(&refund_id),
+        "{by_job}"
+    );
+
+    let bad: Value =
+        serde_json::from_str(&cli_ok(&env, &["status", &ids[1], "--json"]).await).unwrap();
+    assert_eq!(bad["record"], Value::Null);
+    assert_eq!(bad["dead_letters"][0]["class"], "invalid");
+    assert_eq!(bad["dead_letters"][0]["sealed"], true);
+    let none = cli(&env, &["status"]).await;
+    assert_eq!(
+        none.status.code(),
+        Some(2),
+        "a job id, payment, order or key is required"
+    );
+    env.cleanup().await;
+}
