@@ -15,7 +15,7 @@ use tokio::{
 use crate::helpers::{TestEnv, binary, today};
 
 /// `console operator add NAME` with `password` on stdin: the entry it prints.
-async fn operator_entry(name: &str, password: &str, read_only: bool) -> String {
+pub(crate) async fn operator_entry(name: &str, password: &str, read_only: bool) -> String {
     let mut command = Command::new(binary());
     command.args(["console", "operator", "add", name]);
     if read_only {
@@ -41,7 +41,7 @@ async fn operator_entry(name: &str, password: &str, read_only: bool) -> String {
 }
 
 /// Starts the console on a free port; its child and base URL.
-async fn start_console(env: &TestEnv, config: &std::path::Path) -> (Child, String) {
+pub(crate) async fn start_console(env: &TestEnv, config: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(binary())
         .args(["console", "--listen", "127.0.0.1:0"])
         .envs(env.child_env())

@@ -5,6 +5,7 @@
 
 mod audit;
 mod bench;
+mod browser;
 mod chaos;
 mod console;
 mod faults;
