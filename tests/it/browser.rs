@@ -66,6 +66,16 @@ async fn text(client: &Client) -> String {
     client.source().await.unwrap()
 }
 
+/// Waits for the page a click leads to (the click returns before the navigation ends).
+async fn arrive(client: &Client, heading: &str) {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(&format!("//h1[contains(., '{heading}')]")))
+        .await
+        .unwrap_or_else(|e| panic!("no page {heading:?}: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser_alone() {
     let env = TestEnv::start("browser").await;
@@ -107,6 +117,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
         .click()
         .await
         .unwrap();
+    arrive(&c, "Overview").await;
     let overview = text(&c).await;
     assert!(
         overview.contains("Overview") && overview.contains("1</strong> dead letters"),
@@ -128,6 +139,13 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
         .click()
         .await
         .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//input[@name='q' and @value='pi_browser_1']",
+        ))
+        .await
+        .unwrap();
     shot(&c, "dead-letters").await;
     c.find(Locator::LinkText(&ids[0]))
         .await
@@ -135,6 +153,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
         .click()
         .await
         .unwrap();
+    arrive(&c, "Dead letter").await;
     shot(&c, "letter").await;
     let fixed = format!(
         r#"{{"payment_id":"pi_browser_1","amount":500,"provider":"stripe","date":"{}"}}"#,
@@ -151,6 +170,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     .click()
     .await
     .unwrap();
+    arrive(&c, "Replay: preview").await;
     let preview = text(&c).await;
     assert!(preview.contains("would replay"), "{preview}");
     assert!(env.ledger().is_empty(), "a preview moves nothing");
@@ -163,6 +183,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     .click()
     .await
     .unwrap();
+    arrive(&c, "Replay: done").await;
     assert!(text(&c).await.contains("<td>replayed</td>"));
     env.run_until_idle().await;
     let ledger = env.ledger();
@@ -191,6 +212,11 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     .click()
     .await
     .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("form[action='/providers/stripe/resume']"))
+        .await
+        .unwrap();
     assert!(text(&c).await.contains("paused by ana"));
     let listed = crate::ops::cli_ok(&env, &["provider", "list"]).await;
     assert!(listed.contains("INC-9"), "{listed}");
@@ -202,6 +228,11 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     .click()
     .await
     .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("form[action='/providers/stripe/pause']"))
+        .await
+        .unwrap();
     assert!(
         crate::ops::cli_ok(&env, &["provider", "list"])
             .await
