@@ -245,21 +245,31 @@ pub fn replay_properties(letter: &DeadLetter, body: &[u8], sealer: &Sealer) -> B
         if let Some(first) = &envelope.first_seen {
             set.push((headers::FIRST_SEEN, first.clone()));
         }
-        if let Some(publisher) = &envelope.publisher {
+        // The identity travels with the job it vouched for: an edited body is no longer what
+        // that publisher sent, so it goes out with no publisher (and spends no mandate).
+        if let Some(publisher) = envelope
+            .publisher
+            .as_ref()
+            .filter(|_| body == letter.body.as_slice())
+        {
             set.push((headers::PUBLISHER, publisher.clone()));
         }
     }
-    // The failure headers stay with the letter; the replayed job starts clean.
+    // The failure headers stay with the letter; the replayed job starts clean. An edited body
+    // drops the publisher too (see above).
+    let edited = body != letter.body.as_slice();
     let mut original = letter.properties.clone();
     if let Some(table) = letter.properties.headers() {
         let kept: FieldTable = table
             .inner()
             .iter()
             .filter(|(k, _)| {
-                !matches!(
+                let failure = matches!(
                     k.as_str(),
                     headers::ERROR | headers::ERROR_CLASS | headers::SYNCS
-                )
+                );
+                let stale_identity = edited && k.as_str() == headers::PUBLISHER;
+                !(failure || stale_identity)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<std::collections::BTreeMap<_, _>>()

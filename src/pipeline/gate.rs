@@ -87,9 +87,19 @@ pub(super) async fn pass(
                 tracing::error!(key = %key, rule = denial.rule(), why = %denial, "a mandate's stored state does not add up: refusing to spend under it");
             }
             let why = denial.to_string();
+            // An earlier attempt may have sent (uncertain) or left a pending refund: then the
+            // claim is let go still uncertain, keeping what it knows, so whatever runs next
+            // reconciles with the provider first; never settled as if nothing had moved.
+            let settle = if ticket.pending.is_some() {
+                Settle::Pending
+            } else if ticket.uncertain {
+                Settle::Released { uncertain: true }
+            } else {
+                Settle::Failed { uncertain: false }
+            };
             if let Err(e) = pipeline
                 .store
-                .settle(key, ticket, Settle::Failed { uncertain: false }, None, &why)
+                .settle(key, ticket, settle, ticket.pending.as_ref(), &why)
                 .await
             {
                 tracing::warn!(key = %key, error = %e, "could not record the refusal; the claim expires with its lease");
@@ -121,18 +131,32 @@ pub(super) async fn pass(
     }
 }
 
-/// Gives a reservation back after the refund failed for good, unless an earlier send may
-/// have executed (an uncertain claim: the money may be gone).
+/// Gives a reservation back after the refund failed for good — only when no money can have
+/// moved under it: not after an earlier send that may have executed (uncertain), not with a
+/// pending refund, and only while this attempt still owns the record it settled failed (a
+/// worker that took the claim over may be refunding under the same reservation).
 pub(super) async fn give_back(
     pipeline: &Pipeline,
     reservation: Option<&Reservation>,
     key: &IdempotencyKey,
     ticket: &ClaimTicket,
 ) {
-    if let Some(r) = reservation
-        && !ticket.uncertain
-        && let Err(e) = pipeline.mandates.release(r, key).await
-    {
+    let Some(r) = reservation else { return };
+    if ticket.uncertain || ticket.pending.is_some() {
+        return;
+    }
+    match pipeline.store.failed_by(key, &ticket.owner).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(key = %key, "the claim was taken over; its reservation stays spent");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "could not check the claim; the reservation stays spent");
+            return;
+        }
+    }
+    if let Err(e) = pipeline.mandates.release(r, key).await {
         tracing::warn!(key = %key, error = %e, "could not give the mandate reservation back");
     }
 }

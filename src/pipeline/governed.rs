@@ -588,7 +588,31 @@ impl Governed<'_> {
 
     /// The refund failed for good before it was sent: the reservation goes back.
     async fn refund_failed(&self, reservation: Option<&Reservation>, why: String) -> Outcome {
-        self.settle(Settle::Failed { uncertain: false }, &why).await;
+        // An earlier attempt may have sent, or left a pending refund: keep what the claim
+        // knows, so a replay reconciles first (and the reservation stays spent).
+        if self.ticket.pending.is_some() || self.ticket.uncertain {
+            let settle = if self.ticket.pending.is_some() {
+                Settle::Pending
+            } else {
+                Settle::Released { uncertain: true }
+            };
+            if let Err(e) = self
+                .pipeline
+                .store
+                .settle(
+                    &self.key,
+                    &self.ticket,
+                    settle,
+                    self.ticket.pending.as_ref(),
+                    &why,
+                )
+                .await
+            {
+                warn!(key = %self.key, error = %e, "could not let go of the claim; it expires with its lease");
+            }
+        } else {
+            self.settle(Settle::Failed { uncertain: false }, &why).await;
+        }
         gate::give_back(self.pipeline, reservation, &self.key, &self.ticket).await;
         Outcome::DeadLetter {
             class: FailureClass::Permanent,

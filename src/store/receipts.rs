@@ -716,13 +716,15 @@ fn spend_field(mandate: &str, day: &str) -> String {
     format!("{mandate}|{day}")
 }
 
-/// The tally field and amount a receipt adds: its mandate reservation's mandate and day, and
-/// the amount refunded (`None` for a refund under no mandate).
+/// The tally field and amount a receipt adds: its mandate reservation's mandate, day and
+/// amount — what the day's counter holds for it, whatever amount a provider's adopted refund
+/// shows (`None` for a refund under no mandate).
 fn spend_of(body: &ReceiptBody) -> Option<(String, u64)> {
     let reservation = body.mandate.as_ref()?;
     let mandate = reservation.get("mandate_id")?.as_str()?;
     let day = reservation.get("day")?.as_str()?;
-    Some((spend_field(mandate, day), body.amount))
+    let amount = reservation.get("amount")?.as_u64()?;
+    Some((spend_field(mandate, day), amount))
 }
 
 #[cfg(test)]

@@ -697,3 +697,33 @@ async fn an_identity_planted_in_a_dead_letter_or_a_header_spends_nothing() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_letter_loses_the_identity_of_the_publisher_that_sent_the_original() {
+    let env = TestEnv::start("insider-edit").await;
+    grant(&env, "cm_edit_id", "edit-id-bot", 1_000, 100_000).await;
+    // Over the per-refund cap: a mandate dead letter, sealed with its publisher (guest).
+    let ids = env
+        .publish_json(&[spending("pi_edit_id", 5_000, "edit-id-bot", "cm_edit_id")])
+        .await;
+    env.run_until_idle().await;
+    env.one_dead_letter("mandate", Some("stripe"), &["cap of 1000 per refund"])
+        .await;
+    // Put it back as it was, then replay it edited: the edit is the operator's words, not
+    // guest's, so it spends no mandate guest may spend.
+    let ids2 = env
+        .publish_json(&[spending("pi_edit_id", 5_000, "edit-id-bot", "cm_edit_id")])
+        .await;
+    env.run_until_idle().await;
+    let _ = ids;
+    crate::ops::cli_ok(&env, &["dlq", "replay", &ids2[0], "--set", "amount=900"]).await;
+    env.run_until_idle().await;
+    assert!(env.ledger().is_empty(), "{:#?}", env.ledger());
+    env.one_dead_letter(
+        "mandate",
+        Some("stripe"),
+        &["published as guest, not a job published without an AMQP user_id"],
+    )
+    .await;
+    env.cleanup().await;
+}

@@ -222,6 +222,21 @@ impl IdempotencyStore {
         Ok(())
     }
 
+    /// Whether the attempt holding `owner` is the one that settled `key`'s record failed, and it
+    /// still is: only then is what it reserved its own to give back (a takeover's refund may be
+    /// moving under the same reservation).
+    pub async fn failed_by(&self, key: &IdempotencyKey, owner: &str) -> Result<bool, StoreError> {
+        let [redis_key] = self.keys.record_script(key);
+        let (state, held_by): (Option<String>, Option<String>) = redis_call(|| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&redis_key).arg("state").arg("failed_by");
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await?;
+        Ok(state.as_deref() == Some("failed") && held_by.as_deref() == Some(owner))
+    }
+
     /// Forgets the takeovers of a key: an operator replaying a poison message gives it a fresh
     /// start (its uncertainty stays, so the next attempt still reconciles first).
     pub async fn reset_takeovers(&self, key: &IdempotencyKey) -> Result<(), StoreError> {
@@ -449,6 +464,53 @@ mod tests {
                 existing: FINGERPRINT.into()
             }
         );
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_attempt_that_failed_a_record_may_give_its_reservation_back() {
+        let store = store(Duration::from_millis(100)).await;
+        let a = ticket(claim(&store, "a").await);
+        store
+            .settle(
+                &key(),
+                &a,
+                Settle::Failed { uncertain: false },
+                None,
+                "declined",
+            )
+            .await
+            .unwrap();
+        assert!(store.failed_by(&key(), "a").await.unwrap());
+        assert!(!store.failed_by(&key(), "b").await.unwrap());
+
+        // B takes the claim over while A still runs; A's late failure changes nothing, and
+        // A may not give back what B may be spending.
+        let other = IdempotencyKey::parse("refund:stripe:pay_2:2026-12-05").unwrap();
+        let a = ticket(
+            store
+                .claim(&other, "a", (FINGERPRINT, LEGACY), "job-1")
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        ticket(
+            store
+                .claim(&other, "b", (FINGERPRINT, LEGACY), "job-1")
+                .await
+                .unwrap(),
+        );
+        store
+            .settle(
+                &other,
+                &a,
+                Settle::Failed { uncertain: false },
+                None,
+                "declined",
+            )
+            .await
+            .unwrap();
+        assert!(!store.failed_by(&other, "a").await.unwrap());
         store.delete_namespace().await.unwrap();
     }
 }

@@ -50,4 +50,4 @@ local after = redis.call('INCRBY', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('HSET', KEYS[3], 'state', 'reserved', 'day', ARGV[2], 'amount', ARGV[3], 'agent', ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[9])
-return {'reserved', ARGV[2], ARGV[3], tostring(after)}
+return {'reserved', ARGV[2], ARGV[3], string.format('%.0f', after)}

@@ -28,6 +28,9 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[5]) end
 -- A job that failed for good starts over if replayed: its steps (verification, mandate
 -- reservation, released by the caller) no longer hold.
 if ARGV[2] == 'failed' then
+  -- Which attempt failed it: only that attempt may give its mandate reservation back (a
+  -- takeover's own refund may be moving under the same reservation).
+  redis.call('HSET', KEYS[1], 'failed_by', ARGV[1])
   local fields = redis.call('HKEYS', KEYS[1])
   for _, field in ipairs(fields) do
     if string.sub(field, 1, 5) == 'step:' then redis.call('HDEL', KEYS[1], field) end
