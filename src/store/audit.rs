@@ -149,12 +149,6 @@ impl AuditLog {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, StoreError> {
-        let cmd = cmd.clone();
-        redis_call(|| {
-            let mut conn = self.conn.clone();
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .await
+        super::query(&self.conn, cmd).await
     }
 }

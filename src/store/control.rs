@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, redis_call};
+use super::StoreError;
 
 /// Why a provider is paused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,12 +95,6 @@ impl Controls {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, StoreError> {
-        let cmd = cmd.clone();
-        redis_call(|| {
-            let mut conn = self.conn.clone();
-            let cmd = cmd.clone();
-            async move { cmd.query_async(&mut conn).await }
-        })
-        .await
+        super::query(&self.conn, cmd).await
     }
 }

@@ -105,6 +105,19 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
         .map_err(|e| unreachable(&e))
 }
 
+/// Runs one command through [`redis_call`] (its retries and error mapping) on `conn`.
+pub(crate) async fn query<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    cmd: &redis::Cmd,
+) -> Result<T, StoreError> {
+    redis_call(|| {
+        let mut conn = conn.clone();
+        let cmd = cmd.clone();
+        async move { cmd.query_async(&mut conn).await }
+    })
+    .await
+}
+
 /// Runs one Redis call, repeating it a few times on transient errors. Only idempotent calls
 /// go through here (the scripts are written so that repeating them is harmless).
 pub(crate) async fn redis_call<T, F, Fut>(call: F) -> Result<T, StoreError>
