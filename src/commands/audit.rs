@@ -30,9 +30,21 @@ pub async fn record(
     preview: Value,
     result: Value,
 ) -> Result<Entry, CommandError> {
+    record_as(ctx, &ctx.operator, action, target, preview, result).await
+}
+
+/// Records an action `operator` carried out (the console passes the signed-in operator).
+pub async fn record_as(
+    ctx: &Context,
+    operator: &super::Operator,
+    action: &str,
+    target: Value,
+    preview: Value,
+    result: Value,
+) -> Result<Entry, CommandError> {
     let entry = Action {
-        who: ctx.operator.who.clone(),
-        via: ctx.operator.via.to_owned(),
+        who: operator.who.clone(),
+        via: operator.via.to_owned(),
         action: action.to_owned(),
         target,
         preview,

@@ -29,6 +29,9 @@ pub struct Context {
     pub operator: Operator,
 }
 
+/// The longest user or `--as` name the audit log records.
+const MAX_NAME_CHARS: usize = 64;
+
 /// Who an action is recorded as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {
@@ -45,11 +48,21 @@ impl Operator {
             .iter()
             .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| "unknown".to_owned());
+        // Both come from outside (the environment, a flag): bounded, so an entry stays a line.
+        let bounded = |text: String| text.chars().take(MAX_NAME_CHARS).collect::<String>();
         let who = match named.filter(|n| !n.is_empty()) {
-            Some(name) => format!("{user} as {name}"),
-            None => user,
+            Some(name) => format!("{} as {}", bounded(user), bounded(name)),
+            None => bounded(user),
         };
         Self { who, via: "cli" }
+    }
+
+    /// A console operator (their configured sign-in name).
+    pub fn of_console(name: &str) -> Self {
+        Self {
+            who: name.to_owned(),
+            via: "console",
+        }
     }
 }
 

@@ -22,20 +22,7 @@ pub async fn run(ctx: &Context, args: ProviderArgs) -> Result<(), CommandError> 
     match args.command {
         ProviderCommand::Pause { provider, reason } => {
             let name = provider_name(&provider)?;
-            if reason.trim().is_empty() || reason.len() > 500 {
-                return Err(CommandError::Usage(
-                    "--reason must say why, in at most 500 bytes".into(),
-                ));
-            }
-            let pause = Pause {
-                by: ctx.operator.who.clone(),
-                at: rfc3339(time::OffsetDateTime::now_utc()),
-                reason,
-            };
-            let paused = controls
-                .pause(name.as_str(), &pause)
-                .await
-                .map_err(runtime)?;
+            let paused = pause(ctx, &ctx.operator, &controls, name, &reason).await?;
             if !paused {
                 let current = controls.paused().await.map_err(runtime)?;
                 let by = current.get(name.as_str()).map(ToString::to_string);
@@ -48,29 +35,12 @@ pub async fn run(ctx: &Context, args: ProviderArgs) -> Result<(), CommandError> 
             println!(
                 "paused refunds to {name}: every worker holds its jobs within seconds, spending no attempts; `refund-worker provider resume {name}` lets them go"
             );
-            super::audit::record(
-                ctx,
-                "provider pause",
-                json!({ "provider": name.as_str() }),
-                Value::Null,
-                json!({ "paused": true, "reason": pause.reason }),
-            )
-            .await?;
             Ok(())
         }
         ProviderCommand::Resume { provider } => {
             let name = provider_name(&provider)?;
-            let resumed = controls.resume(name.as_str()).await.map_err(runtime)?;
-            if resumed {
+            if resume(ctx, &ctx.operator, &controls, name).await? {
                 println!("resumed refunds to {name}: waiting jobs go at their next retry");
-                super::audit::record(
-                    ctx,
-                    "provider resume",
-                    json!({ "provider": name.as_str() }),
-                    Value::Null,
-                    json!({ "resumed": true }),
-                )
-                .await?;
             } else {
                 println!("{name} was not paused");
             }
@@ -93,6 +63,67 @@ pub async fn run(ctx: &Context, args: ProviderArgs) -> Result<(), CommandError> 
             Ok(())
         }
     }
+}
+
+/// Pauses `name` as `operator` (the CLI's user or a console operator), and records it in the
+/// audit log; `false` when it already was paused (the first pause stands, nothing recorded).
+pub(crate) async fn pause(
+    ctx: &Context,
+    operator: &super::Operator,
+    controls: &Controls,
+    name: ProviderName,
+    reason: &str,
+) -> Result<bool, CommandError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(CommandError::Usage(
+            "a pause must say why (--reason), in at most 500 bytes".into(),
+        ));
+    }
+    let pause = Pause {
+        by: operator.who.clone(),
+        at: rfc3339(time::OffsetDateTime::now_utc()),
+        reason: reason.to_owned(),
+    };
+    if !controls
+        .pause(name.as_str(), &pause)
+        .await
+        .map_err(runtime)?
+    {
+        return Ok(false);
+    }
+    super::audit::record_as(
+        ctx,
+        operator,
+        "provider pause",
+        json!({ "provider": name.as_str() }),
+        Value::Null,
+        json!({ "paused": true, "reason": reason }),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Resumes `name` as `operator`, and records it; `false` when it was not paused.
+pub(crate) async fn resume(
+    ctx: &Context,
+    operator: &super::Operator,
+    controls: &Controls,
+    name: ProviderName,
+) -> Result<bool, CommandError> {
+    if !controls.resume(name.as_str()).await.map_err(runtime)? {
+        return Ok(false);
+    }
+    super::audit::record_as(
+        ctx,
+        operator,
+        "provider resume",
+        json!({ "provider": name.as_str() }),
+        Value::Null,
+        json!({ "resumed": true }),
+    )
+    .await?;
+    Ok(true)
 }
 
 fn provider_name(text: &str) -> Result<ProviderName, CommandError> {

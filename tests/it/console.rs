@@ -438,7 +438,15 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
         .find(|e| e.action.action == "dlq replay group (canary)")
         .unwrap_or_else(|| panic!("{log:#?}"));
     assert_eq!(entry.action.who, "ana");
-    assert_eq!(entry.action.preview, json!("2 would replay"));
+    // The preview recorded is the server's own dry run just before the replay, not text
+    // the browser sent back (this test even sends some, which is ignored).
+    let preview = entry
+        .action
+        .preview
+        .as_str()
+        .expect("the preview is recorded");
+    assert_eq!(preview.matches("would replay").count(), 2, "{preview}");
+    assert!(!preview.contains("2 would replay"), "{preview}");
     assert_eq!(
         entry.action.result["counts"]["replayed"], 1,
         "the rest, after the canary: {entry:#?}"

@@ -28,9 +28,9 @@ use super::{CommandError, Context, runtime};
 use crate::{
     broker::{self, Publisher, dead_letters::DeadLetterQueue, seal::Sealer},
     cli::{ConsoleArgs, ConsoleCommand, OperatorCommand},
-    governance::{audit::Action, mandate::rfc3339},
+    governance::mandate::rfc3339,
     job::ProviderName,
-    store::{self, Controls, Pause},
+    store::{self, Controls},
 };
 
 use auth::hash_password;
@@ -417,16 +417,6 @@ struct PauseForm {
     reason: String,
 }
 
-async fn record(
-    console: &Console,
-    session: &Session,
-    action: &str,
-    target: Value,
-    result: Value,
-) -> Result<(), String> {
-    record_with_preview(console, session, action, target, "", result).await
-}
-
 async fn pause(
     State(console): Shared,
     headers: HeaderMap,
@@ -440,34 +430,14 @@ async fn pause(
     let Ok(provider) = ProviderName::parse(&name) else {
         return (StatusCode::NOT_FOUND, "no such provider").into_response();
     };
-    let reason = form.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return (StatusCode::BAD_REQUEST, "say why, in at most 500 bytes").into_response();
-    }
     let controls = match controls(&console).await {
         Ok(c) => c,
         Err(e) => return page_error(e),
     };
-    let pause = Pause {
-        by: session.operator.clone(),
-        at: rfc3339(time::OffsetDateTime::now_utc()),
-        reason: reason.to_owned(),
-    };
-    match controls.pause(provider.as_str(), &pause).await {
-        Ok(true) => {
-            if let Err(e) = record(
-                &console,
-                &session,
-                "provider pause",
-                json!({ "provider": provider.as_str() }),
-                json!({ "paused": true, "reason": reason }),
-            )
-            .await
-            {
-                return page_error(e);
-            }
-        }
-        Ok(false) => {}
+    let operator = super::Operator::of_console(&session.operator);
+    match super::provider::pause(&console.ctx, &operator, &controls, provider, &form.reason).await {
+        Ok(_) => {}
+        Err(CommandError::Usage(why)) => return (StatusCode::BAD_REQUEST, why).into_response(),
         Err(e) => return page_error(e),
     }
     Redirect::to("/").into_response()
@@ -490,22 +460,9 @@ async fn resume(
         Ok(c) => c,
         Err(e) => return page_error(e),
     };
-    match controls.resume(provider.as_str()).await {
-        Ok(true) => {
-            if let Err(e) = record(
-                &console,
-                &session,
-                "provider resume",
-                json!({ "provider": provider.as_str() }),
-                json!({ "resumed": true }),
-            )
-            .await
-            {
-                return page_error(e);
-            }
-        }
-        Ok(false) => {}
-        Err(e) => return page_error(e),
+    let operator = super::Operator::of_console(&session.operator);
+    if let Err(e) = super::provider::resume(&console.ctx, &operator, &controls, provider).await {
+        return page_error(e);
     }
     Redirect::to("/").into_response()
 }
@@ -539,9 +496,6 @@ struct ReplayForm {
     /// Present once the operator confirmed the preview.
     #[serde(default)]
     confirm: Option<String>,
-    /// The preview the operator was shown (recorded with the action).
-    #[serde(default)]
-    preview: String,
     /// Group replays: the group.
     #[serde(default)]
     class: String,
@@ -671,6 +625,14 @@ async fn replay_one(
                 .into_response();
         }
     }
+    // What the operator confirmed, as the server sees it right before doing it.
+    let shown = if confirmed {
+        let mut dry = world.replay(&console, true);
+        dry.body = new_body.as_deref();
+        dry.run(&chosen).await.ok().map(|r| preview_text(&r))
+    } else {
+        None
+    };
     let mut replay = world.replay(&console, !confirmed);
     replay.body = new_body.as_deref();
     let report = replay.run(&chosen).await;
@@ -682,7 +644,6 @@ async fn replay_one(
             &format!("/dead-letters/{job_id}/replay"),
             report,
             &hidden,
-            &preview_text(report),
         ),
         (Ok(report), true) => pages::replay_done(&session, report, None),
     };
@@ -695,12 +656,12 @@ async fn replay_one(
         if new_body.is_some() {
             target["body"] = json!(form.body);
         }
-        if let Err(e) = record_with_preview(
+        if let Err(e) = record(
             &console,
             &session,
             "dlq replay",
             target,
-            &form.preview,
+            shown.as_deref(),
             result,
         )
         .await
@@ -746,18 +707,18 @@ async fn replay_group(
     ];
     if form.confirm.as_deref() != Some("yes") {
         let page = match world.replay(&console, true).run(&chosen).await {
-            Ok(report) => pages::replay_preview(
-                &session,
-                "/groups/replay",
-                &report,
-                &hidden,
-                &preview_text(&report),
-            ),
+            Ok(report) => pages::replay_preview(&session, "/groups/replay", &report, &hidden),
             Err(e) => pages::error(&e.to_string()),
         };
         world.close().await;
         return Html(page.into_string()).into_response();
     }
+    let shown = world
+        .replay(&console, true)
+        .run(&chosen)
+        .await
+        .ok()
+        .map(|r| preview_text(&r));
     let (report, canary_said) = if canary {
         run_canary(&console, &world, &chosen).await
     } else {
@@ -778,8 +739,7 @@ async fn replay_group(
     } else {
         "dlq replay group"
     };
-    let recorded =
-        record_with_preview(&console, &session, action, target, &form.preview, result).await;
+    let recorded = record(&console, &session, action, target, shown.as_deref(), result).await;
     let page = match (&report, recorded) {
         (_, Err(e)) => pages::error(&e),
         (Err(e), _) => pages::error(&e.to_string()),
@@ -854,32 +814,22 @@ async fn run_canary(
     }
 }
 
-async fn record_with_preview(
+/// Records an action of the signed-in operator; `preview` is the dry run the server itself
+/// ran just before carrying it out (never text the browser sends back).
+async fn record(
     console: &Console,
     session: &Session,
     action: &str,
     target: Value,
-    preview: &str,
+    preview: Option<&str>,
     result: Value,
 ) -> Result<(), String> {
-    let log = super::audit::open(&console.ctx)
+    let operator = super::Operator::of_console(&session.operator);
+    let preview = preview.map_or(Value::Null, |p| Value::String(p.to_owned()));
+    super::audit::record_as(&console.ctx, &operator, action, target, preview, result)
         .await
-        .map_err(|e| e.to_string())?;
-    log.append(Action {
-        who: session.operator.clone(),
-        via: "console".into(),
-        action: action.into(),
-        target,
-        preview: if preview.is_empty() {
-            Value::Null
-        } else {
-            Value::String(preview.chars().take(4_000).collect())
-        },
-        result,
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| format!("{action} was done, but could not be recorded in the audit log: {e}"))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn mandates(State(console): Shared, headers: HeaderMap) -> Response {

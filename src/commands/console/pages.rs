@@ -314,7 +314,6 @@ pub(super) fn replay_preview(
     action: &str,
     report: &crate::commands::dlq::ReplayReport,
     hidden: &[(&str, &str)],
-    preview: &str,
 ) -> Markup {
     layout(
         "Replay: preview",
@@ -326,7 +325,6 @@ pub(super) fn replay_preview(
             form method="post" action=(action) {
                 input type="hidden" name="csrf" value=(session.csrf);
                 input type="hidden" name="confirm" value="yes";
-                input type="hidden" name="preview" value=(preview);
                 @for (name, value) in hidden {
                     @if !value.is_empty() { input type="hidden" name=(name) value=(value); }
                 }
