@@ -18,7 +18,7 @@ use crate::{
     },
     job::{IdempotencyKey, ProviderName, RefundJob, Token},
     outcome::{FailureClass, Outcome},
-    store::{ClaimTicket, Settle},
+    store::ClaimTicket,
 };
 
 /// The step name of the mandate check, as recorded in the idempotency record.
@@ -87,19 +87,12 @@ pub(super) async fn pass(
                 tracing::error!(key = %key, rule = denial.rule(), why = %denial, "a mandate's stored state does not add up: refusing to spend under it");
             }
             let why = denial.to_string();
-            // An earlier attempt may have sent (uncertain) or left a pending refund: then the
-            // claim is let go still uncertain, keeping what it knows, so whatever runs next
-            // reconciles with the provider first; never settled as if nothing had moved.
-            let settle = if ticket.pending.is_some() {
-                Settle::Pending
-            } else if ticket.uncertain {
-                Settle::Released { uncertain: true }
-            } else {
-                Settle::Failed { uncertain: false }
-            };
+            // What earlier attempts left (a pending refund, a send that may have executed) is
+            // kept: the claim is let go without erasing it.
+            let (settle, record) = ticket.let_go_unsent();
             if let Err(e) = pipeline
                 .store
-                .settle(key, ticket, settle, ticket.pending.as_ref(), &why)
+                .settle(key, ticket, settle, record, &why)
                 .await
             {
                 tracing::warn!(key = %key, error = %e, "could not record the refusal; the claim expires with its lease");

@@ -588,30 +588,16 @@ impl Governed<'_> {
 
     /// The refund failed for good before it was sent: the reservation goes back.
     async fn refund_failed(&self, reservation: Option<&Reservation>, why: String) -> Outcome {
-        // An earlier attempt may have sent, or left a pending refund: keep what the claim
-        // knows, so a replay reconciles first (and the reservation stays spent).
-        if self.ticket.pending.is_some() || self.ticket.uncertain {
-            let settle = if self.ticket.pending.is_some() {
-                Settle::Pending
-            } else {
-                Settle::Released { uncertain: true }
-            };
-            if let Err(e) = self
-                .pipeline
-                .store
-                .settle(
-                    &self.key,
-                    &self.ticket,
-                    settle,
-                    self.ticket.pending.as_ref(),
-                    &why,
-                )
-                .await
-            {
-                warn!(key = %self.key, error = %e, "could not let go of the claim; it expires with its lease");
-            }
-        } else {
-            self.settle(Settle::Failed { uncertain: false }, &why).await;
+        // What earlier attempts left (a pending refund, a send that may have executed) is
+        // kept, and then the reservation stays spent (give_back checks).
+        let (settle, record) = self.ticket.let_go_unsent();
+        if let Err(e) = self
+            .pipeline
+            .store
+            .settle(&self.key, &self.ticket, settle, record, &why)
+            .await
+        {
+            warn!(key = %self.key, error = %e, "could not let go of the claim; it expires with its lease");
         }
         gate::give_back(self.pipeline, reservation, &self.key, &self.ticket).await;
         Outcome::DeadLetter {

@@ -85,6 +85,20 @@ pub struct ClaimTicket {
     pub lease_from: std::time::Instant,
 }
 
+impl ClaimTicket {
+    /// How an attempt that ends before sending anything (refused, or nowhere to send) lets go
+    /// of its claim without erasing what earlier attempts left: a pending refund stays pending,
+    /// with its result, so the next copy syncs it; a claim that may have sent stays uncertain,
+    /// so the next copy reconciles first; only a claim where nothing can have moved is failed.
+    pub fn let_go_unsent(&self) -> (Settle, Option<&RefundRecord>) {
+        match &self.pending {
+            Some(pending) => (Settle::Pending, Some(pending)),
+            None if self.uncertain => (Settle::Released { uncertain: true }, None),
+            None => (Settle::Failed { uncertain: false }, None),
+        }
+    }
+}
+
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
