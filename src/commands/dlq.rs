@@ -208,31 +208,70 @@ pub(crate) fn money(amount: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// The dead-letter queue opened for one command: connected, the topology declared, up to
+/// `limit` letters read (held unacknowledged until closed), and the seal keys that tell this
+/// deployment's letters from planted ones.
+pub(crate) struct OpenQueue {
+    pub(crate) connection: lapin::Connection,
+    pub(crate) publisher: Publisher,
+    pub(crate) topology: crate::broker::Topology,
+    pub(crate) sealer: Sealer,
+    pub(crate) queue: DeadLetterQueue,
+}
+
+impl OpenQueue {
+    /// Opens it as connection `name`.
+    pub(crate) async fn open(
+        ctx: &Context,
+        name: &str,
+        limit: usize,
+    ) -> Result<Self, CommandError> {
+        let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+        let connection = broker::connect(&ctx.connections.amqp_url, name)
+            .await
+            .map_err(runtime)?;
+        let publisher = Publisher::open(&connection).await.map_err(runtime)?;
+        let topology = ctx.connections.topology(&ctx.settings);
+        topology
+            .declare(publisher.channel())
+            .await
+            .map_err(runtime)?;
+        let queue = DeadLetterQueue::read(&connection, &topology, limit, &sealer)
+            .await
+            .map_err(runtime)?;
+        Ok(Self {
+            connection,
+            publisher,
+            topology,
+            sealer,
+            queue,
+        })
+    }
+
+    /// Hands back every letter not removed, and disconnects; the job ids removed.
+    pub(crate) async fn close(self) -> Vec<String> {
+        let removed = self.queue.removed();
+        self.queue.close().await;
+        let _ = self.connection.close(200, "done".into()).await;
+        removed
+    }
+}
+
 /// Runs a `dlq` subcommand.
 pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
-    let connection = broker::connect(&ctx.connections.amqp_url, "refund-worker dlq")
-        .await
-        .map_err(runtime)?;
-    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
-    let topology = ctx.connections.topology(&ctx.settings);
-    topology
-        .declare(publisher.channel())
-        .await
-        .map_err(runtime)?;
-    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let queue = DeadLetterQueue::read(&connection, &topology, READ_LIMIT, &sealer)
-        .await
-        .map_err(runtime)?;
+    let open = OpenQueue::open(ctx, "refund-worker dlq", READ_LIMIT).await?;
+    let (publisher, topology, sealer, queue) =
+        (&open.publisher, &open.topology, &open.sealer, &open.queue);
     if queue.letters.len() == READ_LIMIT {
         eprintln!("note: read the first {READ_LIMIT} dead letters only");
     }
     // What an action did, for the audit log: (action, target, result).
     let mut done: Option<(&str, Value, Value)> = None;
     let result = match args.command {
-        DlqCommand::List { filter, json } => list(&queue, &Filter::parse(&filter)?, json),
-        DlqCommand::Show { job_id } => show(&queue, &job_id),
-        DlqCommand::Export { out } => export(&queue, out.as_deref()),
+        DlqCommand::List { filter, json } => list(queue, &Filter::parse(&filter)?, json),
+        DlqCommand::Show { job_id } => show(queue, &job_id),
+        DlqCommand::Export { out } => export(queue, out.as_deref()),
         DlqCommand::Archive {
             job_ids,
             filter,
@@ -240,7 +279,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             out,
             yes,
         } => {
-            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let archived = archive(&chosen, &out, yes).await;
             let outcome = match &archived {
                 Ok(()) => {
@@ -253,7 +292,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             archived
         }
         DlqCommand::Import { file } => {
-            let imported = import(&publisher, &topology.dead_exchange(), &file).await;
+            let imported = import(publisher, &topology.dead_exchange(), &file).await;
             if let Ok(count) = &imported {
                 done = Some((
                     "dlq import",
@@ -269,8 +308,8 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             all,
             yes,
         } => {
-            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
-            let purged = purge(&queue, &chosen, yes).await;
+            let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let purged = purge(queue, &chosen, yes).await;
             let outcome = match &purged {
                 Ok(()) => Some(json!({ "purged": chosen.len() })),
                 // Refused before anything was deleted: nothing to record.
@@ -288,7 +327,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             set,
             body,
         } => {
-            let chosen = select(&queue, &job_ids, &Filter::parse(&filter)?, all)?;
+            let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let edits = parse_edits(&set)?;
             let new_body =
                 match &body {
@@ -322,13 +361,13 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 .await
                 .map_err(runtime)?;
             let replay = Replay {
-                publisher: &publisher,
+                publisher,
                 exchange: topology.jobs_exchange(),
                 store: &store,
                 edits: &edits,
                 body: new_body.as_deref(),
                 dry_run,
-                sealer: &sealer,
+                sealer,
             };
             let (letters, class) = set_target(&chosen);
             // A letter whose key belongs to another refund never reached a provider under it:
@@ -362,9 +401,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             report.map(|_| ())
         }
     };
-    let removed = queue.removed();
-    queue.close().await;
-    let _ = connection.close(200, "dlq done".into()).await;
+    let removed = open.close().await;
     if !removed.is_empty() {
         // Keep the money-stuck tally in step with the queue (best effort: the queue is the truth).
         match ctx.connections.idempotency_store(&ctx.settings).await {

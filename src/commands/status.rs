@@ -6,7 +6,6 @@ use serde_json::{Value, json};
 
 use super::{CommandError, Context, runtime};
 use crate::{
-    broker::{self, Publisher, dead_letters::DeadLetterQueue, seal::Sealer},
     cli::StatusArgs,
     governance::receipt::Receipt,
     job::{IdempotencyKey, JobDate},
@@ -159,20 +158,8 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<(), CommandError> {
 
 /// The dead letters of the job asked about (by job id, payment or order).
 async fn dead_letters(ctx: &Context, args: &StatusArgs) -> Result<Vec<Value>, CommandError> {
-    let connection = broker::connect(&ctx.connections.amqp_url, "refund-worker status")
-        .await
-        .map_err(runtime)?;
-    let publisher = Publisher::open(&connection).await.map_err(runtime)?;
-    let topology = ctx.connections.topology(&ctx.settings);
-    topology
-        .declare(publisher.channel())
-        .await
-        .map_err(runtime)?;
-    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
-    let queue = DeadLetterQueue::read(&connection, &topology, READ_LIMIT, &sealer)
-        .await
-        .map_err(runtime)?;
+    let open = super::dlq::OpenQueue::open(ctx, "refund-worker status", READ_LIMIT).await?;
+    let queue = &open.queue;
     let order_of = |body: &[u8]| {
         serde_json::from_slice::<Value>(body)
             .ok()
@@ -195,7 +182,6 @@ async fn dead_letters(ctx: &Context, args: &StatusArgs) -> Result<Vec<Value>, Co
             })
         })
         .collect();
-    queue.close().await;
-    let _ = connection.close(200, "status done".into()).await;
+    open.close().await;
     Ok(found)
 }
