@@ -349,6 +349,13 @@ pub enum DlqCommand {
         /// job before anything is sent; key fields stay locked unless the letter is invalid.
         #[arg(long, value_name = "FILE|-", conflicts_with = "set")]
         body: Option<PathBuf>,
+        /// Replay one letter first, wait for its refund, then the rest; if it does not
+        /// refund in time, the rest stay in the queue.
+        #[arg(long)]
+        canary: bool,
+        /// How long a canary's refund is awaited.
+        #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "canary")]
+        canary_wait: std::time::Duration,
     },
     /// Delete dead letters for good (export them first if they matter).
     Purge {
@@ -401,6 +408,9 @@ pub struct DlqFilter {
     /// Only this class: invalid, permanent, exhausted, mandate, verification, delivery_limit.
     #[arg(long)]
     pub class: Option<String>,
+    /// Only this group (its handle, `g-…`, as `dlq list` prints it).
+    #[arg(long)]
+    pub group: Option<String>,
     /// Only this provider.
     #[arg(long)]
     pub provider: Option<String>,

@@ -98,9 +98,16 @@ pub struct ConsoleSettings {
     /// How long a sign-in lasts without use.
     #[serde(deserialize_with = "duration")]
     pub session_ttl: Duration,
+    /// Where the console's archive action writes its files.
+    #[serde(default = "default_archive_dir")]
+    pub archive_dir: std::path::PathBuf,
     /// The operators (`refund-worker console operator add NAME` prints an entry).
     #[serde(default)]
     pub operators: Vec<OperatorSettings>,
+}
+
+fn default_archive_dir() -> std::path::PathBuf {
+    "dlq-archives".into()
 }
 
 /// One console operator.

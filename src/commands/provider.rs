@@ -126,11 +126,45 @@ pub(crate) async fn resume(
     Ok(true)
 }
 
-fn provider_name(text: &str) -> Result<ProviderName, CommandError> {
+/// A provider named on the command line, or a usage error that suggests the closest name.
+pub(crate) fn provider_name(text: &str) -> Result<ProviderName, CommandError> {
     ProviderName::parse(text).map_err(|_| {
+        let lower = text.to_ascii_lowercase();
+        let closest = ProviderName::ALL
+            .into_iter()
+            .map(|p| (strsim::levenshtein(&lower, p.as_str()), p))
+            .min_by_key(|(distance, _)| *distance)
+            .filter(|(distance, p)| *distance <= 2.max(p.as_str().len() / 3));
+        let hint = closest.map_or(String::new(), |(_, p)| format!(" (did you mean {p}?)"));
         CommandError::Usage(format!(
-            "unknown provider {text:?}; one of {}",
+            "unknown provider {:?}{hint}; one of {}",
+            crate::job::truncate(text, 40),
             ProviderName::ALL_NAMES
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_provider_gets_the_closest_name() {
+        let said = |text: &str| provider_name(text).unwrap_err().to_string();
+        assert!(
+            said("strip").contains("did you mean stripe?"),
+            "{}",
+            said("strip")
+        );
+        assert!(said("MercadoPago").contains("did you mean mercadopago?"));
+        assert!(said("mercado-pago").contains("did you mean mercadopago?"));
+        assert!(said("pics").contains("did you mean pix?"));
+        assert!(
+            !said("paypal").contains("did you mean"),
+            "{}",
+            said("paypal")
+        );
+        assert!(said("paypal").contains("stripe, mercadopago, asaas, pix, rinne"));
+        assert_eq!(provider_name("rinne").unwrap(), ProviderName::Rinne);
+    }
 }

@@ -10,9 +10,11 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+use refund_sandbox::{Burst, FaultOptions};
+
 use crate::{
     console::{operator_entry, start_console},
-    helpers::{TestEnv, eventually, today},
+    helpers::{TestEnv, eventually, stripe_job, today},
 };
 
 /// chromedriver on a free port, ready.
@@ -76,24 +78,113 @@ async fn arrive(client: &Client, heading: &str) {
         .unwrap_or_else(|e| panic!("no page {heading:?}: {e}"));
 }
 
+async fn click(client: &Client, xpath: &str) {
+    match client.find(Locator::XPath(xpath)).await {
+        Ok(found) => found.click().await.unwrap(),
+        Err(e) => panic!("no {xpath}: {e}\n{}", text(client).await),
+    }
+}
+
+/// Searches the dead letters for `q` and opens the letter `job_id`.
+async fn open_letter(client: &Client, url: &str, q: &str, job_id: &str) {
+    client.goto(&format!("{url}/dead-letters")).await.unwrap();
+    client
+        .find(Locator::Css("input[name=q]"))
+        .await
+        .unwrap()
+        .send_keys(q)
+        .await
+        .unwrap();
+    click(client, "//form[@action='/dead-letters']//button").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(&format!(
+            "//input[@name='q' and @value='{q}']"
+        )))
+        .await
+        .unwrap();
+    client
+        .find(Locator::LinkText(job_id))
+        .await
+        .unwrap_or_else(|e| panic!("{job_id} is not found by {q}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    arrive(client, "Dead letter").await;
+}
+
+/// On a letter's page: replaces its body, previews the replay and confirms it.
+async fn edit_and_retry(client: &Client, body: &str) -> String {
+    let area = client
+        .find(Locator::Css("textarea[name=body]"))
+        .await
+        .unwrap();
+    area.clear().await.unwrap();
+    area.send_keys(body).await.unwrap();
+    click(client, "//button[contains(., 'Preview the edited replay')]").await;
+    arrive(client, "Replay: preview").await;
+    let preview = text(client).await;
+    click(client, "//button[contains(., 'Confirm the replay')]").await;
+    arrive(client, "Replay: done").await;
+    preview
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser_alone() {
-    let env = TestEnv::start("browser").await;
-    let ids = env
+async fn an_operator_drains_a_mixed_dead_letter_queue_and_pauses_a_provider_from_the_browser_alone()
+{
+    let env = TestEnv::with("browser", FaultOptions::default(), |s| {
+        s.retry.max_attempts = 2;
+        s.providers.circuit_failures = 0;
+    })
+    .await;
+    let day = today().to_string();
+    // Exhausted: Stripe is down while two jobs run out of attempts.
+    env.sandbox
+        .burst(Burst::ServerErrors, Duration::from_secs(600));
+    let down = env
         .publish_json(&[
-            json!({ "payment_id": "pi_browser_1", "amount": -5, "provider": "stripe", "date": today().to_string() }),
+            stripe_job("pi_mix_down_1", 310),
+            stripe_job("pi_mix_down_2", 320),
         ])
         .await;
     env.run_until_idle().await;
+    env.sandbox.burst(Burst::ServerErrors, Duration::ZERO);
+    // Invalid, permanent (the card network refuses: a dispute), and a key collision: a
+    // second refund of one payment on one day under the first one's key.
+    let ids = env
+        .publish_json(&[
+            json!({ "payment_id": "pi_browser_1", "amount": -5, "provider": "stripe", "date": day }),
+            stripe_job("pi_chargeback_declined", 1200),
+            stripe_job("pi_mix_col", 200),
+        ])
+        .await;
+    env.run_until_idle().await;
+    let collision = env.publish_json(&[stripe_job("pi_mix_col", 600)]).await;
+    env.run_until_idle().await;
+    assert_eq!(
+        env.ledger().len(),
+        1,
+        "only the first pi_mix_col refund so far"
+    );
+    assert_eq!(env.dead_letters_kept().await.len(), 5);
+
+    let archives = std::env::temp_dir().join(format!("{}-archives", env.prefix()));
     let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
     std::fs::write(
         &config,
-        operator_entry("ana", "correct horse battery", false).await,
+        format!(
+            "[console]\nsession_ttl = \"30m\"\narchive_dir = {:?}\n{}",
+            archives.display().to_string(),
+            operator_entry("ana", "correct horse battery", false).await
+        ),
     )
     .unwrap();
     let (_console, url) = start_console(&env, &config).await;
     let (_driver, port) = chromedriver().await;
     let c = browser(port).await;
+    // A worker runs throughout, as in production: the canary needs one to refund.
+    let worker = env.spawn_worker().await;
 
     // Nothing but the sign-in page without a session.
     c.goto(&format!("{url}/dead-letters")).await.unwrap();
@@ -111,88 +202,126 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
         .send_keys("correct horse battery")
         .await
         .unwrap();
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "//form[@action='/login']//button").await;
     arrive(&c, "Overview").await;
     let overview = text(&c).await;
     assert!(
-        overview.contains("Overview") && overview.contains("1</strong> dead letters"),
+        overview.contains("Overview") && overview.contains("5</strong> dead letters"),
         "{overview}"
     );
     shot(&c, "overview").await;
 
-    // Find the letter by payment id, open it, fix its body, preview, confirm.
+    // The invalid letter: found by payment id, its body fixed, previewed, confirmed.
     c.goto(&format!("{url}/dead-letters")).await.unwrap();
-    c.find(Locator::Css("input[name=q]"))
-        .await
-        .unwrap()
-        .send_keys("pi_browser_1")
-        .await
-        .unwrap();
-    c.find(Locator::Css("form[action='/dead-letters'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//input[@name='q' and @value='pi_browser_1']",
-        ))
-        .await
-        .unwrap();
     shot(&c, "dead-letters").await;
-    c.find(Locator::LinkText(&ids[0]))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    arrive(&c, "Dead letter").await;
+    open_letter(&c, &url, "pi_browser_1", &ids[0]).await;
     shot(&c, "letter").await;
-    let fixed = format!(
-        r#"{{"payment_id":"pi_browser_1","amount":500,"provider":"stripe","date":"{}"}}"#,
-        today()
-    );
+    let preview = edit_and_retry(
+        &c,
+        &format!(
+            r#"{{"payment_id":"pi_browser_1","amount":500,"provider":"stripe","date":"{day}"}}"#
+        ),
+    )
+    .await;
+    assert!(preview.contains("would replay"), "{preview}");
+    assert!(text(&c).await.contains("<td>replayed</td>"));
+
+    // The key collision: its key fields are locked, but it may take a key of its own.
+    open_letter(&c, &url, "pi_mix_col", &collision[0]).await;
+    let mut renamed = stripe_job("pi_mix_col", 600);
+    renamed["payment_id"] = json!("pi_mix_other");
     let area = c.find(Locator::Css("textarea[name=body]")).await.unwrap();
     area.clear().await.unwrap();
-    area.send_keys(&fixed).await.unwrap();
-    c.find(Locator::XPath(
-        "//button[contains(., 'Preview the edited replay')]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    area.send_keys(&renamed.to_string()).await.unwrap();
+    click(&c, "//button[contains(., 'Preview the edited replay')]").await;
+    arrive(&c, "Not available").await;
+    let refused = text(&c).await;
+    assert!(
+        refused.contains("payment_id is part of the idempotency key"),
+        "{refused}"
+    );
+    open_letter(&c, &url, "pi_mix_col", &collision[0]).await;
+    let mut own_key = stripe_job("pi_mix_col", 600);
+    own_key["idempotency_key"] = json!("pi_mix_col-second");
+    edit_and_retry(&c, &own_key.to_string()).await;
+    assert!(text(&c).await.contains("<td>replayed</td>"));
+
+    // The exhausted group, now that Stripe is back: previewed, then canary first.
+    c.goto(&format!("{url}/dead-letters")).await.unwrap();
+    click(
+        &c,
+        "//div[contains(., 'exhausted')]//form[@action='/groups/replay']//button",
+    )
+    .await;
     arrive(&c, "Replay: preview").await;
     let preview = text(&c).await;
-    assert!(preview.contains("would replay"), "{preview}");
-    assert!(env.ledger().is_empty(), "a preview moves nothing");
-    shot(&c, "replay-preview").await;
-    c.find(Locator::XPath(
-        "//button[contains(., 'Confirm the replay')]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    arrive(&c, "Replay: done").await;
-    assert!(text(&c).await.contains("<td>replayed</td>"));
-    env.run_until_idle().await;
-    let ledger = env.ledger();
-    assert_eq!(ledger.len(), 1, "{ledger:#?}");
     assert_eq!(
-        (ledger[0].payment_id.as_str(), ledger[0].amount),
-        ("pi_browser_1", 500)
+        preview.matches("<td>would replay</td>").count(),
+        2,
+        "{preview}"
     );
-    assert!(env.dead_letters_kept().await.is_empty());
+    shot(&c, "replay-preview").await;
+    click(&c, "//button[contains(., 'Confirm the replay')]").await;
+    arrive(&c, "Replay: done").await;
+    let done = text(&c).await;
+    assert!(
+        done.contains("refunded; the rest (1) were replayed"),
+        "{done}"
+    );
+
+    // The permanent refusal: archived to a file `dlq import` reads, after a preview.
+    open_letter(&c, &url, "pi_chargeback_declined", &ids[1]).await;
+    click(&c, "//button[contains(., 'Preview an archive')]").await;
+    arrive(&c, "Archive: preview").await;
+    assert!(text(&c).await.contains("would archive 1 dead letter(s)"));
+    eventually(
+        Duration::from_secs(20),
+        "a preview removes nothing",
+        || async { env.dead_letters_kept().await.len() == 1 },
+    )
+    .await;
+    click(&c, "//button[contains(., 'Confirm the archive')]").await;
+    arrive(&c, "Removed").await;
+    let files: Vec<_> = std::fs::read_dir(&archives)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let archived = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(archived.lines().count(), 1);
+    assert!(archived.contains("pi_chargeback_declined") && archived.contains(&ids[1]));
+
+    // Drained: every refund once, nothing lost, nothing left.
+    eventually(
+        Duration::from_secs(30),
+        "every replayed refund is made",
+        || async { env.ledger().len() >= 5 },
+    )
+    .await;
+    let mut paid: Vec<(String, u64)> = env
+        .ledger()
+        .iter()
+        .map(|e| (e.payment_id.clone(), e.amount))
+        .collect();
+    paid.sort();
+    let want: Vec<(String, u64)> = [
+        ("pi_browser_1", 500),
+        ("pi_mix_col", 200),
+        ("pi_mix_col", 600),
+        ("pi_mix_down_1", 310),
+        ("pi_mix_down_2", 320),
+    ]
+    .iter()
+    .map(|(p, a)| ((*p).to_owned(), *a))
+    .collect();
+    assert_eq!(paid, want);
+    eventually(
+        Duration::from_secs(20),
+        "the dead-letter queue is empty",
+        || async { env.dead_letters_kept().await.is_empty() },
+    )
+    .await;
+    assert_eq!(down.len(), 2);
 
     // Pause Stripe with a reason, then resume it.
     c.goto(&format!("{url}/")).await.unwrap();
@@ -204,14 +333,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     .send_keys("INC-9")
     .await
     .unwrap();
-    c.find(Locator::Css(
-        "form[action='/providers/stripe/pause'] button",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(&c, "//form[@action='/providers/stripe/pause']//button").await;
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("form[action='/providers/stripe/resume']"))
@@ -220,14 +342,7 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     assert!(text(&c).await.contains("paused by ana"));
     let listed = crate::ops::cli_ok(&env, &["provider", "list"]).await;
     assert!(listed.contains("INC-9"), "{listed}");
-    c.find(Locator::Css(
-        "form[action='/providers/stripe/resume'] button",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(&c, "//form[@action='/providers/stripe/resume']//button").await;
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("form[action='/providers/stripe/pause']"))
@@ -242,14 +357,27 @@ async fn an_operator_drains_a_dead_letter_and_pauses_a_provider_from_the_browser
     // Every action is in the audit log, under ana, and the log verifies.
     c.goto(&format!("{url}/audit")).await.unwrap();
     let audit = text(&c).await;
-    assert!(audit.contains("Intact: 3 entries verified"), "{audit}");
-    for action in ["dlq replay", "provider pause", "provider resume"] {
-        assert!(audit.contains(action), "{action}: {audit}");
+    assert!(audit.contains("Intact: 6 entries verified"), "{audit}");
+    for action in [
+        "dlq replay",
+        "dlq replay group (canary)",
+        "dlq archive",
+        "provider pause",
+        "provider resume",
+    ] {
+        assert!(
+            audit.contains(&format!("<td>{action}</td>")),
+            "{action}: {audit}"
+        );
     }
+    assert_eq!(audit.matches("<td>ana</td>").count(), 6, "{audit}");
     shot(&c, "audit").await;
     c.goto(&format!("{url}/mandates")).await.unwrap();
     shot(&c, "mandates").await;
     c.close().await.unwrap();
+    worker.stop().await;
+    assert_eq!(env.ledger().len(), 5, "nothing more was paid");
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_dir_all(&archives);
     env.cleanup().await;
 }

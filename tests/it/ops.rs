@@ -919,3 +919,128 @@ async fn dlq_replay_replays_two_identical_copies_of_a_dead_letter_once() {
     let _ = connection.close(200, "done".into()).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_group_is_named_by_its_handle_and_a_failing_canary_keeps_the_rest_queued() {
+    let env = TestEnv::with("canary-cli", FaultOptions::default(), |s| {
+        s.retry.max_attempts = 2;
+        s.providers.circuit_failures = 0;
+    })
+    .await;
+    env.sandbox.burst(
+        refund_sandbox::Burst::ServerErrors,
+        Duration::from_secs(600),
+    );
+    let ids = env
+        .publish_json(&[
+            stripe_job("pi_canary_cli_1", 110),
+            stripe_job("pi_canary_cli_2", 120),
+            stripe_job("pi_canary_cli_3", 130),
+        ])
+        .await;
+    env.run_until_idle().await;
+
+    // The listing names the group by a handle, shows its jobs and says what to do next.
+    let listed = cli_ok(&env, &["dlq", "list"]).await;
+    let handle = listed
+        .lines()
+        .find(|l| l.contains("exhausted"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_owned();
+    assert!(handle.starts_with("g-"), "{listed}");
+    assert!(
+        ids.iter().all(|id| listed.contains(id.as_str())),
+        "{listed}"
+    );
+    assert!(listed.contains("next: refund-worker dlq show "), "{listed}");
+    assert!(
+        listed.contains(&format!("dlq replay --group {handle} --canary --dry-run")),
+        "{listed}"
+    );
+    assert_eq!(dlq_list(&env, &["--group", &handle]).await["total"], 3);
+    assert_eq!(dlq_list(&env, &["--group", "g-000000"]).await["total"], 0);
+
+    // A misspelt provider is a usage error with a suggestion.
+    let typo = cli(&env, &["dlq", "list", "--provider", "strip"]).await;
+    assert_eq!(typo.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(said.contains("did you mean stripe?"), "{said}");
+
+    // Stripe is still down: the canary does not refund, and the other two are not sent.
+    let mut worker = env.spawn_worker().await;
+    let stdout = cli_ok(
+        &env,
+        &[
+            "dlq",
+            "replay",
+            "--group",
+            &handle,
+            "--canary",
+            "--canary-wait",
+            "3s",
+        ],
+    )
+    .await;
+    assert!(
+        stdout.contains("did not refund within 3s; the rest (2) stay in the queue"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("replayed ").count(), 1, "{stdout}");
+    assert!(env.ledger().is_empty());
+    // The canary runs out of attempts again and is back: nothing lost.
+    worker
+        .collect_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "the canary is back in the queue",
+        || async { dlq_list(&env, &["--group", &handle]).await["total"] == 3 },
+    )
+    .await;
+
+    // Stripe is back: the canary refunds, then the rest go; each is paid once.
+    env.sandbox
+        .burst(refund_sandbox::Burst::ServerErrors, Duration::ZERO);
+    let stdout = cli_ok(
+        &env,
+        &[
+            "dlq",
+            "replay",
+            "--group",
+            &handle,
+            "--canary",
+            "--canary-wait",
+            "30s",
+        ],
+    )
+    .await;
+    assert!(
+        stdout.contains("refunded; the rest (2) were replayed"),
+        "{stdout}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "all three are refunded",
+        || async { env.ledger().len() == 3 },
+    )
+    .await;
+    worker.stop().await;
+    let mut paid: Vec<_> = env.ledger().iter().map(|e| e.payment_id.clone()).collect();
+    paid.sort();
+    assert_eq!(
+        paid,
+        ["pi_canary_cli_1", "pi_canary_cli_2", "pi_canary_cli_3"]
+    );
+    eventually(Duration::from_secs(20), "the queue is empty", || async {
+        env.dead_letters_kept().await.is_empty()
+    })
+    .await;
+    let audit = cli_ok(&env, &["audit", "list", "--json"]).await;
+    assert!(audit.contains("did not refund within 3s"), "{audit}");
+    assert!(
+        audit.contains("\"canary\": true") || audit.contains("\"canary\":true"),
+        "{audit}"
+    );
+    env.cleanup().await;
+}

@@ -125,6 +125,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/dead-letters/{job_id}", get(letter))
         .route("/dead-letters/{job_id}/replay", post(replay_one))
         .route("/groups/replay", post(replay_group))
+        .route("/dead-letters/remove", post(remove))
         .route("/providers/{name}/pause", post(pause))
         .route("/providers/{name}/resume", post(resume))
         .route("/audit", get(audit))
@@ -517,6 +518,17 @@ struct ReplayWorld {
     store: crate::store::IdempotencyStore,
 }
 
+/// An action's session (see [`may_act`]) and the queue and store it works on.
+async fn acting(
+    console: &Console,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(Session, ReplayWorld), Response> {
+    let session = may_act(console, headers, csrf).map_err(IntoResponse::into_response)?;
+    let world = replay_world(console).await.map_err(page_error)?;
+    Ok((session, world))
+}
+
 async fn replay_world(console: &Console) -> Result<ReplayWorld, String> {
     let (connection, publisher) = broker_session(console).await?;
     let letters = read_letters(console, &connection).await?;
@@ -580,13 +592,9 @@ async fn replay_one(
     Path(job_id): Path<String>,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    let session = match may_act(&console, &headers, &form.csrf) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let world = match replay_world(&console).await {
-        Ok(w) => w,
-        Err(e) => return page_error(e),
+    let (session, world) = match acting(&console, &headers, &form.csrf).await {
+        Ok(both) => both,
+        Err(refused) => return refused,
     };
     let chosen: Vec<_> = world
         .letters
@@ -612,8 +620,12 @@ async fn replay_one(
             Ok(_) => {
                 let fields = super::dlq::changed_fields(&chosen[0].body, body);
                 let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-                let (letters, class) = super::dlq::set_target(&chosen);
-                super::dlq::check_set(&fields, letters, class, false).err()
+                let replay = world.replay(&console, true);
+                replay
+                    .check_edit(&chosen, &fields)
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
             }
         };
         if let Some(why) = refused {
@@ -679,13 +691,9 @@ async fn replay_group(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    let session = match may_act(&console, &headers, &form.csrf) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let world = match replay_world(&console).await {
-        Ok(w) => w,
-        Err(e) => return page_error(e),
+    let (session, world) = match acting(&console, &headers, &form.csrf).await {
+        Ok(both) => both,
+        Err(refused) => return refused,
     };
     let chosen: Vec<_> = world
         .letters
@@ -720,7 +728,11 @@ async fn replay_group(
         .ok()
         .map(|r| preview_text(&r));
     let (report, canary_said) = if canary {
-        run_canary(&console, &world, &chosen).await
+        let (report, said) = world
+            .replay(&console, false)
+            .canary(&chosen, CANARY_WAIT)
+            .await;
+        (report, Some(said))
     } else {
         (world.replay(&console, false).run(&chosen).await, None)
     };
@@ -749,69 +761,163 @@ async fn replay_group(
     Html(page.into_string()).into_response()
 }
 
-/// Replays the first letter alone, waits for its refund, and replays the rest only if it
-/// came; otherwise the rest stay in the queue. The report covers what was replayed; the text
-/// says how the canary fared.
-async fn run_canary(
-    console: &Console,
-    world: &ReplayWorld,
-    chosen: &[&crate::broker::dead_letters::DeadLetter],
-) -> (
-    Result<super::dlq::ReplayReport, CommandError>,
-    Option<String>,
-) {
-    let replay = world.replay(console, false);
-    let (first, rest) = chosen.split_at(1);
-    let canary = first[0];
-    let first_report = match replay.run(first).await {
-        Ok(r) => r,
-        Err(e) => return (Err(e), Some("the canary could not be replayed".into())),
+#[derive(Deserialize)]
+struct RemoveForm {
+    csrf: String,
+    /// `purge` or `archive`.
+    action: String,
+    /// Present once the operator confirmed the preview.
+    #[serde(default)]
+    confirm: Option<String>,
+    /// One letter…
+    #[serde(default)]
+    job_id: String,
+    /// …or a group.
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    cause: String,
+}
+
+/// Purge (delete for good) or archive (to a new file `dlq import` reads) one letter or a
+/// group: previewed first, then done and recorded with the preview the server saw.
+async fn remove(
+    State(console): Shared,
+    headers: HeaderMap,
+    Form(form): Form<RemoveForm>,
+) -> Response {
+    let session = match may_act(&console, &headers, &form.csrf) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
     };
-    let sent = first_report
-        .lines
+    let archive = match form.action.as_str() {
+        "archive" => true,
+        "purge" => false,
+        _ => return (StatusCode::BAD_REQUEST, "action is purge or archive").into_response(),
+    };
+    let world = match replay_world(&console).await {
+        Ok(w) => w,
+        Err(e) => return page_error(e),
+    };
+    let chosen: Vec<_> = world
+        .letters
+        .letters
         .iter()
-        .any(|(tag, _, _)| tag == "replayed");
-    if !sent {
-        return (
-            Ok(first_report),
-            Some(format!(
-                "the canary {} was not replayed (see its line); the rest stay in the queue",
-                canary.job_id
-            )),
-        );
+        .filter(|l| {
+            if form.job_id.is_empty() {
+                super::dlq::class_of(l) == form.class && super::dlq::cause(&l.error) == form.cause
+            } else {
+                l.job_id == form.job_id
+            }
+        })
+        .collect();
+    if chosen.is_empty() {
+        world.close().await;
+        return page_error("no dead letter is left to remove there");
     }
-    let deadline = tokio::time::Instant::now() + CANARY_WAIT;
-    let refunded = loop {
-        match replay.standing(canary, &canary.body).await {
-            Ok(super::dlq::Standing::Refunded(_)) => break true,
-            Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => break false,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+    let groups = super::dlq::group(&chosen);
+    let mut money = std::collections::BTreeMap::new();
+    for g in &groups {
+        for (currency, minor) in &g.amount {
+            *money.entry(currency.clone()).or_insert(0u64) += minor;
+        }
+    }
+    let file = archive.then(|| archive_file(&console, &session.operator));
+    let preview = match &file {
+        Some(file) => format!(
+            "would archive {} dead letter(s) ({}) to {}; `refund-worker dlq import {}` brings them back",
+            chosen.len(),
+            super::dlq::money(&money),
+            file.display(),
+            file.display()
+        ),
+        None => format!(
+            "would purge {} dead letter(s) ({}) for good: nothing brings them back",
+            chosen.len(),
+            super::dlq::money(&money)
+        ),
+    };
+    let hidden = [
+        ("action", form.action.as_str()),
+        ("job_id", form.job_id.as_str()),
+        ("class", form.class.as_str()),
+        ("cause", form.cause.as_str()),
+    ];
+    if form.confirm.as_deref() != Some("yes") {
+        let page = pages::remove_preview(&session, &preview, &chosen, &hidden, archive);
+        world.close().await;
+        return Html(page.into_string()).into_response();
+    }
+    let done = match &file {
+        Some(file) => {
+            let made = match file.parent() {
+                Some(dir) => std::fs::create_dir_all(dir).map_err(runtime),
+                None => Ok(()),
+            };
+            match made {
+                Ok(()) => super::dlq::archive(&chosen, file).await,
+                Err(e) => Err(e),
+            }
+        }
+        None => super::dlq::purge(&chosen).await,
+    };
+    let verb = if archive { "archived" } else { "purged" };
+    let result = match &done {
+        Ok(()) => {
+            let mut r = json!({ verb: chosen.len() });
+            if let Some(file) = &file {
+                r["file"] = json!(file.display().to_string());
+            }
+            r
+        }
+        Err(e) => json!({ "failed": e.to_string() }),
+    };
+    let target = json!({
+        "job_ids": chosen.iter().map(|l| l.job_id.as_str()).collect::<Vec<_>>(),
+        "class": form.class,
+        "cause": form.cause,
+    });
+    let action = if archive { "dlq archive" } else { "dlq purge" };
+    let recorded = record(&console, &session, action, target, Some(&preview), result).await;
+    let page = match (done, recorded) {
+        (Err(e), _) => pages::error(&e.to_string()),
+        (_, Err(e)) => pages::error(&e),
+        (Ok(()), Ok(())) => {
+            let said = match &file {
+                Some(file) => format!(
+                    "{verb} {} dead letter(s) to {}; `refund-worker dlq import {}` brings them back",
+                    chosen.len(),
+                    file.display(),
+                    file.display()
+                ),
+                None => format!("{verb} {} dead letter(s)", chosen.len()),
+            };
+            pages::removed(&session, &said)
         }
     };
-    if !refunded {
-        return (
-            Ok(first_report),
-            Some(format!(
-                "the canary {} did not refund within {}s; the rest ({}) stay in the queue",
-                canary.job_id,
-                CANARY_WAIT.as_secs(),
-                rest.len()
-            )),
-        );
-    }
-    let said = Some(format!(
-        "the canary {} refunded; the rest were replayed",
-        canary.job_id
-    ));
-    match replay.run(rest).await {
-        Ok(mut report) => {
-            let mut lines = first_report.lines;
-            lines.append(&mut report.lines);
-            report.lines = lines;
-            (Ok(report), said)
-        }
-        Err(e) => (Err(e), said),
-    }
+    world.close().await;
+    Html(page.into_string()).into_response()
+}
+
+/// A new archive file's path: the configured directory, the time and the operator.
+fn archive_file(console: &Console, operator: &str) -> std::path::PathBuf {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
+    console
+        .ctx
+        .settings
+        .console
+        .archive_dir
+        .join(format!("dlq-archive-{stamp}-{operator}.jsonl"))
 }
 
 /// Records an action of the signed-in operator; `preview` is the dry run the server itself

@@ -18,7 +18,7 @@ nav{display:flex;gap:1rem;align-items:center;border-bottom:1px solid #ccc;paddin
 nav .who{margin-left:auto;color:#555}table{border-collapse:collapse;width:100%;margin:.5rem 0}\
 th,td{border-bottom:1px solid #e3e3e3;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.92rem}\
 th{background:#f5f5f5}pre{background:#f5f5f5;padding:.5rem;overflow:auto}.warn{color:#a40000}\
-.ok{color:#0a6b2a}form.inline{display:inline}input[type=text]{min-width:16rem}";
+.ok{color:#0a6b2a}form.inline{display:inline}div.group,div.actions{margin:.4rem 0}input[type=text]{min-width:16rem}";
 
 fn layout(title: &str, session: Option<&Session>, body: Markup) -> Markup {
     html! {
@@ -169,7 +169,7 @@ fn group_table(groups: &[Group]) -> Markup {
             tr { th { "class" } th { "cause" } th { "count" } th { "providers" } th { "money" } th { "oldest" } th { "letters" } }
             @for g in groups {
                 tr {
-                    td { (g.class) } td { (g.cause) } td { (g.count) }
+                    td { code { (g.handle) } } td { (g.class) } td { (g.cause) } td { (g.count) }
                     td { (g.providers.iter().cloned().collect::<Vec<_>>().join(", ")) }
                     td { (money(&g.amount)) }
                     td { (g.oldest.as_deref().unwrap_or("-")) }
@@ -205,33 +205,64 @@ pub(super) fn dead_letters(
             @if !session.read_only {
                 h3 { "Replay a group" }
                 @for g in groups {
-                    form method="post" action="/groups/replay" {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        input type="hidden" name="class" value=(g.class);
-                        input type="hidden" name="cause" value=(g.cause);
-                        label { input type="checkbox" name="canary" checked; " canary first" }
+                    div.group {
+                        code { (g.handle) } " " (g.class) " — " (g.cause) " (" (g.count) "): "
+                        form.inline method="post" action="/groups/replay" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            input type="hidden" name="class" value=(g.class);
+                            input type="hidden" name="cause" value=(g.cause);
+                            label { input type="checkbox" name="canary" checked; " canary first" }
+                            " "
+                            button type="submit" { "Preview the replay" }
+                        }
                         " "
-                        button type="submit" { "Preview: " (g.class) " — " (g.cause) " (" (g.count) ")" }
+                        (remove_buttons(session, &[("class", &g.class), ("cause", &g.cause)]))
                     }
                 }
             }
             h2 { (letters.len()) " letters" }
-            table {
-                tr { th { "job id" } th { "class" } th { "provider" } th { "payment" } th { "amount" } th { "last seen" } th { "reason" } }
-                @for l in letters {
-                    tr {
-                        td { a href={ "/dead-letters/" (l.job_id) } { (l.job_id) } }
-                        td { (l.class.map_or("unknown", |c| c.as_str())) }
-                        td { (l.provider.as_deref().unwrap_or("-")) }
-                        td { (l.payment_id.as_deref().unwrap_or("-")) }
-                        td { @if let Some((amount, currency)) = &l.amount { (amount) " " (currency) } }
-                        td { (l.last_seen.as_deref().unwrap_or("-")) }
-                        td { (l.error) }
-                    }
-                }
-            }
+            (letter_table(letters))
         },
     )
+}
+
+fn letter_table(letters: &[&DeadLetter]) -> Markup {
+    html! {
+        table {
+            tr { th { "job id" } th { "class" } th { "provider" } th { "payment" } th { "amount" } th { "last seen" } th { "reason" } }
+            @for l in letters {
+                tr {
+                    td { a href={ "/dead-letters/" (l.job_id) } { (l.job_id) } }
+                    td { (l.class.map_or("unknown", |c| c.as_str())) }
+                    td { (l.provider.as_deref().unwrap_or("-")) }
+                    td { (l.payment_id.as_deref().unwrap_or("-")) }
+                    td { @if let Some((amount, currency)) = &l.amount { (money_of(*amount, currency)) } }
+                    td { (l.last_seen.as_deref().unwrap_or("-")) }
+                    td { (l.error) }
+                }
+            }
+        }
+    }
+}
+
+fn money_of(minor: u64, currency: &str) -> String {
+    money(&BTreeMap::from([(currency.to_owned(), minor)]))
+}
+
+/// The archive and purge buttons for one letter or a group (`which`: its hidden fields); each
+/// leads to a preview first.
+fn remove_buttons(session: &Session, which: &[(&str, &str)]) -> Markup {
+    html! {
+        @for (action, label) in [("archive", "Preview an archive"), ("purge", "Preview a purge")] {
+            form.inline method="post" action="/dead-letters/remove" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="action" value=(action);
+                @for (name, value) in which { input type="hidden" name=(name) value=(value); }
+                button type="submit" { (label) }
+            }
+            " "
+        }
+    }
 }
 
 /// One letter: reason, headers (sealed or not), body.
@@ -261,15 +292,19 @@ pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
             h2 { "Body" }
             pre { (body) }
             @if !session.read_only {
-                form method="post" action={ "/dead-letters/" (l.job_id) "/replay" } {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    button type="submit" { "Preview a replay" }
+                div.actions {
+                    form.inline method="post" action={ "/dead-letters/" (l.job_id) "/replay" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button type="submit" { "Preview a replay" }
+                    }
+                    " "
+                    (remove_buttons(session, &[("job_id", &l.job_id)]))
                 }
                 h2 { "Edit & retry" }
                 p {
                     "Fix the body and preview the replay; it is validated as a job first. "
                     @if l.class != Some(crate::outcome::FailureClass::Invalid) {
-                        "This letter is not invalid: the fields of its idempotency key (payment_id, order_id, date, idempotency_key) are locked."
+                        "This letter is not invalid: the fields of its idempotency key (payment_id, order_id, date, idempotency_key) are locked, except that a letter whose key belongs to a different refund may take an idempotency_key of its own."
                     }
                 }
                 form method="post" action={ "/dead-letters/" (l.job_id) "/replay" } {
@@ -348,6 +383,50 @@ pub(super) fn replay_done(
             @if let Some(canary) = canary { p { strong { (canary) } } }
             (report_table(report))
             p { strong { (report.summary) } }
+            p { a href="/dead-letters" { "Back to the dead letters" } " · " a href="/audit" { "Audit log" } }
+        },
+    )
+}
+
+/// A purge's or an archive's preview: the letters and the form that confirms it.
+pub(super) fn remove_preview(
+    session: &Session,
+    preview: &str,
+    letters: &[&DeadLetter],
+    hidden: &[(&str, &str)],
+    archive: bool,
+) -> Markup {
+    layout(
+        if archive {
+            "Archive: preview"
+        } else {
+            "Purge: preview"
+        },
+        Some(session),
+        html! {
+            p { "Nothing has been removed yet." }
+            p { strong { (preview) } }
+            (letter_table(letters))
+            form method="post" action="/dead-letters/remove" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="confirm" value="yes";
+                @for (name, value) in hidden {
+                    @if !value.is_empty() { input type="hidden" name=(name) value=(value); }
+                }
+                button type="submit" { @if archive { "Confirm the archive" } @else { "Confirm the purge" } }
+                " " a href="/dead-letters" { "Cancel" }
+            }
+        },
+    )
+}
+
+/// What a purge or an archive did.
+pub(super) fn removed(session: &Session, said: &str) -> Markup {
+    layout(
+        "Removed",
+        Some(session),
+        html! {
+            p { strong { (said) } }
             p { a href="/dead-letters" { "Back to the dead letters" } " · " a href="/audit" { "Audit log" } }
         },
     )
