@@ -112,6 +112,7 @@ struct Wiring {
     topology: Topology,
     retry: RetryPolicy,
     sealer: Sealer,
+    stats: crate::store::Stats,
 }
 
 /// How often a worker reads the ops pauses.
@@ -212,6 +213,7 @@ async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, 
         topology,
         retry,
         sealer: Sealer::from_config(&settings.broker.seal_keys)?,
+        stats: crate::store::Stats::new(conn.clone(), prefix),
     })
 }
 
@@ -231,6 +233,7 @@ pub async fn assemble(
         topology,
         retry,
         sealer,
+        stats,
     } = wire(connections, settings).await?;
     let options = WorkerOptions {
         amqp_url: connections.amqp_url.clone(),
@@ -240,6 +243,7 @@ pub async fn assemble(
         exit_when_idle,
         connection_name: connection_name.to_owned(),
         sealer,
+        stats,
     };
     let worker = Worker::new(options, pipeline, metrics.clone(), Arc::clone(&health));
     Ok(App {

@@ -290,6 +290,34 @@ impl Metrics {
         }
     }
 
+    /// What this process counted since it started: succeeded, dead-lettered and retried jobs,
+    /// and money refunded per currency (the console's throughput figures are built from it).
+    pub fn totals(&self) -> crate::store::Tally {
+        use prometheus::core::Collector;
+        fn each(v: &IntCounterVec, mut f: impl FnMut(&prometheus::proto::Metric, u64)) {
+            for family in v.collect() {
+                for metric in family.get_metric() {
+                    // Counters hold whole numbers here (inc and inc_by of integers).
+                    f(metric, metric.get_counter().get_value() as u64);
+                }
+            }
+        }
+        let mut tally = crate::store::Tally::default();
+        each(&self.succeeded, |_, n| tally.succeeded += n);
+        each(&self.failed, |_, n| tally.failed += n);
+        each(&self.retried, |_, n| tally.retried += n);
+        each(&self.amount, |metric, n| {
+            if let Some(currency) = metric.get_label().iter().find(|l| l.name() == "currency") {
+                *tally
+                    .refunded
+                    .entry(currency.value().to_owned())
+                    .or_default() += n;
+            }
+        });
+        tally.refunded.retain(|_, n| *n > 0);
+        tally
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         TextEncoder::new()

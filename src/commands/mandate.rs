@@ -11,7 +11,7 @@ use super::{CommandError, Context, runtime};
 use crate::{
     cli::{MandateArgs, MandateCommand},
     governance::mandate::{MAX_CAP, Terms, parse_rfc3339, rfc3339},
-    job::{Currency, JobDate, Token, format_minor},
+    job::{Currency, JobDate, Token, format_money},
     signing::{KeyPair, VerifyKeys},
     store::{self, MandateStore, StoredMandate},
 };
@@ -264,12 +264,9 @@ impl GrantRequest {
     }
 }
 
-/// `12.34 BRL (1234 minor units)`.
+/// `R$ 12,34 (1234 minor units)`.
 fn money(minor: u64, currency: Currency) -> String {
-    format!(
-        "{} {currency} ({minor} minor units)",
-        format_minor(minor, currency.exponent())
-    )
+    format!("{} ({minor} minor units)", format_money(minor, currency))
 }
 
 /// A mandate as operators see it (`show`, `list`, `list --json`).
@@ -376,9 +373,7 @@ fn print_table(views: &[MandateView]) {
         println!("no mandates");
         return;
     }
-    let amount = |minor: u64, currency: Currency| {
-        format!("{} {currency}", format_minor(minor, currency.exponent()))
-    };
+    let amount = |minor: u64, currency: Currency| format_money(minor, currency);
     let header = [
         "ID",
         "AGENT",
@@ -479,9 +474,13 @@ mod tests {
     fn money_is_formatted_from_integers() {
         assert_eq!(
             money(50_000, Currency::BRL),
-            "500.00 BRL (50000 minor units)"
+            "R$ 500,00 (50000 minor units)"
         );
         let jpy = Currency::parse("JPY").unwrap();
-        assert_eq!(money(7, jpy), "7 JPY (7 minor units)");
+        assert_eq!(money(7, jpy), "JPY 7 (7 minor units)");
+        assert_eq!(
+            money(123_456_789, Currency::BRL),
+            "R$ 1.234.567,89 (123456789 minor units)"
+        );
     }
 }

@@ -18,37 +18,15 @@ use super::{Message, Notifier, SentMessage};
 use crate::{
     config::{Secret, ServiceSettings},
     http,
-    job::{Amount, Currency, format_minor},
+    job::{Amount, Currency},
     providers::ProviderError,
 };
 
 /// The templates [`render`] knows.
 pub const TEMPLATES: &[&str] = &["refund_done"];
 
-/// Money the Brazilian way, by integer formatting: `R$ 1.234,56`; other currencies carry
-/// their code (`USD 186,00`, `JPY 1.000`).
-pub fn format_money(minor: u64, currency: Currency) -> String {
-    let exponent = currency.exponent();
-    let plain = format_minor(minor, exponent);
-    let (whole, fraction) = plain.split_once('.').unwrap_or((&plain, ""));
-    let mut grouped = String::new();
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push('.');
-        }
-        grouped.push(digit);
-    }
-    let symbol = if currency == Currency::BRL {
-        "R$"
-    } else {
-        currency.code()
-    };
-    if fraction.is_empty() {
-        format!("{symbol} {grouped}")
-    } else {
-        format!("{symbol} {grouped},{fraction}")
-    }
-}
+/// Money as people read it (one format everywhere): `R$ 1.234,56`.
+pub use crate::job::format_money;
 
 /// How the money goes back, in words, by rail (`pix`, `card`, or a provider name).
 fn rail_words(rail: &str) -> &'static str {

@@ -7,6 +7,7 @@ pub mod control;
 pub mod idempotency;
 pub mod mandates;
 pub mod receipts;
+pub mod stats;
 
 use std::{future::Future, time::Duration};
 
@@ -20,6 +21,7 @@ pub use idempotency::{
 };
 pub use mandates::{MandateKeys, MandateStore, ReserveAnswer, StoreAnswer, StoredMandate};
 pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
+pub use stats::{Stats, Tally};
 
 /// Why Redis could not answer.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -8,6 +8,7 @@
 mod dispose;
 mod oversized;
 mod plan;
+mod throughput;
 
 use std::{
     panic::AssertUnwindSafe,
@@ -65,6 +66,8 @@ pub struct WorkerOptions {
     pub connection_name: String,
     /// Seals what the worker republishes and tells its own copies from a publisher's.
     pub sealer: Sealer,
+    /// Where the worker adds its throughput counts for the console.
+    pub stats: crate::store::Stats,
 }
 
 /// One job's end, for progress bars and tests.
@@ -157,9 +160,15 @@ impl Worker {
             Arc::clone(&self.shared),
             monitor_stop.clone(),
         ));
+        let throughput = tokio::spawn(throughput::report(
+            self.shared.metrics.clone(),
+            self.shared.options.stats.clone(),
+            monitor_stop.clone(),
+        ));
         let end = self.run_sessions(&shutdown).await;
         monitor_stop.cancel();
         let _ = monitor.await;
+        let _ = throughput.await;
         end
     }
 

@@ -462,7 +462,7 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
         "{mandates}"
     );
     assert!(
-        mandates.contains("18.00 BRL"),
+        mandates.contains("R$ 18,00"),
         "3 × 6.00 spent today: {mandates}"
     );
     let (_, receipts) = page(&client, &format!("{url}/receipts"), &ana).await;

@@ -548,12 +548,12 @@ async fn mandate_cli_grants_shows_revokes_and_lists() {
     for line in [
         "mandate          cm_cli",
         "agent            support-bot",
-        "per refund       500.00 BRL (50000 minor units)",
-        "per day          5000.00 BRL (500000 minor units)",
+        "per refund       R$ 500,00 (50000 minor units)",
+        "per day          R$ 5.000,00 (500000 minor units)",
         "expires          2099-01-01T00:00:00Z",
         "state            active",
-        "spent today      70.00 BRL (7000 minor units)",
-        "left today       4930.00 BRL (493000 minor units)",
+        "spent today      R$ 70,00 (7000 minor units)",
+        "left today       R$ 4.930,00 (493000 minor units)",
         "signature valid  yes",
     ] {
         assert!(shown.contains(line), "missing {line:?} in:\n{shown}");

@@ -88,3 +88,44 @@ async fn dead_letter_depth_and_money_stuck_are_exported() {
     );
     env.cleanup().await;
 }
+
+/// Every worker adds its counts to the namespace's throughput figures (the console's "per
+/// minute" and "today"); a stopped worker's last counts are in.
+#[tokio::test]
+async fn workers_add_their_throughput_to_the_shared_figures() {
+    use refund_worker::store::{self, Stats};
+    use serde_json::json;
+
+    use crate::helpers::{REDIS_URL, TestEnv, stripe_job, today};
+
+    let env = TestEnv::start("throughput").await;
+    env.publish_json(&[
+        stripe_job("pi_tp_1", 1_250),
+        stripe_job("pi_tp_2", 600),
+        json!({ "payment_id": "pi_tp_bad", "amount": 0, "provider": "stripe", "date": today().to_string() }),
+    ])
+    .await;
+    env.run_until_idle().await;
+    // A second worker's counts add up with the first's.
+    env.publish_json(&[stripe_job("pi_tp_3", 150)]).await;
+    env.run_until_idle().await;
+
+    let stats = Stats::new(store::connect(REDIS_URL).await.unwrap(), env.prefix());
+    let now = time::OffsetDateTime::now_utc();
+    let day = stats.day(now).await.unwrap();
+    assert_eq!(
+        (day.succeeded, day.failed, day.retried),
+        (3, 1, 0),
+        "{day:?}"
+    );
+    assert_eq!(day.refunded.get("BRL"), Some(&2_000), "{day:?}");
+    let minutes = stats.minutes(now, 10).await.unwrap();
+    assert_eq!(minutes.len(), 10);
+    assert_eq!(minutes.iter().map(|(_, t)| t.succeeded).sum::<u64>(), 3);
+    assert_eq!(minutes.iter().map(|(_, t)| t.failed).sum::<u64>(), 1);
+    env.cleanup().await;
+    assert!(
+        stats.day(now).await.unwrap().is_empty(),
+        "the namespace wipe takes the figures too"
+    );
+}

@@ -382,7 +382,7 @@ async fn dlq_list_groups_by_class_and_cause_with_money_stuck() {
     // The table says the same.
     let table = cli_ok(&env, &["dlq", "list"]).await;
     assert!(
-        table.contains("4 dead letter(s) in 2 group(s); money stuck: BRL 25.00, USD 7.00"),
+        table.contains("4 dead letter(s) in 2 group(s); money stuck: R$ 25,00, USD 7,00"),
         "{table}"
     );
 

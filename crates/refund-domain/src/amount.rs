@@ -81,6 +81,31 @@ pub fn format_minor(minor: u64, exponent: u32) -> String {
     )
 }
 
+/// Money the Brazilian way, by integer formatting: `R$ 1.234,56`; other currencies carry
+/// their code (`USD 186,00`, `JPY 1.000`).
+pub fn format_money(minor: u64, currency: crate::Currency) -> String {
+    let exponent = currency.exponent();
+    let plain = format_minor(minor, exponent);
+    let (whole, fraction) = plain.split_once('.').unwrap_or((&plain, ""));
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push('.');
+        }
+        grouped.push(digit);
+    }
+    let symbol = if currency == crate::Currency::BRL {
+        "R$"
+    } else {
+        currency.code()
+    };
+    if fraction.is_empty() {
+        format!("{symbol} {grouped}")
+    } else {
+        format!("{symbol} {grouped},{fraction}")
+    }
+}
+
 /// Parses a decimal like `"186.00"`, `"186.5"` or `"186"` into minor units with `exponent`
 /// decimal places. Rejects signs, exponents, more decimals than `exponent` and overflow.
 pub fn parse_decimal(text: &str, exponent: u32) -> Option<u64> {

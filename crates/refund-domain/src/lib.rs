@@ -14,7 +14,7 @@ mod media;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use amount::{Amount, AmountOutOfRange, format_minor, parse_decimal};
+pub use amount::{Amount, AmountOutOfRange, format_minor, format_money, parse_decimal};
 pub use currency::Currency;
 pub use fields::{IdempotencyKey, JobDate, Notify, ProviderName, Reason, Token, truncate};
 pub use media::check_media;

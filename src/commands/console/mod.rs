@@ -313,10 +313,18 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
     let count = letters.letters.len();
     letters.close().await;
     let _ = connection.close(200, "console".into()).await;
-    let paused = match controls(&console).await {
-        Ok(c) => c.paused().await.unwrap_or_default(),
+    let conn = match store::connect(&console.ctx.connections.redis_url).await {
+        Ok(c) => c,
         Err(e) => return page_error(e),
     };
+    let paused = Controls::new(conn.clone(), &console.ctx.connections.prefix)
+        .paused()
+        .await
+        .unwrap_or_default();
+    let stats = store::Stats::new(conn, &console.ctx.connections.prefix);
+    let now = time::OffsetDateTime::now_utc();
+    let minutes = stats.minutes(now, 10).await.unwrap_or_default();
+    let today = stats.day(now).await.unwrap_or_default();
     let audit_head = match super::audit::open(&console.ctx).await {
         Ok(log) => log.head().await.ok().flatten(),
         Err(_) => None,
@@ -330,6 +338,8 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
             groups: &groups,
             stuck: &stuck,
             paused: &paused,
+            minutes: &minutes,
+            today: &today,
             audit_head: audit_head.as_ref(),
         })
         .into_string(),

@@ -10,7 +10,7 @@ use crate::{
     commands::dlq::{Group, money},
     governance::audit::{AuditReport, Entry},
     job::ProviderName,
-    store::Pause,
+    store::{Pause, Tally},
 };
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 1rem;color:#1b1b1b}\
@@ -92,6 +92,10 @@ pub(super) struct Overview<'a> {
     /// Minor units stuck in dead letters, per currency.
     pub(super) stuck: &'a BTreeMap<String, u64>,
     pub(super) paused: &'a BTreeMap<String, Pause>,
+    /// The last minutes' outcomes over every worker, oldest first.
+    pub(super) minutes: &'a [(String, Tally)],
+    /// Today's (UTC).
+    pub(super) today: &'a Tally,
     pub(super) audit_head: Option<&'a (u64, String)>,
 }
 
@@ -109,6 +113,23 @@ pub(super) fn overview(o: &Overview<'_>) -> Markup {
                     tr { td { code { (queue) } } td { (ready) } td { (consumers) } }
                 }
             }
+            h2 { "Throughput" }
+            p {
+                "Today (UTC), over every worker: " strong { (o.today.succeeded) } " refunded ("
+                strong { (money(&o.today.refunded)) } "), " strong { (o.today.failed) } " dead-lettered, "
+                strong { (o.today.retried) } " retried."
+            }
+            table.minutes {
+                tr { th { "minute (UTC)" } th { "succeeded" } th { "failed" } th { "retried" } th { "refunded" } }
+                @for (minute, t) in o.minutes.iter().rev() {
+                    tr {
+                        td { (minute) } td { (t.succeeded) }
+                        td { @if t.failed > 0 { span.warn { (t.failed) } } @else { "0" } }
+                        td { (t.retried) } td { (money(&t.refunded)) }
+                    }
+                }
+            }
+            p.note { "Workers add their counts every few seconds; the receipts are the books." }
             h2 { "Dead letters" }
             p {
                 strong { (o.dead_letters) } " dead letters; money stuck: "
@@ -463,7 +484,7 @@ pub(super) fn mandates(session: &Session, today: &str, rows: &[MandateRow]) -> M
                      th { "spent today" } th { "left today" } th { "expires" } th { "version" } th { "state" } th { "signature" } }
                 @for r in rows {
                     @let m = &r.mandate;
-                    @let cur = |minor: u64| format!("{} {}", crate::job::format_minor(minor, m.currency.exponent()), m.currency);
+                    @let cur = |minor: u64| crate::job::format_money(minor, m.currency);
                     tr {
                         td { (m.id.as_str()) } td { (m.agent_id.as_str()) } td { (m.publishers.join(", ")) }
                         td { (cur(m.max_per_refund)) } td { (cur(m.max_per_day)) }

@@ -5,10 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    broker::dead_letters::DeadLetter,
-    job::{self, format_minor},
-};
+use crate::{broker::dead_letters::DeadLetter, job};
 
 /// The class label of a letter.
 pub(crate) fn class_of(letter: &DeadLetter) -> &'static str {
@@ -116,15 +113,17 @@ pub(crate) fn group(letters: &[&DeadLetter]) -> Vec<Group> {
     groups
 }
 
+/// Sums per currency, as people read money (`R$ 186,50, USD 12,00`); `-` for none.
 pub(crate) fn money(amount: &BTreeMap<String, u64>) -> String {
     if amount.is_empty() {
         return "-".into();
     }
     amount
         .iter()
-        .map(|(currency, minor)| {
-            let exponent = job::Currency::parse(currency).map_or(2, |c| c.exponent());
-            format!("{currency} {}", format_minor(*minor, exponent))
+        .map(|(currency, minor)| match job::Currency::parse(currency) {
+            Some(c) => job::format_money(*minor, c),
+            // A code this build does not know (read from a planted letter, say).
+            None => format!("{currency} {minor} (minor units)"),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -7,11 +7,13 @@ use crate::store::StoreError;
 impl IdempotencyStore {
     /// Deletes every record of this namespace (the demo's clean-up; never used on real data).
     pub async fn delete_namespace(&self) -> Result<u64, StoreError> {
-        // Everything under `{namespace}:`, and the receipt chain's hash-tagged keys. SCAN
-        // walks one server: on Redis Cluster this clean-up must run against every primary.
+        // Everything under `{namespace}:`, and the keys tagged `{namespace:…}` (receipts, audit
+        // log, controls, throughput; a namespace has no colon, so no other namespace's keys
+        // match). SCAN walks one server: on Redis Cluster this clean-up must run against every
+        // primary.
         let mut deleted = 0;
         let [own] = self.keys.patterns();
-        for pattern in [own, format!("{{{}:receipts}}*", self.keys.namespace)] {
+        for pattern in [own, format!("{{{}:*", self.keys.namespace)] {
             deleted += self.delete_matching(&pattern).await?;
         }
         Ok(deleted)
