@@ -72,6 +72,8 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
     };
     let settings =
         Settings::load(&path, required).map_err(|e| CommandError::Usage(e.to_string()))?;
+    refund_worker::broker::check_url(&cli.amqp_url).map_err(CommandError::Usage)?;
+    refund_worker::store::check_url(&cli.redis_url).map_err(CommandError::Usage)?;
     let ctx = Context {
         connections: Connections {
             amqp_url: cli.amqp_url,
@@ -112,9 +114,16 @@ fn init_logging(cli: &Cli) {
         // the hot path, which logs nothing at error level.
         Command::Demo(_) | Command::Bench(_) => "error",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // lapin logs its own connection errors, which the command reports once in its own words.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},lapin=off")));
+    // Colour only on a terminal (and never with NO_COLOR): logs that go to files or
+    // journald stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),

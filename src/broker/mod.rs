@@ -23,12 +23,14 @@ pub use topology::{ROUTING_KEY, Topology};
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection.
-    #[error("cannot reach RabbitMQ at {address}: {cause} — is it running? see README")]
+    #[error("{} RabbitMQ at {address}: {cause} — {hint}", if hint.starts_with("is it running") { "cannot reach" } else { "refused by" })]
     Unreachable {
         /// host:port, without credentials.
         address: String,
         /// The underlying error.
         cause: String,
+        /// What to check: whether it runs, the login, or the virtual host.
+        hint: &'static str,
     },
     /// The broker refused or lost a message.
     #[error("publish not confirmed: {0}")]
@@ -36,6 +38,16 @@ pub enum BrokerError {
     /// A channel-level failure (declaring, consuming, a closed channel).
     #[error("RabbitMQ: {0}")]
     Channel(#[from] lapin::Error),
+}
+
+/// Checks that `url` reads as an AMQP URL, saying why not without repeating it (it may hold
+/// a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<lapin::uri::AMQPUri>().map(|_| ()).map_err(|e| {
+        format!(
+            "AMQP_URL (--amqp-url) is not an AMQP URL ({e}); expected amqp://USER:PASSWORD@HOST:5672/VHOST, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"
+        )
+    })
 }
 
 /// The user an AMQP URL connects as (`guest` when it names none, as RabbitMQ's default).
@@ -51,13 +63,25 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let connecting = Connection::connect(url, properties);
     match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(e)) => Err(BrokerError::Unreachable {
-            address: address_of(url),
-            cause: crate::diagnostics::root_cause(&e),
-        }),
+        Ok(Err(e)) => {
+            let cause = crate::diagnostics::root_cause(&e);
+            let hint = if cause.contains("ACCESS_REFUSED") || cause.contains("ACCESS-REFUSED") {
+                "RabbitMQ refused the login: check the user and password in AMQP_URL (--amqp-url)"
+            } else if cause.contains("NOT_ALLOWED") || cause.contains("NOT-ALLOWED") {
+                "RabbitMQ refused the virtual host: check the vhost in AMQP_URL (--amqp-url; %2f is /) and the user's permissions"
+            } else {
+                "is it running? see README"
+            };
+            Err(BrokerError::Unreachable {
+                address: address_of(url),
+                cause,
+                hint,
+            })
+        }
         Err(_) => Err(BrokerError::Unreachable {
             address: address_of(url),
             cause: "no answer within 10s".into(),
+            hint: "is it running? see README",
         }),
     }
 }

@@ -27,12 +27,14 @@ pub use stats::{Stats, Tally};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Redis could not be reached at all (start-up).
-    #[error("cannot reach Redis at {address}: {cause} — is it running? see README")]
+    #[error("{} Redis at {address}: {cause} — {hint}", if hint.starts_with("is it running") { "cannot reach" } else { "refused by" })]
     Unreachable {
         /// host:port, without credentials.
         address: String,
         /// The underlying error.
         cause: String,
+        /// What to check: whether it runs, or the password in the URL.
+        hint: &'static str,
     },
     /// Redis is unreachable, timing out or refusing writes: no refund may run until it is back.
     #[error("Redis is unavailable: {0}")]
@@ -86,11 +88,33 @@ impl From<RedisError> for StoreError {
     }
 }
 
+/// Checks that `url` reads as a Redis URL, saying why not without repeating it (it may hold a
+/// password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "REDIS_URL (--redis-url) is not a Redis URL ({}); expected redis://[:PASSWORD@]HOST:6379/[DB], e.g. redis://127.0.0.1:6379/",
+                crate::diagnostics::root_cause(&e)
+            )
+        })
+}
+
 /// Opens a reconnecting connection, failing fast with a clear message when Redis is down.
 pub async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
     let unreachable = |e: &RedisError| StoreError::Unreachable {
         address: crate::diagnostics::host_port(url, 6379),
         cause: crate::diagnostics::root_cause(e),
+        hint: match e.kind() {
+            redis::ErrorKind::AuthenticationFailed => {
+                "Redis refused the password: check the one in REDIS_URL (--redis-url), redis://:PASSWORD@HOST:6379/"
+            }
+            _ if e.code() == Some("NOAUTH") || e.code() == Some("WRONGPASS") => {
+                "Redis refused the login: check the user and password in REDIS_URL (--redis-url)"
+            }
+            _ => "is it running? see README",
+        },
     };
     let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| unreachable(&e))?;
     // Small requests from many jobs share one connection: Nagle's algorithm would hold each

@@ -252,6 +252,80 @@ async fn unreachable_rabbitmq_or_redis_is_one_clear_line_and_exit_1() {
     }
 }
 
+/// A wrong password is not an outage: the one line says what to check, and lapin's own log
+/// lines are not printed; a URL that does not parse is a usage error (exit 2) that does not
+/// repeat the URL (it may hold a password). Nothing is coloured when stderr is not a terminal.
+#[tokio::test]
+async fn a_refused_login_and_a_malformed_url_say_what_to_fix() {
+    let cases = [
+        (
+            "AMQP_URL",
+            "amqp://guest:not-the-password@127.0.0.1:5672/%2f",
+            1,
+            "refused by RabbitMQ at 127.0.0.1:5672",
+            "check the user and password in AMQP_URL",
+        ),
+        (
+            "AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+            1,
+            "refused by RabbitMQ at 127.0.0.1:5672",
+            "check the vhost in AMQP_URL",
+        ),
+        (
+            "REDIS_URL",
+            "redis://:not-the-password@127.0.0.1:6379/",
+            1,
+            "refused by Redis at 127.0.0.1:6379",
+            "check the one in REDIS_URL",
+        ),
+        (
+            "AMQP_URL",
+            "rabbit-at-secret-host",
+            2,
+            "AMQP_URL (--amqp-url) is not an AMQP URL",
+            "expected amqp://USER:PASSWORD@HOST:5672/VHOST",
+        ),
+        (
+            "REDIS_URL",
+            "secret-host:6379",
+            2,
+            "REDIS_URL (--redis-url) is not a Redis URL",
+            "expected redis://",
+        ),
+    ];
+    for (var, url, code, said, fix) in cases {
+        let output = Command::new(binary())
+            .args(["status", "--payment", "pi_none"])
+            .env(var, url)
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{var}={url}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one line, no lapin logs: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(said),
+            "{stderr}"
+        );
+        assert!(stderr.contains(fix), "{stderr}");
+        assert!(!stderr.contains("is it running"), "{stderr}");
+        assert!(
+            !stderr.contains("secret-host"),
+            "the URL is not repeated: {stderr}"
+        );
+        assert!(
+            !stderr.contains('\x1b'),
+            "no colour off a terminal: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_configuration_exits_2() {
     let output = Command::new(binary())
