@@ -290,6 +290,16 @@ pub enum ReceiptsCommand {
         /// The signer's public key (hex), for offline checks.
         #[arg(long)]
         public_key: Option<String>,
+        /// The head hash you were given (from `export` or an earlier `verify`): the chain
+        /// must end there, so a copy cut short or extended is caught.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+        /// The number of receipts you were told the chain holds.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the receipt chain as JSON Lines, for auditors.
     Export {

@@ -28,25 +28,30 @@ pub async fn run(ctx: &Context, args: ReceiptsArgs) -> Result<(), CommandError> 
             Ok(())
         }
         ReceiptsCommand::Verify {
-            file: Some(path),
+            file,
             public_key,
+            head,
+            count,
+            json,
         } => {
-            // clap requires --public-key with --file.
-            let key = public_key_arg(public_key.as_deref().unwrap_or_default())?;
-            verify_file(&path, &key)
-        }
-        ReceiptsCommand::Verify {
-            file: None,
-            public_key,
-        } => {
-            let chain = open(ctx).await?;
-            let report = match public_key {
-                Some(hex) => chain.verify_with(&public_key_arg(&hex)?).await,
-                None => chain.verify().await,
-            }
-            .map_err(runtime)?;
-            let head = chain.head().await.map_err(runtime)?;
-            conclude(&report, head.as_ref())
+            let expected = Expected { head, count };
+            let (report, found) = match file {
+                Some(path) => {
+                    // clap requires --public-key with --file.
+                    let key = public_key_arg(public_key.as_deref().unwrap_or_default())?;
+                    verify_file(&path, &key)?
+                }
+                None => {
+                    let chain = open(ctx).await?;
+                    let report = match public_key {
+                        Some(hex) => chain.verify_with(&public_key_arg(&hex)?).await,
+                        None => chain.verify().await,
+                    }
+                    .map_err(runtime)?;
+                    (report, chain.head().await.map_err(runtime)?)
+                }
+            };
+            conclude(&report, found.as_ref(), &expected, json)
         }
         ReceiptsCommand::Export { out } => export(&open(ctx).await?, out.as_deref()).await,
     }
@@ -74,7 +79,10 @@ async fn open(ctx: &Context) -> Result<ReceiptChain, CommandError> {
     Ok(ReceiptChain::new(conn, &ctx.connections.prefix, key))
 }
 
-fn verify_file(path: &Path, key: &PublicKey) -> Result<(), CommandError> {
+fn verify_file(
+    path: &Path,
+    key: &PublicKey,
+) -> Result<(ChainReport, Option<(u64, String)>), CommandError> {
     let bytes = std::fs::read(path)
         .map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", path.display())))?;
     // A byte that is not UTF-8 becomes U+FFFD, so its receipt no longer matches: reported.
@@ -84,24 +92,76 @@ fn verify_file(path: &Path, key: &PublicKey) -> Result<(), CommandError> {
         let hash = crate::governance::receipt::Receipt::parse(text).ok()?.hash;
         Some((*seq, hash))
     });
-    conclude(&report, head.as_ref())
+    Ok((report, head))
 }
 
-/// Prints the verdict: exit 0 on an intact chain, else every problem and exit 1.
-fn conclude(report: &ChainReport, head: Option<&(u64, String)>) -> Result<(), CommandError> {
-    if report.is_intact() {
+/// What the verifier was told to expect (`--head`, `--count`).
+struct Expected {
+    head: Option<String>,
+    count: Option<u64>,
+}
+
+impl Expected {
+    /// Where the chain found differs from what was expected.
+    fn mismatches(&self, head: Option<&(u64, String)>) -> Vec<String> {
+        let (seq, hash) = head.map_or((0, "(none: the chain is empty)"), |(s, h)| (*s, h.as_str()));
+        let mut found = Vec::new();
+        if let Some(want) = &self.head
+            && !want.eq_ignore_ascii_case(hash)
+        {
+            found.push(format!(
+                "the chain ends at receipt {seq} with hash {hash}, not at the expected head {want}: receipts were cut off, added or replaced"
+            ));
+        }
+        if let Some(want) = self.count
+            && want != seq
+        {
+            found.push(format!(
+                "the chain holds {seq} receipts, not the expected {want}"
+            ));
+        }
+        found
+    }
+}
+
+/// Prints the verdict: exit 0 on an intact chain that ends where expected, else every problem
+/// and exit 1.
+fn conclude(
+    report: &ChainReport,
+    head: Option<&(u64, String)>,
+    expected: &Expected,
+    json: bool,
+) -> Result<(), CommandError> {
+    let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    problems.extend(expected.mismatches(head));
+    if json {
+        let out = serde_json::json!({
+            "intact": problems.is_empty(),
+            "checked": report.checked,
+            "head": head.map(|(seq, hash)| serde_json::json!({ "seq": seq, "hash": hash })),
+            "expected": { "head": expected.head, "count": expected.count },
+            "problems": problems,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if problems.is_empty() {
         println!("{} receipts verified, chain intact", report.checked);
         if let Some((seq, hash)) = head {
             println!("head: receipt {seq}, hash {hash}");
         }
+        if expected.head.is_some() || expected.count.is_some() {
+            println!("the chain ends where expected");
+        }
+    } else {
+        for problem in &problems {
+            println!("{problem}");
+        }
+    }
+    if problems.is_empty() {
         return Ok(());
     }
-    for problem in &report.problems {
-        println!("{problem}");
-    }
     Err(CommandError::Runtime(format!(
-        "the receipt chain is NOT intact: {} problem(s) in {} receipts (listed above)",
-        report.problems.len(),
+        "the receipt chain is NOT intact or not the one expected: {} problem(s) in {} receipts (listed above)",
+        problems.len(),
         report.checked
     )))
 }

@@ -526,6 +526,7 @@ async fn an_auditor_verifies_an_export_offline_and_any_edit_fails_it() {
     let (code, _, err) = run(&["export", "--out", path]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("exported 5 receipts"), "{err}");
+    let announced = err.clone();
     let exported = std::fs::read_to_string(&file).unwrap();
     let stored: Vec<String> = chain
         .stored()
@@ -562,6 +563,69 @@ async fn an_auditor_verifies_an_export_offline_and_any_edit_fails_it() {
     let (code, out, _) = run(&["verify", "--file", path, "--public-key", &public]).await;
     assert_eq!(code, Some(1));
     assert!(out.contains("receipt 4: missing (deleted?)"), "{out}");
+
+    // Cut short by its last line: it verifies on its own, but not against the head the
+    // export announced.
+    let head_hash = announced
+        .rsplit("hash ")
+        .next()
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_owned();
+    assert_eq!(head_hash.len(), 64, "{announced}");
+    std::fs::write(&file, format!("{}\n", lines[..4].join("\n"))).unwrap();
+    let (code, out, _) = run(&["verify", "--file", path, "--public-key", &public]).await;
+    assert_eq!(code, Some(0), "a prefix of a chain is a chain: {out}");
+    let (code, out, err) = run(&[
+        "verify",
+        "--file",
+        path,
+        "--public-key",
+        &public,
+        "--head",
+        &head_hash,
+        "--count",
+        "5",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!("not at the expected head {head_hash}"))
+            && out.contains("holds 4 receipts, not the expected 5"),
+        "{out}"
+    );
+    let (code, out, _) = run(&[
+        "verify",
+        "--file",
+        path,
+        "--public-key",
+        &public,
+        "--head",
+        &head_hash,
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdict["intact"], false);
+    assert_eq!(verdict["checked"], 4);
+    assert_eq!(verdict["head"]["seq"], 4);
+    // Whole again, it ends where announced.
+    std::fs::write(&file, &exported).unwrap();
+    let (code, out, _) = run(&[
+        "verify",
+        "--file",
+        path,
+        "--public-key",
+        &public,
+        "--head",
+        &head_hash,
+        "--count",
+        "5",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("the chain ends where expected"), "{out}");
 
     // Someone else's key does not verify it.
     std::fs::write(&file, &exported).unwrap();
