@@ -335,6 +335,9 @@ pub enum DlqCommand {
     Show {
         /// Its `x-refund-job-id`.
         job_id: String,
+        /// Print JSON for scripts (the `dlq export` row of the letter).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-publish dead letters under their original idempotency key, skipping (and removing)
     /// any already refunded; a dead letter leaves the queue only after its replacement is
@@ -366,6 +369,9 @@ pub enum DlqCommand {
         /// How long a canary's refund is awaited.
         #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "canary")]
         canary_wait: std::time::Duration,
+        /// Print JSON for scripts: one entry per letter, the counts and the canary's fate.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete dead letters for good (export them first if they matter).
     Purge {

@@ -999,6 +999,13 @@ async fn a_group_is_named_by_its_handle_and_a_failing_canary_keeps_the_rest_queu
     )
     .await;
 
+    let shown: Value =
+        serde_json::from_str(&cli_ok(&env, &["dlq", "show", &ids[1], "--json"]).await).unwrap();
+    assert_eq!(shown["job_id"], ids[1].as_str());
+    assert_eq!(shown["class"], "exhausted");
+    assert_eq!(shown["sealed"], true);
+    assert!(shown["body"].as_str().unwrap().contains("pi_canary_cli_2"));
+
     // Stripe is back: the canary refunds, then the rest go; each is paid once.
     env.sandbox
         .burst(refund_sandbox::Burst::ServerErrors, Duration::ZERO);
@@ -1012,13 +1019,21 @@ async fn a_group_is_named_by_its_handle_and_a_failing_canary_keeps_the_rest_queu
             "--canary",
             "--canary-wait",
             "30s",
+            "--json",
         ],
     )
     .await;
+    let done: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert!(
-        stdout.contains("refunded; the rest (2) were replayed"),
-        "{stdout}"
+        done["canary"]
+            .as_str()
+            .unwrap()
+            .contains("refunded; the rest (2) were replayed"),
+        "{done:#}"
     );
+    assert_eq!(done["counts"]["replayed"], 3, "{done:#}");
+    assert_eq!(done["letters"].as_array().unwrap().len(), 3, "{done:#}");
+    assert_eq!(done["dry_run"], false);
     eventually(
         Duration::from_secs(30),
         "all three are refunded",

@@ -175,7 +175,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
     let mut done: Option<(&str, Value, Value)> = None;
     let result = match args.command {
         DlqCommand::List { filter, json } => list(queue, &Filter::parse(&filter)?, json),
-        DlqCommand::Show { job_id } => show(queue, &job_id),
+        DlqCommand::Show { job_id, json } => show(queue, &job_id, json),
         DlqCommand::Export { out } => export(queue, out.as_deref()),
         DlqCommand::Archive {
             job_ids,
@@ -257,6 +257,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             body,
             canary,
             canary_wait,
+            json,
         } => {
             let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
             let edits = parse_edits(&set)?;
@@ -307,11 +308,20 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             } else {
                 (replay.run(&chosen).await, None)
             };
-            if let Ok(report) = &report {
-                report.print();
-            }
-            if let Some(said) = &canary_said {
-                println!("{said}");
+            match (&report, json) {
+                (Ok(report), true) => {
+                    let mut out = report.to_json();
+                    out["dry_run"] = json!(dry_run);
+                    out["canary"] = json!(canary_said);
+                    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                }
+                (Ok(report), false) => {
+                    report.print();
+                    if let Some(said) = &canary_said {
+                        println!("{said}");
+                    }
+                }
+                (Err(_), _) => {}
             }
             if !dry_run {
                 let mut target = target_of(&chosen);
@@ -462,12 +472,18 @@ fn short_time(rfc3339: &str) -> &str {
     rfc3339.get(..19).unwrap_or(rfc3339)
 }
 
-fn show(queue: &DeadLetterQueue, job_id: &str) -> Result<(), CommandError> {
+fn show(queue: &DeadLetterQueue, job_id: &str, json: bool) -> Result<(), CommandError> {
     let letter = queue
         .letters
         .iter()
         .find(|l| l.job_id == job_id)
         .ok_or_else(|| CommandError::Runtime(format!("no dead letter with job id {job_id}")))?;
+    if json {
+        let mut row = export_row(letter);
+        row["sealed"] = json!(letter.envelope.seal.is_sealed());
+        println!("{}", serde_json::to_string_pretty(&row).unwrap_or_default());
+        return Ok(());
+    }
     let line = |k: &str, v: &str| println!("{k:<12} {v}");
     line("job", &letter.job_id);
     line("class", class_of(letter));

@@ -142,6 +142,19 @@ pub(crate) struct ReplayReport {
 }
 
 impl ReplayReport {
+    /// For scripts: each letter's line, the counts and the summary.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "letters": self
+                .lines
+                .iter()
+                .map(|(what, job_id, why)| json!({ "what": what, "job_id": job_id, "why": why }))
+                .collect::<Vec<_>>(),
+            "counts": self.counts,
+            "summary": self.summary,
+        })
+    }
+
     /// This report followed by `later`'s lines, under `later`'s counts and summary plus this
     /// one's replays.
     fn joined(self, later: ReplayReport) -> ReplayReport {
