@@ -363,8 +363,9 @@ pub enum DlqCommand {
         #[arg(long, value_name = "FILE|-", conflicts_with = "set")]
         body: Option<PathBuf>,
         /// Replay one letter first, wait for its refund, then the rest; if it does not
-        /// refund in time, the rest stay in the queue.
-        #[arg(long)]
+        /// refund in time, the rest stay in the queue. Not with an edit (an edit fits one
+        /// letter).
+        #[arg(long, conflicts_with_all = ["set", "body"])]
         canary: bool,
         /// How long a canary's refund is awaited.
         #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "canary")]

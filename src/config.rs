@@ -391,6 +391,17 @@ impl Settings {
                 "[mandates] verify_keys must be a non-empty list of Ed25519 public keys in hex (64 hex digits each)",
             );
         }
+        if let Some(op) = self
+            .console
+            .operators
+            .iter()
+            .find(|op| !valid_operator_name(&op.name))
+        {
+            return bad(&format!(
+                "[console] operators: the name {:?} is not 1 to 64 of [A-Za-z0-9._-] (it names the operator in the audit log and in archive file names)",
+                crate::job::truncate(&op.name, 40)
+            ));
+        }
         if self.idempotency.lease <= self.providers.timeout {
             return bad(
                 "[idempotency] lease must be longer than [providers] timeout, or a slow call could be taken over while it runs",
@@ -409,6 +420,16 @@ impl Settings {
         self.services.invoicing.base_url = format!("{url}/invoicing");
         self.services.whatsapp.base_url = format!("{url}/whatsapp");
     }
+}
+
+/// A console operator's name: 1 to 64 of `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub fn valid_operator_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && name != "."
+        && name != ".."
 }
 
 /// The smallest `[worker] max_body_bytes`: every valid job (4 KiB of metadata, 500 escaped
@@ -497,6 +518,30 @@ mod tests {
             .to_string();
         let _ = std::fs::remove_file(&path);
         assert!(err.contains("max_attemps"), "{err}");
+    }
+
+    #[test]
+    fn an_operator_name_that_could_leave_the_archive_directory_is_refused() {
+        for name in ["../x", "a/b", "..", "", "ana maria"] {
+            let path = std::env::temp_dir().join(format!(
+                "refund-worker-op-{}-{}.toml",
+                std::process::id(),
+                name.len()
+            ));
+            std::fs::write(
+                &path,
+                format!(
+                    "[[console.operators]]\nname = {name:?}\npassword_hash = \"$argon2id$v=19$x\"\n"
+                ),
+            )
+            .unwrap();
+            let err = Settings::load_from(&path, true, HashMap::new())
+                .unwrap_err()
+                .to_string();
+            let _ = std::fs::remove_file(&path);
+            assert!(err.contains("[console] operators"), "{name:?}: {err}");
+        }
+        assert!(valid_operator_name("ana.maria-2_b"));
     }
 
     #[test]

@@ -61,6 +61,13 @@ impl Fingerprint {
         &self.text[..self.legacy_len]
     }
 
+    /// Whether `recorded` names the same money as this job (the same provider and payment, or
+    /// order, amount and currency), whatever its words: a record that differs only in reason
+    /// or description is most likely this very refund, re-sent with other words.
+    pub fn same_money(&self, recorded: &str) -> bool {
+        recorded.split("|req:").next() == Some(self.legacy())
+    }
+
     /// Whether `recorded` (a record's fingerprint) is this job's.
     pub fn matches(&self, recorded: &str) -> bool {
         recorded == self.text || recorded == self.legacy()

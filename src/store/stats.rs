@@ -139,7 +139,9 @@ impl Stats {
     }
 
     /// Adds `tally` to the minute and the day of `at` (UTC), in one round trip. Not repeated
-    /// on failure: the caller keeps the counts and adds them with the next flush.
+    /// on failure. `Unavailable`: nothing is known to have been added, so the caller keeps the
+    /// counts for the next flush; `Corrupt`: Redis refused a command but applied the others,
+    /// so adding them again would count them twice.
     pub async fn add(&self, at: OffsetDateTime, tally: &Tally) -> Result<(), StoreError> {
         if tally.is_empty() {
             return Ok(());
@@ -166,9 +168,15 @@ impl Stats {
             pipe.expire(&key, ttl).ignore();
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(StoreError::from)
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                // Redis answered, refusing a command (a value edited by hand, say): the
+                // others in the pipeline were applied all the same.
+                StoreError::Corrupt(e.to_string())
+            }
+        })
     }
 
     /// The last `minutes` minutes up to `now`, oldest first: (minute, counts).

@@ -12,7 +12,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::helpers::{TestEnv, binary, today};
+use crate::helpers::{TestEnv, binary, eventually, today};
 
 /// `console operator add NAME` with `password` on stdin: the entry it prints.
 pub(crate) async fn operator_entry(name: &str, password: &str, read_only: bool) -> String {
@@ -88,6 +88,16 @@ async fn page(client: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode,
         .await
         .unwrap();
     (answer.status(), answer.text().await.unwrap())
+}
+
+/// The value of the hidden field `name` in a page (the first one).
+fn hidden_of(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        + marker.len();
+    html[at..].split('"').next().unwrap().to_owned()
 }
 
 fn csrf_of(html: &str) -> String {
@@ -195,11 +205,12 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
 
     // Edit & retry: a body that is still not a job is refused before anything is sent; the
     // fixed one is previewed, then confirmed.
-    let edit = |body: &str, confirm: bool| {
+    let edit = |body: &str, confirm: Option<&str>| {
         let mut form = vec![("csrf", csrf_of(&letter)), ("body", body.to_owned())];
-        if confirm {
+        if let Some(preview) = confirm {
             form.push(("confirm", "yes".to_owned()));
             form.push(("preview", "1 would replay".to_owned()));
+            form.push(("letters", hidden_of(preview, "letters")));
         }
         form
     };
@@ -208,7 +219,7 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
         .header("cookie", &ana)
         .form(&edit(
             r#"{"payment_id":"pi_console_1","amount":"many","provider":"stripe"}"#,
-            false,
+            None,
         ))
         .send()
         .await
@@ -222,7 +233,7 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
     let previewed = client
         .post(format!("{url}/dead-letters/{}/replay", ids[0]))
         .header("cookie", &ana)
-        .form(&edit(&fixed, false))
+        .form(&edit(&fixed, None))
         .send()
         .await
         .unwrap()
@@ -233,7 +244,7 @@ async fn an_operator_signs_in_finds_a_letter_pauses_and_resumes_a_provider_and_i
     let replayed = client
         .post(format!("{url}/dead-letters/{}/replay", ids[0]))
         .header("cookie", &ana)
-        .form(&edit(&fixed, true))
+        .form(&edit(&fixed, Some(&previewed)))
         .send()
         .await
         .unwrap()
@@ -373,23 +384,24 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
     // Finance raises the budget; the operator previews the group: nothing moves.
     crate::helpers::grant_mandate(&env, "cm_canary", "canary-bot", (1_000, 10_000), &["guest"])
         .await;
-    let form = |confirm: bool| {
+    let form = |confirm: Option<&str>| {
         let mut f = vec![
             ("csrf", csrf.clone()),
             ("class", "mandate".to_owned()),
             ("cause", cause.clone()),
             ("canary", "on".to_owned()),
         ];
-        if confirm {
+        if let Some(preview) = confirm {
             f.push(("confirm", "yes".to_owned()));
             f.push(("preview", "2 would replay".to_owned()));
+            f.push(("letters", hidden_of(preview, "letters")));
         }
         f
     };
     let preview = client
         .post(format!("{url}/groups/replay"))
         .header("cookie", &ana)
-        .form(&form(false))
+        .form(&form(None))
         .send()
         .await
         .unwrap()
@@ -413,7 +425,7 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
     let done = client
         .post(format!("{url}/groups/replay"))
         .header("cookie", &ana)
-        .form(&form(true))
+        .form(&form(Some(&preview)))
         .send()
         .await
         .unwrap()
@@ -467,6 +479,122 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
     );
     let (_, receipts) = page(&client, &format!("{url}/receipts"), &ana).await;
     assert!(receipts.contains("3 receipts intact"), "{receipts}");
+    let _ = std::fs::remove_file(&config);
+    env.cleanup().await;
+}
+
+/// A purge confirmed after more letters of its group arrived takes only the letters its
+/// preview showed; a planted letter carrying a real letter's job id is never taken along
+/// with it (the action is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_takes_only_what_its_preview_showed_and_never_a_planted_twin() {
+    let env = TestEnv::start("console-purge").await;
+    let bad = |payment: &str| json!({ "payment_id": payment, "amount": 0, "provider": "stripe", "date": today().to_string() });
+    let first = env
+        .publish_json(&[bad("pi_purge_1"), bad("pi_purge_2")])
+        .await;
+    env.run_until_idle().await;
+    let letters = env.dead_letters_kept().await;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    let cause = refund_worker::commands::dlq::cause(&letters[0].headers["x-refund-error"]);
+
+    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
+    std::fs::write(
+        &config,
+        operator_entry("ana", "correct horse battery", false).await,
+    )
+    .unwrap();
+    let (_console, url) = start_console(&env, &config).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    let (_, listing) = page(&client, &format!("{url}/dead-letters"), &ana).await;
+    let csrf = csrf_of(&listing);
+    let post = |form: Vec<(&'static str, String)>| {
+        let request = client
+            .post(format!("{url}/dead-letters/remove"))
+            .header("cookie", &ana)
+            .form(&form);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let group = |confirm: Option<&str>| {
+        let mut f = vec![
+            ("csrf", csrf.clone()),
+            ("action", "purge".to_owned()),
+            ("class", "invalid".to_owned()),
+            ("cause", cause.clone()),
+        ];
+        if let Some(preview) = confirm {
+            f.push(("confirm", "yes".to_owned()));
+            f.push(("letters", hidden_of(preview, "letters")));
+        }
+        f
+    };
+    let preview = post(group(None)).await;
+    assert!(
+        preview.contains("would purge 2 dead letter(s)") && preview.contains("Confirm the purge"),
+        "{preview}"
+    );
+    // A third letter of the same group arrives while the operator reads the preview.
+    let late = env.publish_json(&[bad("pi_purge_3")]).await;
+    env.run_until_idle().await;
+    let done = post(group(Some(&preview))).await;
+    assert!(done.contains("purged 2 dead letter(s)"), "{done}");
+    eventually(
+        Duration::from_secs(20),
+        "only the late letter is left",
+        || async {
+            let left = env.dead_letters_kept().await;
+            left.len() == 1 && left[0].headers["x-refund-job-id"] == late[0]
+        },
+    )
+    .await;
+
+    // A planted letter with the late letter's job id as its message id: an action on that
+    // job id is refused, and both stay.
+    crate::hostile::plant_dead_letter(
+        &env,
+        br#"{"payment_id":"pi_planted","amount":990000,"provider":"stripe"}"#,
+        &late[0],
+        lapin::types::FieldTable::default(),
+    )
+    .await;
+    let refused = post(vec![
+        ("csrf", csrf.clone()),
+        ("action", "purge".to_owned()),
+        ("job_id", late[0].clone()),
+    ])
+    .await;
+    assert!(
+        refused.contains("2 different letters carry job id") && !refused.contains("Confirm"),
+        "{refused}"
+    );
+    eventually(Duration::from_secs(20), "both are still queued", || async {
+        env.dead_letters_kept().await.len() == 2
+    })
+    .await;
+
+    // The audit names exactly the two letters purged.
+    let log: Vec<refund_worker::governance::audit::Entry> =
+        serde_json::from_str(&crate::ops::cli_ok(&env, &["audit", "list", "--json"]).await)
+            .unwrap();
+    let purged: Vec<_> = log
+        .iter()
+        .filter(|e| e.action.action == "dlq purge")
+        .collect();
+    assert_eq!(purged.len(), 1, "{log:#?}");
+    let mut targets: Vec<String> = purged[0].action.target["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(targets, want);
     let _ = std::fs::remove_file(&config);
     env.cleanup().await;
 }

@@ -265,7 +265,7 @@ async fn replay_keeps_a_letter_whose_key_belongs_to_another_refund_until_it_gets
         let stdout = cli_ok(&env, &args).await;
         assert!(
             stdout.contains("kept: its key pi_hostile_col:")
-                && stdout.contains("belongs to a different refund")
+                && stdout.contains("belongs to a different request")
                 && stdout.contains("--set idempotency_key="),
             "{stdout}"
         );
@@ -541,9 +541,43 @@ async fn one_key_carries_one_request_a_changed_reason_or_description_is_a_collis
     // A replay finds the same collision: kept, not called "already refunded".
     let stdout = cli_ok(&env, &["dlq", "replay", "--all", "--dry-run"]).await;
     assert!(
-        stdout.contains("belongs to a different refund") && stdout.contains("0 already refunded"),
+        stdout.contains("belongs to a different request")
+            && stdout.contains("re-sent with other words")
+            && stdout.contains("0 already refunded"),
         "{stdout}"
     );
+    // Same payment and amount as the refund made: not a second refund, so the letter may
+    // not take a key of its own (that would pay twice).
+    let listed: Value =
+        serde_json::from_str(&cli_ok(&env, &["dlq", "list", "--json"]).await).unwrap();
+    let job_ids: Vec<String> = listed["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["job_ids"].as_array().unwrap().clone())
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(job_ids.len(), 2, "{listed:#}");
+    for id in &job_ids {
+        let refused = cli(
+            &env,
+            &[
+                "dlq",
+                "replay",
+                id,
+                "--set",
+                "idempotency_key=pay_hostile_rekeyed",
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--set idempotency_key: refused"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(env.refund_posts(), 2, "nothing more was sent");
     // Then the letters themselves (reading drains them).
     let letters = env.dead_letters().await;
     assert_eq!(letters.len(), 2, "{letters:#?}");

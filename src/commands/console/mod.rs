@@ -61,12 +61,7 @@ pub async fn run(ctx: &Context, args: ConsoleArgs) -> Result<(), CommandError> {
 /// `console operator add NAME`: reads the password from stdin and prints the entry to put in
 /// the configuration (only the argon2id hash, never the password).
 fn operator_add(name: &str, read_only: bool) -> Result<(), CommandError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !crate::config::valid_operator_name(name) {
         return Err(CommandError::Usage(
             "an operator name is 1 to 64 of [A-Za-z0-9._-]".into(),
         ));
@@ -518,6 +513,9 @@ struct ReplayForm {
     /// Edit & retry: the letter's new body (validated before anything is sent).
     #[serde(default)]
     body: String,
+    /// On confirmation: the identities of the letters the preview showed.
+    #[serde(default)]
+    letters: String,
 }
 
 /// What a replay request needs from RabbitMQ and Redis, opened for it.
@@ -606,21 +604,20 @@ async fn replay_one(
         Ok(both) => both,
         Err(refused) => return refused,
     };
-    let chosen: Vec<_> = world
-        .letters
-        .letters
-        .iter()
-        .filter(|l| l.job_id == job_id)
-        .collect();
-    if chosen.is_empty() {
-        world.close().await;
-        return (
-            StatusCode::NOT_FOUND,
-            Html(pages::error(&format!("no dead letter with job id {job_id}")).into_string()),
-        )
-            .into_response();
-    }
     let confirmed = form.confirm.as_deref() == Some("yes");
+    let previewed = confirmed.then_some(form.letters.as_str());
+    let chosen = match select_letters(&world.letters.letters, &job_id, ("", ""), previewed) {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            world.close().await;
+            return (
+                StatusCode::NOT_FOUND,
+                Html(pages::error(&why).into_string()),
+            )
+                .into_response();
+        }
+    };
+    let letters = identities(&chosen);
     // Edit & retry: the new body must be a valid job, and may touch the idempotency key only
     // on a letter that is invalid (it never reached a provider).
     let new_body = (!form.body.trim().is_empty()).then(|| form.body.as_bytes().to_vec());
@@ -658,7 +655,7 @@ async fn replay_one(
     let mut replay = world.replay(&console, !confirmed);
     replay.body = new_body.as_deref();
     let report = replay.run(&chosen).await;
-    let hidden = [("body", form.body.as_str())];
+    let hidden = [("body", form.body.as_str()), ("letters", letters.as_str())];
     let page = match (&report, confirmed) {
         (Err(e), _) => pages::error(&e.to_string()),
         (Ok(report), false) => pages::replay_preview(
@@ -705,25 +702,25 @@ async fn replay_group(
         Ok(both) => both,
         Err(refused) => return refused,
     };
-    let chosen: Vec<_> = world
-        .letters
-        .letters
-        .iter()
-        .filter(|l| {
-            super::dlq::class_of(l) == form.class && super::dlq::cause(&l.error) == form.cause
-        })
-        .collect();
-    if chosen.is_empty() {
-        world.close().await;
-        return page_error("no dead letter is left in that group");
-    }
+    let confirmed = form.confirm.as_deref() == Some("yes");
+    let previewed = confirmed.then_some(form.letters.as_str());
+    let group = (form.class.as_str(), form.cause.as_str());
+    let chosen = match select_letters(&world.letters.letters, "", group, previewed) {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            world.close().await;
+            return page_error(why);
+        }
+    };
     let canary = form.canary.is_some();
+    let letters = identities(&chosen);
     let hidden = [
         ("class", form.class.as_str()),
         ("cause", form.cause.as_str()),
         ("canary", if canary { "on" } else { "" }),
+        ("letters", letters.as_str()),
     ];
-    if form.confirm.as_deref() != Some("yes") {
+    if !confirmed {
         let page = match world.replay(&console, true).run(&chosen).await {
             Ok(report) => pages::replay_preview(&session, "/groups/replay", &report, &hidden),
             Err(e) => pages::error(&e.to_string()),
@@ -787,6 +784,9 @@ struct RemoveForm {
     class: String,
     #[serde(default)]
     cause: String,
+    /// On confirmation: the identities of the letters the preview showed.
+    #[serde(default)]
+    letters: String,
 }
 
 /// Purge (delete for good) or archive (to a new file `dlq import` reads) one letter or a
@@ -809,22 +809,17 @@ async fn remove(
         Ok(w) => w,
         Err(e) => return page_error(e),
     };
-    let chosen: Vec<_> = world
-        .letters
-        .letters
-        .iter()
-        .filter(|l| {
-            if form.job_id.is_empty() {
-                super::dlq::class_of(l) == form.class && super::dlq::cause(&l.error) == form.cause
-            } else {
-                l.job_id == form.job_id
-            }
-        })
-        .collect();
-    if chosen.is_empty() {
-        world.close().await;
-        return page_error("no dead letter is left to remove there");
-    }
+    let confirmed = form.confirm.as_deref() == Some("yes");
+    let previewed = confirmed.then_some(form.letters.as_str());
+    let group = (form.class.as_str(), form.cause.as_str());
+    let chosen = match select_letters(&world.letters.letters, &form.job_id, group, previewed) {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            world.close().await;
+            return page_error(why);
+        }
+    };
+    let letters = identities(&chosen);
     let groups = super::dlq::group(&chosen);
     let mut money = std::collections::BTreeMap::new();
     for g in &groups {
@@ -832,28 +827,29 @@ async fn remove(
             *money.entry(currency.clone()).or_insert(0u64) += minor;
         }
     }
-    let file = archive.then(|| archive_file(&console, &session.operator));
-    let preview = match &file {
-        Some(file) => format!(
-            "would archive {} dead letter(s) ({}) to {}; `refund-worker dlq import {}` brings them back",
+    let file = (archive && confirmed).then(|| archive_file(&console, &session.operator));
+    let preview = if archive {
+        format!(
+            "would archive {} dead letter(s) ({}) to a new file in {}; `refund-worker dlq import FILE` brings them back",
             chosen.len(),
             super::dlq::money(&money),
-            file.display(),
-            file.display()
-        ),
-        None => format!(
+            console.ctx.settings.console.archive_dir.display()
+        )
+    } else {
+        format!(
             "would purge {} dead letter(s) ({}) for good: nothing brings them back",
             chosen.len(),
             super::dlq::money(&money)
-        ),
+        )
     };
     let hidden = [
         ("action", form.action.as_str()),
         ("job_id", form.job_id.as_str()),
         ("class", form.class.as_str()),
         ("cause", form.cause.as_str()),
+        ("letters", letters.as_str()),
     ];
-    if form.confirm.as_deref() != Some("yes") {
+    if !confirmed {
         let page = pages::remove_preview(&session, &preview, &chosen, &hidden, archive);
         world.close().await;
         return Html(page.into_string()).into_response();
@@ -880,7 +876,13 @@ async fn remove(
             }
             r
         }
-        Err(e) => json!({ "failed": e.to_string() }),
+        Err(e) => {
+            let mut r = json!({ "failed": e.to_string(), "removed": world.letters.removed() });
+            if let Some(file) = &file {
+                r["file"] = json!(file.display().to_string());
+            }
+            r
+        }
     };
     let target = json!({
         "job_ids": chosen.iter().map(|l| l.job_id.as_str()).collect::<Vec<_>>(),
@@ -928,6 +930,47 @@ fn archive_file(console: &Console, operator: &str) -> std::path::PathBuf {
         .console
         .archive_dir
         .join(format!("dlq-archive-{stamp}-{operator}.jsonl"))
+}
+
+/// The letters an action names: those of one job id (refused when different letters carry
+/// it: one may be planted) or of one group. On confirmation, only the letters the preview
+/// showed (their identities travel in the form): a letter that arrived since is never taken
+/// along unseen.
+fn select_letters<'a>(
+    letters: &'a [crate::broker::dead_letters::DeadLetter],
+    job_id: &str,
+    group: (&str, &str),
+    previewed: Option<&str>,
+) -> Result<Vec<&'a crate::broker::dead_letters::DeadLetter>, String> {
+    let mut chosen = if job_id.is_empty() {
+        letters
+            .iter()
+            .filter(|l| {
+                super::dlq::class_of(l) == group.0 && super::dlq::cause(&l.error) == group.1
+            })
+            .collect()
+    } else {
+        super::dlq::by_job_id(letters, job_id)?
+    };
+    if let Some(previewed) = previewed {
+        let shown: std::collections::BTreeSet<&str> = previewed.split(',').collect();
+        chosen.retain(|l| shown.contains(super::dlq::identity(l).as_str()));
+    }
+    if chosen.is_empty() {
+        return Err(match previewed {
+            Some(_) => "none of the letters previewed is in the queue any more".into(),
+            None if job_id.is_empty() => "no dead letter is left in that group".into(),
+            None => format!("no dead letter with job id {job_id}"),
+        });
+    }
+    Ok(chosen)
+}
+
+/// The identities of `letters`, for the confirmation form.
+fn identities(letters: &[&crate::broker::dead_letters::DeadLetter]) -> String {
+    let ids: std::collections::BTreeSet<String> =
+        letters.iter().map(|l| super::dlq::identity(l)).collect();
+    ids.into_iter().collect::<Vec<_>>().join(",")
 }
 
 /// Records an action of the signed-in operator; `preview` is the dry run the server itself

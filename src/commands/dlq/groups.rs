@@ -54,8 +54,9 @@ pub fn cause(error: &str) -> String {
 /// One failure group of `dlq list` (and of the console's dead letters page).
 #[derive(Debug, Serialize)]
 pub(crate) struct Group {
-    /// A short handle for the group (`g-` and six hex digits of a hash of class and cause):
-    /// the same for the same failure on every run, so `dlq replay --group` can name it.
+    /// A short handle for the group (`g-` and twelve hex digits of a hash of class and
+    /// cause): the same for the same failure on every run, so `dlq replay --group` can name
+    /// it; long enough that a publisher cannot forge a cause whose group shares it.
     pub(crate) handle: String,
     pub(crate) class: String,
     pub(crate) cause: String,
@@ -71,7 +72,36 @@ pub(crate) struct Group {
 /// The handle of the group of `class` and `cause`.
 pub(crate) fn handle(class: &str, cause: &str) -> String {
     let digest = Sha256::digest(format!("{class}\n{cause}").as_bytes());
-    format!("g-{}", &hex::encode(digest)[..6])
+    format!("g-{}", &hex::encode(digest)[..12])
+}
+
+/// What tells one letter from another that shares its job id: the job id, the body and
+/// whether this deployment sealed it, hashed (24 hex digits). Identical copies share it.
+pub(crate) fn identity(letter: &DeadLetter) -> String {
+    let mut digest = Sha256::new();
+    digest.update(letter.job_id.as_bytes());
+    digest.update([0, u8::from(letter.envelope.seal.is_sealed())]);
+    digest.update(&letter.body);
+    hex::encode(digest.finalize())[..24].to_owned()
+}
+
+/// The letters with job id `job_id`: refused when they are not all copies of one letter (a
+/// planted letter can carry a real letter's job id as its message id), so an action on one
+/// never takes the other along.
+pub(crate) fn by_job_id<'a>(
+    letters: &'a [DeadLetter],
+    job_id: &str,
+) -> Result<Vec<&'a DeadLetter>, String> {
+    let chosen: Vec<&DeadLetter> = letters.iter().filter(|l| l.job_id == job_id).collect();
+    let distinct: BTreeSet<String> = chosen.iter().map(|l| identity(l)).collect();
+    if distinct.len() > 1 {
+        return Err(format!(
+            "{} different letters carry job id {}: one may be planted (an unsealed letter's job id is its message id); act on them by group or with `refund-worker dlq show`",
+            distinct.len(),
+            crate::job::truncate(job_id, 80)
+        ));
+    }
+    Ok(chosen)
 }
 
 /// The letters grouped by class and cause, largest group first.
@@ -137,7 +167,7 @@ mod tests {
     fn a_group_handle_is_stable_and_tells_groups_apart() {
         let a = handle("exhausted", "stripe # api_error: down");
         assert_eq!(a, handle("exhausted", "stripe # api_error: down"));
-        assert!(a.starts_with("g-") && a.len() == 8, "{a}");
+        assert!(a.starts_with("g-") && a.len() == 14, "{a}");
         assert_ne!(a, handle("permanent", "stripe # api_error: down"));
         assert_ne!(a, handle("exhausted", "stripe # api_error: slow"));
     }

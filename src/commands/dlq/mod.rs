@@ -12,7 +12,7 @@ mod groups;
 mod replay;
 
 pub use groups::cause;
-pub(crate) use groups::{Group, class_of, group, money};
+pub(crate) use groups::{Group, by_job_id, class_of, group, identity, money};
 pub(crate) use replay::{Replay, ReplayReport, changed_fields, parse_edits, set_target};
 
 use super::{CommandError, Context, runtime};
@@ -205,7 +205,11 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                     Some(json!({ "archived": chosen.len(), "file": out.display().to_string() }))
                 }
                 Err(CommandError::Usage(_)) => None,
-                Err(e) => Some(json!({ "failed": e.to_string() })),
+                Err(e) => Some(json!({
+                    "failed": e.to_string(),
+                    "file": out.display().to_string(),
+                    "removed": queue.removed(),
+                })),
             };
             done = outcome.map(|o| ("dlq archive", target_of(&chosen), o));
             archived
@@ -243,7 +247,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 Ok(()) => Some(json!({ "purged": chosen.len() })),
                 // Refused before anything was deleted: nothing to record.
                 Err(CommandError::Usage(_)) => None,
-                Err(e) => Some(json!({ "failed": e.to_string() })),
+                Err(e) => Some(json!({ "failed": e.to_string(), "removed": queue.removed() })),
             };
             done = outcome.map(|o| ("dlq purge", target_of(&chosen), o));
             purged
@@ -386,6 +390,15 @@ fn select<'q>(
     for id in job_ids {
         if !chosen.iter().any(|l| &l.job_id == id) {
             eprintln!("no dead letter with job id {id} (matching the filters)");
+        }
+    }
+    if filter.group.is_some() {
+        let groups = group(&chosen);
+        if groups.len() > 1 {
+            return Err(CommandError::Usage(format!(
+                "--group matches {} groups of different causes (a handle shared by chance, or forged); select by --class and job id instead",
+                groups.len()
+            )));
         }
     }
     Ok(chosen)
@@ -602,8 +615,15 @@ pub(crate) async fn archive(
         writeln!(sink, "{}", export_row(letter)).map_err(runtime)?;
     }
     let file = sink.into_inner().map_err(|e| runtime(e.error()))?;
-    // On disk before anything leaves the queue.
+    // On disk, and named in its directory, before anything leaves the queue.
     file.sync_all().map_err(runtime)?;
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(runtime)?;
     for letter in chosen {
         letter.remove().await.map_err(runtime)?;
     }

@@ -213,8 +213,10 @@ fn summary_of(counts: &Value, dry_run: bool) -> String {
 pub(crate) enum Standing {
     /// Refunded under its key, by this very job (same fingerprint): the text says where.
     Refunded(String),
-    /// Its key is held by a different refund: the text says which and what to do.
-    Collision(String),
+    /// Its key is held by a different request: the text says which and what to do; `rekey`
+    /// when the letter may take a key of its own (the holder is a finished refund of other
+    /// money, so this letter's request never reached a provider under that key).
+    Collision { text: String, rekey: bool },
     /// Nothing finished under its key (or its key is not known before the worker pins it).
     Open(Option<job::IdempotencyKey>),
 }
@@ -273,10 +275,33 @@ impl Replay<'_> {
             .map_or("-".into(), |r| r.refund.refund_id.clone());
         match record.fingerprint {
             Some(theirs) if !ours.matches(&theirs) && record.state != RecordState::Failed => {
-                Ok(Standing::Collision(format!(
-                    "kept: its key {key} belongs to a different refund ({theirs}, {} {refund}), not to this job ({ours}); if this is a second refund, give it its own key: dlq replay {} --set idempotency_key=<a new key>",
-                    record.state, letter.job_id
-                )))
+                let head = format!(
+                    "kept: its key {key} belongs to a different request ({theirs}, {} {refund}), not to this job ({ours})",
+                    record.state
+                );
+                if record.state != RecordState::Done || record.uncertain {
+                    Ok(Standing::Collision {
+                        text: format!(
+                            "{head}; that refund is not finished, so this letter keeps its key: replay it again once it is"
+                        ),
+                        rekey: false,
+                    })
+                } else if ours.same_money(&theirs) {
+                    Ok(Standing::Collision {
+                        text: format!(
+                            "{head}; it refunded the same payment and amount, so this is most likely the same refund re-sent with other words: archive or purge this letter (a truly second refund is published anew, with its own idempotency_key)"
+                        ),
+                        rekey: false,
+                    })
+                } else {
+                    Ok(Standing::Collision {
+                        text: format!(
+                            "{head}; if this is a second refund, give it its own key: dlq replay {} --set idempotency_key=<a new key>",
+                            letter.job_id
+                        ),
+                        rekey: true,
+                    })
+                }
             }
             _ if record.state == RecordState::Done => Ok(Standing::Refunded(format!(
                 "already refunded under {key} (refund {refund})"
@@ -296,7 +321,7 @@ impl Replay<'_> {
         let collision = match chosen.first() {
             Some(letter) if letters == 1 && !fields.is_empty() => matches!(
                 self.standing(letter, &letter.body).await?,
-                Standing::Collision(_)
+                Standing::Collision { rekey: true, .. }
             ),
             _ => false,
         };
@@ -469,7 +494,7 @@ impl Replay<'_> {
                 }
                 return Ok(Replayed::AlreadyRefunded(text));
             }
-            Standing::Collision(text) => return Ok(Replayed::Skipped(text)),
+            Standing::Collision { text, .. } => return Ok(Replayed::Skipped(text)),
             Standing::Open(Some(key)) if !self.dry_run => {
                 // A poison message gets a fresh start; its record stays uncertain, so the
                 // replay reconciles with the provider before it sends anything.
