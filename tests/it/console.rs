@@ -90,6 +90,26 @@ async fn page(client: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode,
     (answer.status(), answer.text().await.unwrap())
 }
 
+/// A console for `env` with one operator, ana, signed in: its child, configuration file,
+/// URL, an HTTP client that does not follow redirects, and ana's session cookie.
+async fn console_as_ana(
+    env: &TestEnv,
+) -> (Child, std::path::PathBuf, String, reqwest::Client, String) {
+    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
+    std::fs::write(
+        &config,
+        operator_entry("ana", "correct horse battery", false).await,
+    )
+    .unwrap();
+    let (console, url) = start_console(env, &config).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    (console, config, url, client, ana)
+}
+
 /// The value of the hidden field `name` in a page (the first one).
 fn hidden_of(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
@@ -365,18 +385,7 @@ async fn a_group_is_previewed_then_replayed_canary_first_and_the_books_and_the_l
         refund_worker::commands::dlq::cause(&letters[1].headers["x-refund-error"])
     );
 
-    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
-    std::fs::write(
-        &config,
-        operator_entry("ana", "correct horse battery", false).await,
-    )
-    .unwrap();
-    let (_console, url) = start_console(&env, &config).await;
-    let client = reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap();
-    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    let (_console, config, url, client, ana) = console_as_ana(&env).await;
     let (_, listing) = page(&client, &format!("{url}/dead-letters"), &ana).await;
     assert!(listing.contains("canary first"), "{listing}");
     let csrf = csrf_of(&listing);
@@ -498,18 +507,7 @@ async fn a_purge_takes_only_what_its_preview_showed_and_never_a_planted_twin() {
     assert_eq!(letters.len(), 2, "{letters:#?}");
     let cause = refund_worker::commands::dlq::cause(&letters[0].headers["x-refund-error"]);
 
-    let config = std::env::temp_dir().join(format!("{}-console.toml", env.prefix()));
-    std::fs::write(
-        &config,
-        operator_entry("ana", "correct horse battery", false).await,
-    )
-    .unwrap();
-    let (_console, url) = start_console(&env, &config).await;
-    let client = reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap();
-    let ana = sign_in(&client, &url, "ana", "correct horse battery").await;
+    let (_console, config, url, client, ana) = console_as_ana(&env).await;
     let (_, listing) = page(&client, &format!("{url}/dead-letters"), &ana).await;
     let csrf = csrf_of(&listing);
     let post = |form: Vec<(&'static str, String)>| {
