@@ -134,6 +134,8 @@ impl Metrics {
         for rule in TAMPER_RULES {
             mandate_tampered.with_label_values(&[rule]);
         }
+        // Agents are not known in advance; `unknown` is, so the family exists from start-up.
+        mandate_denied.with_label_values(&[crate::pipeline::gate::UNKNOWN_AGENT]);
         let deduplicated = IntCounter::new(
             "refunds_deduplicated_total",
             "Deliveries skipped because their refund was already done (redeliveries and duplicate jobs).",
@@ -477,6 +479,15 @@ async fn ready(State(exposed): State<Exposed>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mandate_denial_family_exists_before_any_denial() {
+        let text = Metrics::new().render();
+        assert!(
+            text.contains(r#"refunds_mandate_denied_total{agent="unknown"} 0"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn exposition_names_the_spec_metrics_without_payment_labels() {

@@ -25,7 +25,7 @@ use crate::{
 pub(super) const STEP: &str = "mandate";
 
 /// The label of denials that name no agent a mandate holds.
-const UNKNOWN_AGENT: &str = "unknown";
+pub(crate) const UNKNOWN_AGENT: &str = "unknown";
 
 /// The mandate step: the reservation, or none (no mandate named and none required).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 
 mod durable;
 mod fingerprint;
-mod gate;
+pub(crate) mod gate;
 mod governed;
 mod refund;
 
