@@ -471,6 +471,18 @@ pub struct PublishArgs {
     /// With --wait: give up waiting after this long (e.g. 10m).
     #[arg(long, default_value = "30m", value_parser = parse_duration, requires = "wait")]
     pub wait_timeout: std::time::Duration,
+    /// The day given to rows without a "date" (default: today, UTC). A resume of an
+    /// interrupted publish passes the day the first run used, so those rows keep their key.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_job_date)]
+    pub date: Option<crate::job::JobDate>,
+    /// Start at this line of the file (1-based; a CSV's header row is line 1): what an
+    /// interrupted publish prints to resume from.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub from_line: usize,
+}
+
+fn parse_job_date(s: &str) -> Result<crate::job::JobDate, String> {
+    crate::job::JobDate::parse(s)
 }
 
 /// A jobs file format.

@@ -16,7 +16,7 @@ use lapin::{
 };
 
 pub use envelope::{Envelope, headers};
-pub use outgoing::{OutgoingJob, job_properties, publish_jobs, publish_jobs_to};
+pub use outgoing::{BATCH, OutgoingJob, job_properties, publish_jobs, publish_jobs_to};
 pub use topology::{ROUTING_KEY, Topology};
 
 /// Why RabbitMQ could not do what was asked.

@@ -5,7 +5,8 @@ use lapin::BasicProperties;
 use super::{BrokerError, Publisher, ROUTING_KEY, Topology, confirmed};
 
 /// How many publishes are in flight before waiting for their confirms.
-const BATCH: usize = 256;
+/// Jobs published before their confirms are awaited.
+pub const BATCH: usize = 256;
 
 /// A job body ready to publish, with the id it travels under.
 #[derive(Debug, Clone, PartialEq, Eq)]

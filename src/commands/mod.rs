@@ -75,6 +75,9 @@ pub enum CommandError {
     /// The user asked for something invalid (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// Stopped by Ctrl-C after saying where things stand (exit 130, as shells report it).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl CommandError {
@@ -83,6 +86,7 @@ impl CommandError {
         match self {
             CommandError::Runtime(_) => 1,
             CommandError::Usage(_) => 2,
+            CommandError::Interrupted => 130,
         }
     }
 }

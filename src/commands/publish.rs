@@ -144,12 +144,16 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
     };
     read.map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", args.file)))?;
 
-    let today = JobDate::today();
-    let (jobs, bad) = if is_csv(&args, &input) {
+    let today = args.date.unwrap_or_else(JobDate::today);
+    let (mut jobs, mut bad) = if is_csv(&args, &input) {
         prepare_csv(&input, today)?
     } else {
         prepare_lines(&input, today)
     };
+    if args.from_line > 1 {
+        jobs.retain(|(line, _)| *line >= args.from_line);
+        bad.retain(|row| row.line >= args.from_line);
+    }
     for row in &bad {
         eprintln!("line {}: {}", row.line, row.error);
     }
@@ -164,6 +168,12 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
         println!("nothing to publish");
         return Ok(());
     }
+    for note in repeated_keys(&jobs) {
+        eprintln!("note: {note}");
+    }
+    // Installed before anything is sent: an interrupt says where to resume.
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(runtime)?;
 
     let connection = broker::connect(&ctx.connections.amqp_url, "refund-worker publish")
         .await
@@ -216,10 +226,36 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
         ProgressStyle::with_template("publishing {bar:40} {pos}/{len} confirmed ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    if let Some(0) = consumers(&publisher, &topology.jobs_queue()).await {
+        eprintln!(
+            "note: no worker is consuming {} right now: the jobs will wait there until one runs (`refund-worker run`)",
+            topology.jobs_queue()
+        );
+    }
     let outgoing: Vec<OutgoingJob> = jobs.iter().map(|(_, job)| job.clone()).collect();
     let reply_to = replies.as_ref().map(|(queue, _, _)| queue.as_str());
-    let results =
-        broker::publish_jobs(&publisher, &topology, &outgoing, reply_to, |n| bar.inc(n)).await;
+    // How far the batches got: (batches done, jobs confirmed, the first batch with a job not
+    // confirmed).
+    let progress = std::cell::Cell::new((0usize, 0u64, None::<usize>));
+    let publishing = broker::publish_jobs(&publisher, &topology, &outgoing, reply_to, |n| {
+        let (batches, confirmed, short) = progress.get();
+        let expected = (jobs.len() - batches * broker::BATCH).min(broker::BATCH) as u64;
+        let short = short.or((n < expected).then_some(batches));
+        progress.set((batches + 1, confirmed + n, short));
+        bar.inc(n);
+    });
+    let results = tokio::select! {
+        results = publishing => results,
+        _ = interrupted.recv() => {
+            bar.finish_and_clear();
+            let (batches, confirmed, short) = progress.get();
+            let resume = jobs
+                .get(short.unwrap_or(batches) * broker::BATCH)
+                .map_or(jobs[0].0, |(line, _)| *line);
+            let _ = connection.close(200, "interrupted".into()).await;
+            return Err(interrupted_at(&args, confirmed, jobs.len(), resume, today));
+        }
+    };
     bar.finish_and_clear();
 
     let failed: Vec<String> = jobs
@@ -278,6 +314,69 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
     waiting.finish_and_clear();
     let _ = connection.close(200, "published".into()).await;
     report(&jobs, &outcomes, args.json, args.wait_timeout)
+}
+
+/// Ready messages and consumers of `queue`, if it can be read (passive declare).
+async fn consumers(publisher: &Publisher, queue: &str) -> Option<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    publisher
+        .channel()
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .ok()
+        .map(|q| q.consumer_count())
+}
+
+/// Rows that repeat an earlier row's idempotency key, said before anything is sent: the
+/// worker refunds each key once, so an identical row is a duplicate and a row that asks for
+/// something else under the same key is dead-lettered as a key collision.
+fn repeated_keys(jobs: &[(usize, OutgoingJob)]) -> Vec<String> {
+    let mut first: HashMap<String, (usize, Vec<u8>)> = HashMap::new();
+    let mut notes = Vec::new();
+    for (line, job) in jobs {
+        let Ok(parsed) = job::RefundJob::parse(&job.body) else {
+            continue;
+        };
+        let Some(date) = parsed.date else { continue };
+        let key = parsed.idempotency_key(date).to_string();
+        match first.get(&key) {
+            None => {
+                first.insert(key, (*line, job.body.clone()));
+            }
+            Some((earlier, body)) if *body == job.body => notes.push(format!(
+                "line {line} repeats line {earlier} (idempotency key {key}): it will be refunded once"
+            )),
+            Some((earlier, _)) => notes.push(format!(
+                "line {line} shares idempotency key {key} with line {earlier} but asks for something else: it will be dead-lettered as a key collision unless you give it its own \"idempotency_key\""
+            )),
+        }
+    }
+    notes
+}
+
+/// The error of a publish interrupted (Ctrl-C) after `confirmed` of `total` jobs: how many
+/// the broker confirmed and the command that resumes from the first line not known to be.
+fn interrupted_at(
+    args: &PublishArgs,
+    confirmed: u64,
+    total: usize,
+    resume: usize,
+    date: JobDate,
+) -> CommandError {
+    eprintln!(
+        "interrupted: {confirmed} of {total} job(s) confirmed by the broker; from line {resume} on, jobs may or may not have been sent"
+    );
+    eprintln!(
+        "resume with: refund-worker publish {} --from-line {resume} --date {date}",
+        args.file
+    );
+    eprintln!(
+        "(rows without a \"date\" were given {date}; keep --date {date} when you resume, even after UTC midnight, or they would get a new day, a new idempotency key, and be refunded again. Rows sent twice are refunded once.)"
+    );
+    CommandError::Interrupted
 }
 
 /// Prints the per-job results and says whether every job succeeded.

@@ -1059,3 +1059,112 @@ async fn a_group_is_named_by_its_handle_and_a_failing_canary_keeps_the_rest_queu
     );
     env.cleanup().await;
 }
+
+/// Ctrl-C in the middle of a publish: it says how many the broker confirmed and the command
+/// that resumes (with the day its dateless rows were given), and the resume loses nothing.
+/// Rows that repeat a key are reported before anything is sent; a publish with no worker
+/// running says so.
+#[tokio::test]
+async fn an_interrupted_publish_says_where_to_resume_and_the_resume_loses_nothing() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let env = TestEnv::start("publish-int").await;
+    const ROWS: usize = 40_000;
+    let mut text = String::with_capacity(ROWS * 70);
+    for i in 0..ROWS {
+        text.push_str(&format!(
+            "{{\"payment_id\":\"pi_int_{i}\",\"amount\":100,\"provider\":\"stripe\"}}\n"
+        ));
+    }
+    // Line ROWS+1 repeats line 1; line ROWS+2 asks another amount under line 2's key.
+    text.push_str("{\"payment_id\":\"pi_int_0\",\"amount\":100,\"provider\":\"stripe\"}\n");
+    text.push_str("{\"payment_id\":\"pi_int_1\",\"amount\":999,\"provider\":\"stripe\"}\n");
+    let total = ROWS + 2;
+    let file = std::env::temp_dir().join(format!("{}-jobs.jsonl", env.prefix()));
+    std::fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+
+    let mut child = Command::new(binary())
+        .args(["publish", &path])
+        .envs(child_env(&env))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        let started = line.contains("no worker is consuming");
+        said.push(line);
+        if started {
+            break;
+        }
+    }
+    let said_before = said.join("\n");
+    assert!(
+        said_before.contains(&format!("line {} repeats line 1", ROWS + 1))
+            && said_before.contains(&format!("line {} shares idempotency key", ROWS + 2))
+            && said_before.contains("key collision"),
+        "{said_before}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: signalling a child this test spawned and still owns.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGINT);
+    }
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        said.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    let said = said.join("\n");
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("interrupted: ") && said.contains(&format!("of {total} job(s) confirmed")),
+        "{said}"
+    );
+    let resume = said
+        .lines()
+        .find_map(|l| l.strip_prefix("resume with: refund-worker publish "))
+        .unwrap_or_else(|| panic!("{said}"));
+    let words: Vec<&str> = resume.split_whitespace().collect();
+    assert_eq!(words[0], path);
+    assert_eq!(words[1], "--from-line");
+    let from: usize = words[2].parse().unwrap();
+    assert_eq!(words[3], "--date");
+    assert_eq!(words[4], today().to_string());
+    assert!(from > 1 && from <= ROWS, "stopped mid-file: {said}");
+    assert!(said.contains("keep --date"), "{said}");
+
+    // The resume: every line is in the queue at least once, and at most one batch twice.
+    let stdout = cli_ok(
+        &env,
+        &[
+            "publish",
+            &path,
+            "--from-line",
+            words[2],
+            "--date",
+            words[4],
+        ],
+    )
+    .await;
+    assert!(
+        stdout.contains(&format!("published {} job(s)", total - (from - 1))),
+        "{stdout}"
+    );
+    let connection = amqp().await;
+    let queue = env.topology.jobs_queue();
+    eventually(Duration::from_secs(30), "the queue settles", || async {
+        ready(&connection, &queue).await as usize >= total
+    })
+    .await;
+    let queued = ready(&connection, &queue).await as usize;
+    assert!(
+        (total..=total + refund_worker::broker::BATCH).contains(&queued),
+        "{queued} queued for {total} rows"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    let _ = std::fs::remove_file(&file);
+    env.cleanup().await;
+}
