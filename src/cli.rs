@@ -120,6 +120,9 @@ pub struct ConsoleArgs {
     /// Where to listen (localhost by default: put a TLS proxy in front to reach it from afar).
     #[arg(long, default_value = "127.0.0.1:9470")]
     pub listen: SocketAddr,
+    /// Point the letter page's "look it up at the provider" at one sandbox: {URL}/stripe, …
+    #[arg(long, env = "REFUND_PROVIDERS_URL")]
+    pub providers_url: Option<String>,
     /// `operator add NAME`, or nothing to serve.
     #[command(subcommand)]
     pub command: Option<ConsoleCommand>,

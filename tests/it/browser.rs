@@ -245,6 +245,28 @@ async fn an_operator_drains_a_mixed_dead_letter_queue_and_pauses_a_provider_from
     edit_and_retry(&c, &own_key.to_string()).await;
     assert!(text(&c).await.contains("<td>replayed</td>"));
 
+    // An exhausted letter's page says where its refund stands, and asks Stripe live.
+    eventually(
+        Duration::from_secs(30),
+        "the two edited letters are refunded",
+        || async { env.ledger().len() == 3 },
+    )
+    .await;
+    open_letter(&c, &url, "pi_mix_down_1", &down[0]).await;
+    let page = text(&c).await;
+    assert!(
+        page.contains(&format!("pi_mix_down_1:{day}")) && page.contains("uncertain"),
+        "{page}"
+    );
+    click(&c, "//button[contains(., 'Look it up at the provider')]").await;
+    arrive(&c, "Dead letter").await;
+    let looked = text(&c).await;
+    assert!(
+        looked.contains(&format!("no refund under key pi_mix_down_1:{day}")),
+        "{looked}"
+    );
+    assert_eq!(env.ledger().len(), 3, "a look-up refunds nothing");
+
     // The exhausted group, now that Stripe is back: previewed, then canary first.
     c.goto(&format!("{url}/dead-letters")).await.unwrap();
     click(

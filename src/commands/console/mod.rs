@@ -54,7 +54,13 @@ pub async fn run(ctx: &Context, args: ConsoleArgs) -> Result<(), CommandError> {
         Some(ConsoleCommand::Operator(OperatorCommand::Add(op))) => {
             operator_add(&op.name, op.read_only)
         }
-        None => serve(ctx, args.listen).await,
+        None => {
+            let mut ctx = ctx.clone();
+            if let Some(url) = &args.providers_url {
+                ctx.settings.point_providers_at(url);
+            }
+            serve(&ctx, args.listen).await
+        }
     }
 }
 
@@ -119,6 +125,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{job_id}", get(letter))
         .route("/dead-letters/{job_id}/replay", post(replay_one))
+        .route("/dead-letters/{job_id}/lookup", post(lookup))
         .route("/groups/replay", post(replay_group))
         .route("/dead-letters/remove", post(remove))
         .route("/providers/{name}/pause", post(pause))
@@ -395,26 +402,177 @@ async fn letter(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let (connection, _publisher) = match broker_session(&console).await {
-        Ok(b) => b,
+    letter_page(&console, &session, &job_id, None).await
+}
+
+/// A letter's page: the letter, and where its job stands (its key, idempotency record and
+/// receipt); `lookup`, the provider's answer when the operator asked for it.
+async fn letter_page(
+    console: &Console,
+    session: &Session,
+    job_id: &str,
+    lookup: Option<String>,
+) -> Response {
+    let world = match replay_world(console).await {
+        Ok(w) => w,
         Err(e) => return page_error(e),
     };
-    let letters = match read_letters(&console, &connection).await {
-        Ok(q) => q,
-        Err(e) => return page_error(e),
+    let found = match super::dlq::by_job_id(&world.letters.letters, job_id) {
+        Ok(found) => found,
+        Err(why) => {
+            // Several different letters carry this id: show the first, and say so.
+            let first: Vec<_> = world
+                .letters
+                .letters
+                .iter()
+                .filter(|l| l.job_id == job_id)
+                .take(1)
+                .collect();
+            if first.is_empty() {
+                world.close().await;
+                return page_error(why);
+            }
+            let facts = pages::LetterFacts {
+                warning: Some(why),
+                ..Default::default()
+            };
+            let page = pages::letter(session, first[0], &facts);
+            world.close().await;
+            return Html(page.into_string()).into_response();
+        }
     };
-    let found = letters.letters.iter().find(|l| l.job_id == job_id);
-    let response = match found {
-        Some(l) => Html(pages::letter(&session, l).into_string()).into_response(),
-        None => (
+    let Some(letter) = found.first().copied() else {
+        world.close().await;
+        return (
             StatusCode::NOT_FOUND,
             Html(pages::error(&format!("no dead letter with job id {job_id}")).into_string()),
         )
-            .into_response(),
+            .into_response();
     };
-    letters.close().await;
-    let _ = connection.close(200, "console".into()).await;
-    response
+    let mut facts = pages::LetterFacts {
+        lookup,
+        ..Default::default()
+    };
+    if let Ok(job) = crate::job::RefundJob::parse(&letter.body) {
+        let replay = world.replay(console, true);
+        if let Ok(Some(key)) = replay.key_of(letter, &job).await {
+            facts.record = world.store.get(&key).await.ok().flatten();
+            if let Ok(chain) = receipt_chain(console).await {
+                facts.receipt = chain.by_key(key.as_str()).await.ok().flatten();
+            }
+            facts.key = Some(key.to_string());
+        }
+    }
+    let page = pages::letter(session, letter, &facts);
+    world.close().await;
+    Html(page.into_string()).into_response()
+}
+
+/// "Look it up at the provider": asks the letter's provider, read-only, whether a refund
+/// exists under the letter's key (by the refund id its record holds, else as a worker
+/// reconciling would), and shows the answer on the letter's page. Not recorded: it changes
+/// nothing.
+async fn lookup(
+    State(console): Shared,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let session = match signed_in(&console, &headers) {
+        Ok(s) if s.csrf == form.csrf => s,
+        Ok(_) => {
+            return Refusal::Forbidden("the form's CSRF token does not match your session")
+                .into_response();
+        }
+        Err(r) => return r.into_response(),
+    };
+    let answer = match ask_provider(&console, &job_id).await {
+        Ok(text) | Err(text) => text,
+    };
+    letter_page(&console, &session, &job_id, Some(answer)).await
+}
+
+/// The provider's answer about the letter `job_id`'s refund, in words.
+async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String> {
+    let world = replay_world(console).await?;
+    let answer = async {
+        let letter = *super::dlq::by_job_id(&world.letters.letters, job_id)?
+            .first()
+            .ok_or_else(|| format!("no dead letter with job id {job_id}"))?;
+        let job = crate::job::RefundJob::parse(&letter.body)
+            .map_err(|e| format!("the letter is not a valid job ({e}): nothing to look up"))?;
+        let (Some(provider), Some(payment_id)) = (job.provider, job.payment_id.clone()) else {
+            return Err("a governed job names its order, not a payment: look it up by order with `refund-worker status --order`".into());
+        };
+        let key = world
+            .replay(console, true)
+            .key_of(letter, &job)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no worker has keyed this job yet: nothing can have been sent")?;
+        let record = world.store.get(&key).await.map_err(|e| e.to_string())?;
+        let settings = &console.ctx.settings;
+        let client = crate::http::client(&settings.providers).map_err(|e| e.to_string())?;
+        let metrics = crate::metrics::Metrics::new();
+        let pauses = Arc::new(crate::providers::pause::PauseBoard::new(
+            metrics.provider_paused.clone(),
+        ));
+        let providers =
+            crate::providers::Providers::from_settings(settings, &metrics, client, &pauses);
+        let connector = providers
+            .get(provider)
+            .ok_or_else(|| format!("no connector for {provider}"))?;
+        let request = crate::providers::RefundRequest {
+            key: key.clone(),
+            payment_id,
+            amount: job.amount,
+            currency: job.currency,
+            reason: job.reason,
+            description: job.description.clone(),
+            job_id: letter.job_id.clone(),
+        };
+        let refund_id = record
+            .as_ref()
+            .and_then(|r| r.result.as_ref())
+            .map(|r| r.refund.refund_id.clone());
+        let found = match &refund_id {
+            Some(id) => connector.status(&request, id).await.map(Some),
+            None => {
+                let snapshot = record.as_ref().and_then(|r| r.snapshot.as_deref());
+                connector.find(&request, snapshot).await
+            }
+        };
+        let at = rfc3339(time::OffsetDateTime::now_utc());
+        Ok(match found {
+            Ok(Some(refund)) => format!(
+                "{provider} at {at}: refund {} under key {key}, {:?}, {} (minor units)",
+                refund.refund_id, refund.status, refund.amount
+            ),
+            Ok(None) => format!(
+                "{provider} at {at}: no refund under key {key}: none was made (a replay sends one)"
+            ),
+            Err(e) => format!("{provider} at {at}: could not tell ({e}); try again later"),
+        })
+    }
+    .await;
+    world.close().await;
+    answer
+}
+
+async fn receipt_chain(console: &Console) -> Result<crate::store::ReceiptChain, String> {
+    let key = crate::signing::KeyPair::from_seed(
+        &console.ctx.settings.receipts.signing_key,
+        "[receipts] signing_key",
+    )
+    .map_err(|e| e.to_string())?;
+    let conn = store::connect(&console.ctx.connections.redis_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(crate::store::ReceiptChain::new(
+        conn,
+        &console.ctx.connections.prefix,
+        key,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1034,18 +1192,10 @@ async fn receipts(State(console): Shared, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let key = match crate::signing::KeyPair::from_seed(
-        &console.ctx.settings.receipts.signing_key,
-        "[receipts] signing_key",
-    ) {
-        Ok(k) => k,
+    let chain = match receipt_chain(&console).await {
+        Ok(chain) => chain,
         Err(e) => return page_error(e),
     };
-    let conn = match store::connect(&console.ctx.connections.redis_url).await {
-        Ok(c) => c,
-        Err(e) => return page_error(e),
-    };
-    let chain = crate::store::ReceiptChain::new(conn, &console.ctx.connections.prefix, key);
     let head = chain.head().await.ok().flatten();
     let report = match chain.verify().await {
         Ok(r) => r,

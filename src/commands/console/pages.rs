@@ -287,25 +287,62 @@ fn remove_buttons(session: &Session, which: &[(&str, &str)]) -> Markup {
 }
 
 /// One letter: reason, headers (sealed or not), body.
-pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
+pub(super) fn letter(session: &Session, l: &DeadLetter, facts: &LetterFacts) -> Markup {
     let body = serde_json::from_slice::<serde_json::Value>(&l.body)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| String::from_utf8_lossy(&l.body).into_owned());
+    let header = |name: &str| l.headers.get(name).map_or("-", String::as_str).to_owned();
     layout(
         &format!("Dead letter {}", l.job_id),
         Some(session),
         html! {
+            @if let Some(warning) = &facts.warning { p.warn { (warning) } }
             table {
                 tr { th { "class" } td { (l.class.map_or("unknown", |c| c.as_str())) } }
                 tr { th { "reason" } td { (l.error) } }
                 tr { th { "provider" } td { (l.provider.as_deref().unwrap_or("-")) } }
-                tr { th { "attempts" } td { (l.attempts) } }
+                tr { th { "payment" } td { (l.payment_id.as_deref().unwrap_or("-")) } }
+                tr { th { "amount" } td { @if let Some((amount, currency)) = &l.amount { (money_of(*amount, currency)) } @else { "-" } } }
                 tr { th { "sealed" } td {
                     @if l.envelope.seal.is_sealed() { span.ok { "yes: written by this deployment" } }
                     @else { span.warn { "NO: its x-refund-* headers are not believed; a replay treats it as a new job keyed from its body" } }
                 } }
             }
+            h2 { "History" }
+            table {
+                tr { th { "first seen" } td { (header("x-refund-first-seen")) } }
+                tr { th { "attempts" } td { (l.attempts) } }
+                tr { th { "last seen" } td { (header("x-refund-last-seen")) } }
+                tr { th { "keyed day" } td { (header("x-refund-date")) } }
+                tr { th { "ended as" } td { (l.class.map_or("unknown", |c| c.as_str())) ": " (l.error) } }
+            }
+            h2 { "Where its refund stands" }
+            table {
+                tr { th { "idempotency key" } td { code { (facts.key.as_deref().unwrap_or("not known yet (no worker has keyed it)")) } } }
+                @match &facts.record {
+                    Some(r) => {
+                        tr { th { "record" } td { (r.state.as_str()) @if r.uncertain { span.warn { " (uncertain: a send may have reached the provider)" } } } }
+                        tr { th { "claims" } td { (r.claims) } }
+                        @if let Some(result) = &r.result {
+                            tr { th { "refund" } td { (result.refund.refund_id) " at " (result.provider.as_str()) ", " (result.refund.amount) " (minor units)" } }
+                        }
+                        @if let Some(reason) = &r.reason { tr { th { "why it ended" } td { (reason) } } }
+                        @if let Some(fp) = &r.fingerprint { tr { th { "its key is for" } td { code { (fp) } } } }
+                    }
+                    None => { tr { th { "record" } td { "none: never claimed, or expired" } } }
+                }
+                @match &facts.receipt {
+                    Some(r) => { tr { th { "receipt" } td { "#" (r.seq) " sealed " (r.sealed_at) " · " code { (&r.hash[..r.hash.len().min(16)]) } } } }
+                    None => { tr { th { "receipt" } td { "none" } } }
+                }
+            }
+            form method="post" action={ "/dead-letters/" (l.job_id) "/lookup" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                button type="submit" { "Look it up at the provider" }
+                " (read-only: asks the provider whether a refund exists under this key)"
+            }
+            @if let Some(answer) = &facts.lookup { p { strong { "Provider: " } (answer) } }
             h2 { "Headers" }
             table {
                 @for (k, v) in &l.headers { tr { td { code { (k) } } td { (v) } } }
@@ -337,6 +374,21 @@ pub(super) fn letter(session: &Session, l: &DeadLetter) -> Markup {
             }
         },
     )
+}
+
+/// Where a letter's job stands, for its page.
+#[derive(Default)]
+pub(super) struct LetterFacts {
+    /// Its idempotency key, once a worker keyed it.
+    pub(super) key: Option<String>,
+    /// The record under that key.
+    pub(super) record: Option<crate::store::RecordView>,
+    /// The receipt sealed under that key.
+    pub(super) receipt: Option<crate::governance::receipt::Receipt>,
+    /// The provider's answer, when the operator asked.
+    pub(super) lookup: Option<String>,
+    /// Something the operator must know first (a job id that several letters carry).
+    pub(super) warning: Option<String>,
 }
 
 /// The audit log, newest last, with the verification result.

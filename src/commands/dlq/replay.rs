@@ -231,18 +231,15 @@ enum Replayed {
 }
 
 impl Replay<'_> {
-    /// Where the job `body` (the letter's, edited or not) stands: keyed by its own date, else
-    /// by the sealed day it was keyed under, else by the day pinned to its message id or body
-    /// (an unsealed letter's headers choose nothing). "Already refunded" only when the record
-    /// under that key holds this very refund (same fingerprint).
-    pub(crate) async fn standing(
+    /// The idempotency key `job` (a letter's, edited or not) is refunded under: keyed by its
+    /// own date, else by the sealed day it was keyed under, else by the day pinned to its
+    /// message id or body (an unsealed letter's headers choose nothing); `None` before a
+    /// worker pinned a day.
+    pub(crate) async fn key_of(
         &self,
         letter: &DeadLetter,
-        body: &[u8],
-    ) -> Result<Standing, CommandError> {
-        let Ok(job) = RefundJob::parse(body) else {
-            return Ok(Standing::Open(None));
-        };
+        job: &RefundJob,
+    ) -> Result<Option<job::IdempotencyKey>, CommandError> {
         let envelope = &letter.envelope;
         let date = match job.date.or(envelope.keyed_date) {
             Some(date) => Some(date),
@@ -261,10 +258,24 @@ impl Replay<'_> {
                 }
             }
         };
-        let Some(date) = date else {
+        Ok(date.map(|date| job.idempotency_key(date)))
+    }
+
+    /// Where the job `body` (the letter's, edited or not) stands: keyed by its own date, else
+    /// by the sealed day it was keyed under, else by the day pinned to its message id or body
+    /// (an unsealed letter's headers choose nothing). "Already refunded" only when the record
+    /// under that key holds this very refund (same fingerprint).
+    pub(crate) async fn standing(
+        &self,
+        letter: &DeadLetter,
+        body: &[u8],
+    ) -> Result<Standing, CommandError> {
+        let Ok(job) = RefundJob::parse(body) else {
             return Ok(Standing::Open(None));
         };
-        let key = job.idempotency_key(date);
+        let Some(key) = self.key_of(letter, &job).await? else {
+            return Ok(Standing::Open(None));
+        };
         let Some(record) = self.store.get(&key).await.map_err(runtime)? else {
             return Ok(Standing::Open(Some(key)));
         };

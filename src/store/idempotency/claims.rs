@@ -259,8 +259,15 @@ impl IdempotencyStore {
         let fields: Vec<Option<String>> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut cmd = redis::cmd("HMGET");
-            cmd.arg(&redis_key)
-                .arg(&["state", "result", "claims", "reason", "uncertain", "fp"]);
+            cmd.arg(&redis_key).arg(&[
+                "state",
+                "result",
+                "claims",
+                "reason",
+                "uncertain",
+                "fp",
+                "snapshot",
+            ]);
             async move { cmd.query_async(&mut conn).await }
         })
         .await?;
@@ -275,6 +282,7 @@ impl IdempotencyStore {
             reason: text(3).filter(|r| !r.is_empty()),
             uncertain: text(4).as_deref() == Some("1"),
             fingerprint: text(5).filter(|f| !f.is_empty()),
+            snapshot: text(6).filter(|s| !s.is_empty()),
         }))
     }
 }

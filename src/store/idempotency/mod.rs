@@ -216,6 +216,9 @@ pub struct RecordView {
     pub uncertain: bool,
     /// What refund the key was first used for ([`crate::pipeline::Fingerprint`]).
     pub fingerprint: Option<String>,
+    /// The payment as its provider showed it before a send (providers that cannot be asked
+    /// by our key find that send's refund against it).
+    pub snapshot: Option<String>,
 }
 
 /// The Redis keys of one namespace's records, and the KEYS of every script call: pure, so a
