@@ -21,7 +21,7 @@ pub use idempotency::{
 };
 pub use mandates::{MandateKeys, MandateStore, ReserveAnswer, StoreAnswer, StoredMandate};
 pub use receipts::{ChainKeys, ChainRead, ReceiptChain};
-pub use stats::{Stats, Tally};
+pub use stats::{Heartbeat, Stats, Tally};
 
 /// Why Redis could not answer.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! ```text
 //!   {<ns>:stats}:minute:<YYYY-MM-DDTHH:MM>   hash  succeeded|failed|retried → count   (2 h)
 //!   {<ns>:stats}:day:<YYYY-MM-DD>            hash  the same, and refunded:<CUR> → minor units (8 d)
+//!   {<ns>:stats}:worker:<id>                 JSON  a worker's heartbeat: ready, open circuits (15 s)
 //! ```
 //!
 //! Each worker adds what it counted every few seconds, as Sidekiq's processes do with their
@@ -85,6 +86,22 @@ impl Tally {
         tally
     }
 }
+
+/// What a worker says about itself every few seconds (the console's "workers").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    /// Host, process and connection name.
+    pub name: String,
+    /// Why it is not ready (`/readyz`), or `None` when it is.
+    pub not_ready: Option<String>,
+    /// Providers whose circuit is open in this worker.
+    pub circuits_open: Vec<String>,
+    /// When it said so (RFC 3339).
+    pub at: String,
+}
+
+/// How long a heartbeat stands without a newer one.
+pub const HEARTBEAT_TTL_SECS: u64 = 15;
 
 /// The throughput counters of one namespace.
 #[derive(Clone)]
@@ -177,6 +194,72 @@ impl Stats {
                 StoreError::Corrupt(e.to_string())
             }
         })
+    }
+
+    /// Says worker `id` is alive, as `beat`, for [`HEARTBEAT_TTL_SECS`].
+    pub async fn heartbeat(&self, id: &str, beat: &Heartbeat) -> Result<(), StoreError> {
+        let text = serde_json::to_string(beat).unwrap_or_default();
+        super::query(
+            &self.conn,
+            redis::cmd("SET")
+                .arg(format!("{}:worker:{id}", self.tag))
+                .arg(text)
+                .arg("EX")
+                .arg(HEARTBEAT_TTL_SECS),
+        )
+        .await
+    }
+
+    /// Worker `id` stopped: its heartbeat goes at once.
+    pub async fn forget(&self, id: &str) -> Result<(), StoreError> {
+        super::query(
+            &self.conn,
+            redis::cmd("DEL").arg(format!("{}:worker:{id}", self.tag)),
+        )
+        .await
+    }
+
+    /// The workers that said they were alive in the last [`HEARTBEAT_TTL_SECS`]; a heartbeat
+    /// that does not read (edited by hand) is shown as such.
+    pub async fn workers(&self) -> Result<Vec<Heartbeat>, StoreError> {
+        let pattern = format!("{}:worker:*", self.tag);
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, found): (u64, Vec<String>) = super::query(
+                &self.conn,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(200),
+            )
+            .await?;
+            keys.extend(found);
+            if next == 0 || keys.len() > 1_000 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let texts: Vec<Option<String>> =
+            super::query(&self.conn, redis::cmd("MGET").arg(&keys)).await?;
+        let mut beats: Vec<Heartbeat> = texts
+            .into_iter()
+            .flatten()
+            .map(|text| {
+                serde_json::from_str(&text).unwrap_or_else(|_| Heartbeat {
+                    name: "unreadable heartbeat".into(),
+                    not_ready: Some(format!("{:?}", crate::job::truncate(&text, 80))),
+                    ..Heartbeat::default()
+                })
+            })
+            .collect();
+        beats.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(beats)
     }
 
     /// The last `minutes` minutes up to `now`, oldest first: (minute, counts).

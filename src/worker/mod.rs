@@ -162,7 +162,9 @@ impl Worker {
         ));
         let throughput = tokio::spawn(throughput::report(
             self.shared.metrics.clone(),
+            Arc::clone(&self.shared.health),
             self.shared.options.stats.clone(),
+            self.shared.options.connection_name.clone(),
             monitor_stop.clone(),
         ));
         let end = self.run_sessions(&shutdown).await;

@@ -361,6 +361,10 @@ async fn an_operator_drains_a_mixed_dead_letter_queue_and_pauses_a_provider_from
         overview.contains("<strong>0</strong> dead letters"),
         "{overview}"
     );
+    assert!(
+        overview.contains("<h2>Workers</h2>") && overview.contains("<td class=\"ok\">ready</td>"),
+        "{overview}"
+    );
     shot(&c, "overview").await;
 
     // Pause Stripe with a reason, then resume it.

@@ -1,6 +1,6 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use refund_worker::metrics::{self, Health, Metrics};
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,34 @@ async fn workers_add_their_throughput_to_the_shared_figures() {
     assert_eq!(minutes.len(), 10);
     assert_eq!(minutes.iter().map(|(_, t)| t.succeeded).sum::<u64>(), 3);
     assert_eq!(minutes.iter().map(|(_, t)| t.failed).sum::<u64>(), 1);
+    assert!(
+        stats.workers().await.unwrap().is_empty(),
+        "stopped workers are gone"
+    );
+
+    // A running worker says it is alive and ready, and which circuits it has open.
+    let worker = env.spawn_worker().await;
+    crate::helpers::eventually(Duration::from_secs(10), "a ready heartbeat", || async {
+        let beats = stats.workers().await.unwrap();
+        beats.len() == 1 && beats[0].not_ready.is_none()
+    })
+    .await;
+    worker
+        .metrics
+        .circuit_open
+        .with_label_values(&["pix"])
+        .set(1);
+    crate::helpers::eventually(
+        Duration::from_secs(15),
+        "the open circuit is told",
+        || async { stats.workers().await.unwrap()[0].circuits_open == ["pix"] },
+    )
+    .await;
+    worker.stop().await;
+    assert!(
+        stats.workers().await.unwrap().is_empty(),
+        "a stopped worker says so"
+    );
     env.cleanup().await;
     assert!(
         stats.day(now).await.unwrap().is_empty(),

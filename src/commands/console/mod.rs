@@ -327,6 +327,7 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
     let now = time::OffsetDateTime::now_utc();
     let minutes = stats.minutes(now, 10).await.unwrap_or_default();
     let today = stats.day(now).await.unwrap_or_default();
+    let workers = stats.workers().await.unwrap_or_default();
     let audit_head = match super::audit::open(&console.ctx).await {
         Ok(log) => log.head().await.ok().flatten(),
         Err(_) => None,
@@ -342,6 +343,7 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
             paused: &paused,
             minutes: &minutes,
             today: &today,
+            workers: &workers,
             audit_head: audit_head.as_ref(),
         })
         .into_string(),

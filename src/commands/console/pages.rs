@@ -96,6 +96,8 @@ pub(super) struct Overview<'a> {
     pub(super) minutes: &'a [(String, Tally)],
     /// Today's (UTC).
     pub(super) today: &'a Tally,
+    /// The workers that sent a heartbeat lately.
+    pub(super) workers: &'a [crate::store::Heartbeat],
     pub(super) audit_head: Option<&'a (u64, String)>,
 }
 
@@ -111,6 +113,25 @@ pub(super) fn overview(o: &Overview<'_>) -> Markup {
                 tr { th { "queue" } th { "ready" } th { "consumers (workers)" } }
                 @for (queue, ready, consumers) in o.queues {
                     tr { td { code { (queue) } } td { (ready) } td { (consumers) } }
+                }
+            }
+            h2 { "Workers" }
+            @if o.workers.is_empty() {
+                p.warn { "No worker has sent a heartbeat in the last " (crate::store::stats::HEARTBEAT_TTL_SECS) " s: jobs wait in the queue until one runs." }
+            } @else {
+                table {
+                    tr { th { "worker" } th { "ready" } th { "circuits open" } th { "last heartbeat" } }
+                    @for w in o.workers {
+                        tr {
+                            td { (w.name) }
+                            @match &w.not_ready {
+                                None => td.ok { "ready" },
+                                Some(why) => td.warn { "not ready: " (why) },
+                            }
+                            td { @if w.circuits_open.is_empty() { "none" } @else { span.warn { (w.circuits_open.join(", ")) } } }
+                            td { (w.at) }
+                        }
+                    }
                 }
             }
             h2 { "Throughput" }
@@ -139,11 +160,17 @@ pub(super) fn overview(o: &Overview<'_>) -> Markup {
             (group_table(o.groups))
             h2 { "Providers" }
             table {
-                tr { th { "provider" } th { "state" } th { "action" } }
+                tr { th { "provider" } th { "circuit" } th { "state" } th { "action" } }
                 @for provider in ProviderName::ALL {
                     @let name = provider.as_str();
+                    @let open = o.workers.iter().filter(|w| w.circuits_open.iter().any(|c| c == name)).count();
                     tr {
                         td { (name) }
+                        @if open > 0 {
+                            td.warn { "open in " (open) " of " (o.workers.len()) " worker(s)" }
+                        } @else {
+                            td.ok { "closed" }
+                        }
                         @match o.paused.get(name) {
                             Some(pause) => {
                                 td.warn { "paused " (pause.to_string()) }
