@@ -64,7 +64,7 @@ pub(super) async fn run(
         .map(|o| o.to_string())
         .unwrap_or_default();
     let fingerprint = super::Fingerprint::of(job);
-    let ticket = match refund::claim(
+    let (ticket, _hold) = match refund::claim(
         pipeline,
         &key,
         &fingerprint,

@@ -8,6 +8,7 @@ mod durable;
 mod fingerprint;
 pub(crate) mod gate;
 mod governed;
+mod local_claims;
 mod refund;
 
 pub use durable::{DurableWrite, RedisReadiness, durably};
@@ -85,6 +86,8 @@ pub struct Pipeline {
     readiness: RedisReadiness,
     /// In-process retries and the poison limit.
     options: PipelineOptions,
+    /// The claims this process holds right now.
+    local: local_claims::LocalClaims,
 }
 
 /// Everything a pipeline is built from.
@@ -166,6 +169,7 @@ impl Pipeline {
             metrics: parts.metrics,
             readiness: RedisReadiness::new(parts.health),
             options: parts.options,
+            local: local_claims::LocalClaims::default(),
         }
     }
 

@@ -23,8 +23,12 @@ use crate::{
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
+use super::local_claims::Hold;
+
 /// Claims `key` for this attempt. `Err` carries how the attempt ends instead: a duplicate
-/// (with the earlier refund), a wait for a live holder, a conflict, or a Redis failure.
+/// (with the earlier refund), a wait for a live holder, a conflict, or a Redis failure. The
+/// hold marks the claim as this process's until dropped. A copy whose sibling in this very
+/// process holds the key waits for it to finish rather than retry after the whole lease.
 pub(super) async fn claim(
     pipeline: &Pipeline,
     key: &IdempotencyKey,
@@ -32,42 +36,52 @@ pub(super) async fn claim(
     job_id: &str,
     owner: &str,
     provider: Option<ProviderName>,
-) -> Result<ClaimTicket, (Outcome, Option<RefundRecord>)> {
-    let started = Instant::now();
-    let claim = pipeline
-        .store
-        .claim(
-            key,
-            owner,
-            (fingerprint.as_str(), fingerprint.legacy()),
-            job_id,
-        )
-        .await;
-    pipeline.observe_step("claim", started);
-    match claim {
-        Ok(Claim::Claimed(ticket)) => Ok(ticket),
-        Ok(Claim::Done(existing)) => Err((Outcome::Duplicate, existing)),
-        Ok(Claim::Busy { retry_in }) => {
-            let outcome = Outcome::Retry {
-                provider,
-                why: format!("another worker holds the claim on {key} for {retry_in:?} more"),
-                after: retry_in,
-                counts: false,
-            };
-            Err((outcome, None))
-        }
-        Ok(Claim::Conflict { existing }) => {
-            let outcome = Outcome::DeadLetter {
-                class: FailureClass::Permanent,
-                provider,
-                why: format!(
-                    "idempotency key {key} was already used for a different refund or other words to the provider ({existing}, this one is {fingerprint}); \
-                     one key carries one request: a second refund of one payment on one day, or a changed reason or description, needs its own idempotency_key"
-                ),
-            };
-            Err((outcome, None))
-        }
-        Err(e) => Err((super::store_failure(e, provider), None)),
+) -> Result<(ClaimTicket, Hold), (Outcome, Option<RefundRecord>)> {
+    let mut waited = false;
+    loop {
+        let started = Instant::now();
+        let claim = pipeline
+            .store
+            .claim(
+                key,
+                owner,
+                (fingerprint.as_str(), fingerprint.legacy()),
+                job_id,
+            )
+            .await;
+        pipeline.observe_step("claim", started);
+        let ended = match claim {
+            Ok(Claim::Claimed(ticket)) => return Ok((ticket, pipeline.local.hold(key.as_str()))),
+            Ok(Claim::Busy { retry_in })
+                if !waited && pipeline.local.wait_for(key.as_str(), retry_in).await =>
+            {
+                waited = true;
+                continue;
+            }
+            Ok(Claim::Done(existing)) => (Outcome::Duplicate, existing),
+            Ok(Claim::Busy { retry_in }) => (
+                Outcome::Retry {
+                    provider,
+                    why: format!("another worker holds the claim on {key} for {retry_in:?} more"),
+                    after: retry_in,
+                    counts: false,
+                },
+                None,
+            ),
+            Ok(Claim::Conflict { existing }) => (
+                Outcome::DeadLetter {
+                    class: FailureClass::Permanent,
+                    provider,
+                    why: format!(
+                        "idempotency key {key} was already used for a different refund or other words to the provider ({existing}, this one is {fingerprint}); \
+                         one key carries one request: a second refund of one payment on one day, or a changed reason or description, needs its own idempotency_key"
+                    ),
+                },
+                None,
+            ),
+            Err(e) => (super::store_failure(e, provider), None),
+        };
+        return Err(ended);
     }
 }
 
@@ -82,7 +96,7 @@ pub(super) async fn run(
 ) -> (Outcome, Option<RefundRecord>) {
     let fingerprint = &super::Fingerprint::of(job);
     let name = provider.name();
-    let ticket = match claim(
+    let (ticket, _hold) = match claim(
         pipeline,
         &request.key,
         fingerprint,
@@ -92,7 +106,7 @@ pub(super) async fn run(
     )
     .await
     {
-        Ok(ticket) => ticket,
+        Ok(claimed) => claimed,
         Err(ended) => return ended,
     };
     if let Some(outcome) =

@@ -484,3 +484,36 @@ async fn a_job_held_by_a_live_claim_waits_instead_of_running_twice() {
     )));
     env.cleanup().await;
 }
+
+/// Two copies of one job in one worker at once: the second waits for its sibling in this
+/// process to finish, then finds the refund done, instead of going round a retry tier until
+/// the claim's lease runs out.
+#[tokio::test]
+async fn a_duplicate_in_the_same_worker_waits_for_its_sibling_not_for_the_lease() {
+    let faults = FaultOptions {
+        latency: Duration::from_millis(300),
+        ..FaultOptions::default()
+    };
+    let env = TestEnv::with("same-worker-dup", faults, |s| {
+        s.idempotency.lease = Duration::from_secs(20);
+        s.providers.timeout = Duration::from_secs(5);
+    })
+    .await;
+    let job = stripe_job("pi_same_worker_dup", 700);
+    env.publish_json(&[job.clone(), job]).await;
+
+    let run = env.run_until_idle().await;
+
+    assert_eq!(env.ledger().len(), 1, "{:#?}", env.ledger());
+    let outcomes: Vec<_> = run.reports.iter().map(|r| &r.outcome).collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:#?}");
+    assert!(
+        outcomes.iter().any(|o| refunded(o)) && outcomes.iter().any(|o| **o == Outcome::Duplicate),
+        "{outcomes:#?}"
+    );
+    assert!(
+        !outcomes.iter().any(|o| matches!(o, Outcome::Retry { .. })),
+        "no trip through a retry tier: {outcomes:#?}"
+    );
+    env.cleanup().await;
+}
