@@ -172,11 +172,17 @@ pub enum ProviderCommand {
         /// Why (recorded with the pause and in the audit log).
         #[arg(long)]
         reason: String,
+        /// Print JSON: the provider, whether this call paused it, and the pause in force.
+        #[arg(long)]
+        json: bool,
     },
     /// Let refunds to PROVIDER go again.
     Resume {
         /// stripe, mercadopago, asaas, pix or rinne.
         provider: String,
+        /// Print JSON: the provider and whether this call resumed it.
+        #[arg(long)]
+        json: bool,
     },
     /// The paused providers: who paused each, when and why.
     List {
@@ -264,6 +270,9 @@ pub enum MandateCommand {
     Show {
         /// Mandate id.
         id: String,
+        /// Print JSON (as `mandate list --json` prints each).
+        #[arg(long)]
+        json: bool,
     },
     /// List mandates.
     List {

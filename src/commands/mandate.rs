@@ -126,7 +126,7 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
             }
             Ok(())
         }
-        MandateCommand::Show { id } => {
+        MandateCommand::Show { id, json } => {
             let store = open(ctx).await?;
             let stored = store
                 .get(&id)
@@ -134,7 +134,11 @@ pub async fn run(ctx: &Context, args: MandateArgs) -> Result<(), CommandError> {
                 .map_err(runtime)?
                 .ok_or_else(|| unknown(ctx, &id))?;
             let view = MandateView::of(&store, &stored, &verify, OffsetDateTime::now_utc()).await?;
-            view.print();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view).map_err(runtime)?);
+            } else {
+                view.print();
+            }
             Ok(())
         }
         MandateCommand::List { json } => {

@@ -20,26 +20,41 @@ pub async fn run(ctx: &Context, args: ProviderArgs) -> Result<(), CommandError> 
         .map_err(runtime)?;
     let controls = Controls::new(conn, &ctx.connections.prefix);
     match args.command {
-        ProviderCommand::Pause { provider, reason } => {
+        ProviderCommand::Pause {
+            provider,
+            reason,
+            json,
+        } => {
             let name = provider_name(&provider)?;
             let paused = pause(ctx, &ctx.operator, &controls, name, &reason).await?;
-            if !paused {
-                let current = controls.paused().await.map_err(runtime)?;
-                let by = current.get(name.as_str()).map(ToString::to_string);
+            let current = controls.paused().await.map_err(runtime)?;
+            let standing = current.get(name.as_str());
+            if json {
+                let out = serde_json::json!({
+                    "provider": name.as_str(),
+                    "paused_now": paused,
+                    "pause": standing,
+                });
+                println!("{}", serde_json::to_string_pretty(&out).map_err(runtime)?);
+            } else if !paused {
                 println!(
                     "{name} was already paused {}",
-                    by.unwrap_or_else(|| "(and resumed meanwhile)".into())
+                    standing.map_or_else(|| "(and resumed meanwhile)".into(), ToString::to_string)
                 );
-                return Ok(());
+            } else {
+                println!(
+                    "paused refunds to {name}: every worker holds its jobs within seconds, spending no attempts; `refund-worker provider resume {name}` lets them go"
+                );
             }
-            println!(
-                "paused refunds to {name}: every worker holds its jobs within seconds, spending no attempts; `refund-worker provider resume {name}` lets them go"
-            );
             Ok(())
         }
-        ProviderCommand::Resume { provider } => {
+        ProviderCommand::Resume { provider, json } => {
             let name = provider_name(&provider)?;
-            if resume(ctx, &ctx.operator, &controls, name).await? {
+            let resumed = resume(ctx, &ctx.operator, &controls, name).await?;
+            if json {
+                let out = serde_json::json!({ "provider": name.as_str(), "resumed_now": resumed });
+                println!("{}", serde_json::to_string_pretty(&out).map_err(runtime)?);
+            } else if resumed {
                 println!("resumed refunds to {name}: waiting jobs go at their next retry");
             } else {
                 println!("{name} was not paused");

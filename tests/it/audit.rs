@@ -139,6 +139,18 @@ async fn a_paused_provider_gets_no_call_its_jobs_wait_without_spending_attempts_
         ],
     )
     .await;
+    // A second pause changes nothing and says who paused first, for scripts too.
+    let again: serde_json::Value = serde_json::from_str(
+        &cli_ok(
+            &env,
+            &["provider", "pause", "stripe", "--reason", "dup", "--json"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(again["provider"], "stripe");
+    assert_eq!(again["paused_now"], false);
+    assert_eq!(again["pause"]["reason"], "stripe incident INC-42");
     // Every worker reads the pauses every second.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let listed = cli_ok(&env, &["provider", "list"]).await;

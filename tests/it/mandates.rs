@@ -564,6 +564,13 @@ async fn mandate_cli_grants_shows_revokes_and_lists() {
     assert!(revoked.contains("(version 2)"), "{revoked}");
     let shown = stdout(&cli(&env, &["show", "cm_cli"]).await);
     assert!(shown.contains("state            revoked at "), "{shown}");
+    let as_json: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(&env, &["show", "cm_cli", "--json"]).await)).unwrap();
+    assert_eq!(as_json["id"], "cm_cli", "{as_json:#}");
+    assert!(
+        as_json["state"].as_str().unwrap().starts_with("revoked"),
+        "{as_json:#}"
+    );
     assert!(shown.contains("version          2"), "{shown}");
     assert!(
         shown.contains("signature valid  yes"),
