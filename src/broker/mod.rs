@@ -44,8 +44,15 @@ pub enum BrokerError {
 /// a password).
 pub fn check_url(url: &str) -> Result<(), String> {
     url.parse::<lapin::uri::AMQPUri>().map(|_| ()).map_err(|e| {
+        // Some parse errors quote the whole input, password and all: then say less.
+        let why = e.to_string();
+        let why = if why.contains(url.trim()) || url.split([':', '@', '/']).any(|part| part.len() > 3 && why.contains(part)) {
+            "it does not parse".to_owned()
+        } else {
+            why
+        };
         format!(
-            "AMQP_URL (--amqp-url) is not an AMQP URL ({e}); expected amqp://USER:PASSWORD@HOST:5672/VHOST, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"
+            "AMQP_URL (--amqp-url) is not an AMQP URL ({why}); expected amqp://USER:PASSWORD@HOST:5672/VHOST, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"
         )
     })
 }

@@ -300,7 +300,19 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
     );
     let deadline = tokio::time::Instant::now() + args.wait_timeout;
     while outcomes.len() < jobs.len() {
-        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, consumer.next()) => next,
+            _ = interrupted.recv() => {
+                waiting.finish_and_clear();
+                eprintln!(
+                    "interrupted while waiting: {} of {} outcome(s) in; every job was published and confirmed, so the workers still process them (`refund-worker status JOB_ID`, `dlq list`)",
+                    outcomes.len(),
+                    jobs.len()
+                );
+                let _ = connection.close(200, "interrupted".into()).await;
+                return Err(CommandError::Interrupted);
+            }
+        };
         let Ok(Some(Ok(delivery))) = next else {
             break;
         };

@@ -71,6 +71,7 @@ pub(super) async fn run(
         &attempt.envelope.job_id,
         attempt.owner,
         job.provider,
+        attempt.shutdown,
     )
     .await
     {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// The keys this process holds claims on, each with the signal its release gives.
 #[derive(Debug, Clone, Default)]
@@ -42,8 +43,14 @@ impl LocalClaims {
     }
 
     /// When this process holds `key`: waits until it lets go (at most `at_most`) and says
-    /// `true`; `false` at once when the holder is elsewhere.
-    pub(crate) async fn wait_for(&self, key: &str, at_most: Duration) -> bool {
+    /// `true`; `false` at once when the holder is elsewhere, and when the worker stops while
+    /// waiting (the copy then goes round a retry tier, as before).
+    pub(crate) async fn wait_for(
+        &self,
+        key: &str,
+        at_most: Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let Some(released) = self.map().get(key).cloned() else {
             return false;
         };
@@ -56,9 +63,12 @@ impl LocalClaims {
             .get(key)
             .is_some_and(|n| Arc::ptr_eq(n, &released));
         if still_held {
-            let _ = tokio::time::timeout(at_most, notified).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                _ = tokio::time::timeout(at_most, notified) => {}
+            }
         }
-        true
+        !shutdown.is_cancelled()
     }
 }
 
@@ -83,16 +93,20 @@ mod tests {
     #[tokio::test]
     async fn a_sibling_waits_for_the_local_holder_and_no_longer() {
         let claims = LocalClaims::default();
+        let running = CancellationToken::new();
         assert!(
-            !claims.wait_for("k", Duration::from_secs(5)).await,
+            !claims.wait_for("k", Duration::from_secs(5), &running).await,
             "nobody here holds it"
         );
         let hold = claims.hold("k");
         let waiter = {
             let claims = claims.clone();
+            let running = running.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                let local = claims.wait_for("k", Duration::from_secs(30)).await;
+                let local = claims
+                    .wait_for("k", Duration::from_secs(30), &running)
+                    .await;
                 (local, started.elapsed())
             })
         };
@@ -102,7 +116,7 @@ mod tests {
         assert!(local);
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         assert!(
-            !claims.wait_for("k", Duration::from_secs(5)).await,
+            !claims.wait_for("k", Duration::from_secs(5), &running).await,
             "let go"
         );
     }
@@ -112,7 +126,32 @@ mod tests {
         let claims = LocalClaims::default();
         let _hold = claims.hold("k");
         let started = tokio::time::Instant::now();
-        assert!(claims.wait_for("k", Duration::from_millis(100)).await);
+        let running = CancellationToken::new();
+        assert!(
+            claims
+                .wait_for("k", Duration::from_millis(100), &running)
+                .await
+        );
         assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_stopping_worker_does_not_wait() {
+        let claims = LocalClaims::default();
+        let _hold = claims.hold("k");
+        let stopping = CancellationToken::new();
+        let stop = stopping.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        assert!(
+            !claims
+                .wait_for("k", Duration::from_secs(30), &stopping)
+                .await,
+            "the copy goes round a retry tier instead"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

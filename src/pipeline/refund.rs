@@ -36,6 +36,7 @@ pub(super) async fn claim(
     job_id: &str,
     owner: &str,
     provider: Option<ProviderName>,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<(ClaimTicket, Hold), (Outcome, Option<RefundRecord>)> {
     let mut waited = false;
     loop {
@@ -53,7 +54,11 @@ pub(super) async fn claim(
         let ended = match claim {
             Ok(Claim::Claimed(ticket)) => return Ok((ticket, pipeline.local.hold(key.as_str()))),
             Ok(Claim::Busy { retry_in })
-                if !waited && pipeline.local.wait_for(key.as_str(), retry_in).await =>
+                if !waited
+                    && pipeline
+                        .local
+                        .wait_for(key.as_str(), retry_in, shutdown)
+                        .await =>
             {
                 waited = true;
                 continue;
@@ -103,6 +108,7 @@ pub(super) async fn run(
         &request.job_id,
         attempt.owner,
         Some(name),
+        attempt.shutdown,
     )
     .await
     {

@@ -4,7 +4,7 @@
 //! ```text
 //!   {<ns>:stats}:minute:<YYYY-MM-DDTHH:MM>   hash  succeeded|failed|retried → count   (2 h)
 //!   {<ns>:stats}:day:<YYYY-MM-DD>            hash  the same, and refunded:<CUR> → minor units (8 d)
-//!   {<ns>:stats}:worker:<id>                 JSON  a worker's heartbeat: ready, open circuits (15 s)
+//!   {<ns>:stats}:workers                     hash  worker id → [until, heartbeat] (ready, open circuits)
 //! ```
 //!
 //! Each worker adds what it counted every few seconds, as Sidekiq's processes do with their
@@ -196,16 +196,17 @@ impl Stats {
         })
     }
 
+    fn workers_key(&self) -> String {
+        format!("{}:workers", self.tag)
+    }
+
     /// Says worker `id` is alive, as `beat`, for [`HEARTBEAT_TTL_SECS`].
     pub async fn heartbeat(&self, id: &str, beat: &Heartbeat) -> Result<(), StoreError> {
-        let text = serde_json::to_string(beat).unwrap_or_default();
+        let until = OffsetDateTime::now_utc().unix_timestamp() + HEARTBEAT_TTL_SECS as i64;
+        let text = serde_json::to_string(&(until, beat)).unwrap_or_default();
         super::query(
             &self.conn,
-            redis::cmd("SET")
-                .arg(format!("{}:worker:{id}", self.tag))
-                .arg(text)
-                .arg("EX")
-                .arg(HEARTBEAT_TTL_SECS),
+            redis::cmd("HSET").arg(self.workers_key()).arg(id).arg(text),
         )
         .await
     }
@@ -214,52 +215,43 @@ impl Stats {
     pub async fn forget(&self, id: &str) -> Result<(), StoreError> {
         super::query(
             &self.conn,
-            redis::cmd("DEL").arg(format!("{}:worker:{id}", self.tag)),
+            redis::cmd("HDEL").arg(self.workers_key()).arg(id),
         )
         .await
     }
 
-    /// The workers that said they were alive in the last [`HEARTBEAT_TTL_SECS`]; a heartbeat
-    /// that does not read (edited by hand) is shown as such.
-    pub async fn workers(&self) -> Result<Vec<Heartbeat>, StoreError> {
-        let pattern = format!("{}:worker:*", self.tag);
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, found): (u64, Vec<String>) = super::query(
-                &self.conn,
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(200),
-            )
-            .await?;
-            keys.extend(found);
-            if next == 0 || keys.len() > 1_000 {
-                break;
-            }
-            cursor = next;
-        }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let texts: Vec<Option<String>> =
-            super::query(&self.conn, redis::cmd("MGET").arg(&keys)).await?;
-        let mut beats: Vec<Heartbeat> = texts
-            .into_iter()
-            .flatten()
-            .map(|text| {
-                serde_json::from_str(&text).unwrap_or_else(|_| Heartbeat {
-                    name: "unreadable heartbeat".into(),
+    /// The workers that said they were alive in the last [`HEARTBEAT_TTL_SECS`] (one hash:
+    /// read in one call, whatever else Redis holds), at most `limit` of them, and how many
+    /// there are; heartbeats gone stale (a worker killed) are pruned. One that does not read
+    /// (edited by hand) is shown as such.
+    pub async fn workers(&self, limit: usize) -> Result<(Vec<Heartbeat>, usize), StoreError> {
+        let all: Vec<(String, String)> =
+            super::query(&self.conn, redis::cmd("HGETALL").arg(self.workers_key())).await?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut stale = Vec::new();
+        let mut beats = Vec::new();
+        for (id, text) in all {
+            match serde_json::from_str::<(i64, Heartbeat)>(&text) {
+                Ok((until, _)) if until < now => stale.push(id),
+                Ok((_, beat)) => beats.push(beat),
+                Err(_) => beats.push(Heartbeat {
+                    name: format!("unreadable heartbeat {:?}", crate::job::truncate(&id, 40)),
                     not_ready: Some(format!("{:?}", crate::job::truncate(&text, 80))),
                     ..Heartbeat::default()
-                })
-            })
-            .collect();
+                }),
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<i64, _> = super::query(
+                &self.conn,
+                redis::cmd("HDEL").arg(self.workers_key()).arg(&stale),
+            )
+            .await;
+        }
         beats.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(beats)
+        let total = beats.len();
+        beats.truncate(limit);
+        Ok((beats, total))
     }
 
     /// The last `minutes` minutes up to `now`, oldest first: (minute, counts).

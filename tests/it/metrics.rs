@@ -124,14 +124,14 @@ async fn workers_add_their_throughput_to_the_shared_figures() {
     assert_eq!(minutes.iter().map(|(_, t)| t.succeeded).sum::<u64>(), 3);
     assert_eq!(minutes.iter().map(|(_, t)| t.failed).sum::<u64>(), 1);
     assert!(
-        stats.workers().await.unwrap().is_empty(),
+        stats.workers(100).await.unwrap().0.is_empty(),
         "stopped workers are gone"
     );
 
     // A running worker says it is alive and ready, and which circuits it has open.
     let worker = env.spawn_worker().await;
     crate::helpers::eventually(Duration::from_secs(10), "a ready heartbeat", || async {
-        let beats = stats.workers().await.unwrap();
+        let (beats, _) = stats.workers(100).await.unwrap();
         beats.len() == 1 && beats[0].not_ready.is_none()
     })
     .await;
@@ -143,12 +143,12 @@ async fn workers_add_their_throughput_to_the_shared_figures() {
     crate::helpers::eventually(
         Duration::from_secs(15),
         "the open circuit is told",
-        || async { stats.workers().await.unwrap()[0].circuits_open == ["pix"] },
+        || async { stats.workers(100).await.unwrap().0[0].circuits_open == ["pix"] },
     )
     .await;
     worker.stop().await;
     assert!(
-        stats.workers().await.unwrap().is_empty(),
+        stats.workers(100).await.unwrap().0.is_empty(),
         "a stopped worker says so"
     );
     env.cleanup().await;

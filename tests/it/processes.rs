@@ -287,6 +287,13 @@ async fn a_refused_login_and_a_malformed_url_say_what_to_fix() {
             "expected amqp://USER:PASSWORD@HOST:5672/VHOST",
         ),
         (
+            "AMQP_URL",
+            "guest:secret-host@rabbit:5672/%2f",
+            2,
+            "AMQP_URL (--amqp-url) is not an AMQP URL",
+            "expected amqp://USER:PASSWORD@HOST:5672/VHOST",
+        ),
+        (
             "REDIS_URL",
             "secret-host:6379",
             2,

@@ -327,7 +327,8 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
     let now = time::OffsetDateTime::now_utc();
     let minutes = stats.minutes(now, 10).await.unwrap_or_default();
     let today = stats.day(now).await.unwrap_or_default();
-    let workers = stats.workers().await.unwrap_or_default();
+    // `None`: Redis could not say (shown as unknown, never as "no worker").
+    let workers = stats.workers(100).await.ok();
     let audit_head = match super::audit::open(&console.ctx).await {
         Ok(log) => log.head().await.ok().flatten(),
         Err(_) => None,
@@ -513,6 +514,16 @@ async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String>
             .map_err(|e| e.to_string())?
             .ok_or("no worker has keyed this job yet: nothing can have been sent")?;
         let record = world.store.get(&key).await.map_err(|e| e.to_string())?;
+        // A key held by a different request: what the provider holds under it is that
+        // request's refund, not this letter's.
+        let ours = crate::pipeline::Fingerprint::of(&job);
+        if let Some(theirs) = record.as_ref().and_then(|r| r.fingerprint.as_deref())
+            && !ours.matches(theirs)
+        {
+            return Ok(format!(
+                "key {key} belongs to a different request ({theirs}), not to this letter ({ours}): whatever {provider} holds under it is that request's refund; this letter's was never sent under it"
+            ));
+        }
         let settings = &console.ctx.settings;
         let client = crate::http::client(&settings.providers).map_err(|e| e.to_string())?;
         let metrics = crate::metrics::Metrics::new();
@@ -537,12 +548,15 @@ async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String>
             .as_ref()
             .and_then(|r| r.result.as_ref())
             .map(|r| r.refund.refund_id.clone());
+        let snapshot = record.as_ref().and_then(|r| r.snapshot.as_deref());
+        if refund_id.is_none() && connector.needs_snapshot() && snapshot.is_none() {
+            return Ok(format!(
+                "{provider} cannot be asked by our key, and no snapshot of the payment was recorded for {key}: the provider was not asked. Do not refund by hand: a replay reconciles with {provider} before it sends"
+            ));
+        }
         let found = match &refund_id {
             Some(id) => connector.status(&request, id).await.map(Some),
-            None => {
-                let snapshot = record.as_ref().and_then(|r| r.snapshot.as_deref());
-                connector.find(&request, snapshot).await
-            }
+            None => connector.find(&request, snapshot).await,
         };
         let at = rfc3339(time::OffsetDateTime::now_utc());
         Ok(match found {
@@ -551,7 +565,7 @@ async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String>
                 refund.refund_id, refund.status, refund.amount
             ),
             Ok(None) => format!(
-                "{provider} at {at}: no refund under key {key}: none was made (a replay sends one)"
+                "{provider} at {at}: no refund under key {key} so far. Do not refund by hand: a replay asks {provider} again before it sends"
             ),
             Err(e) => format!("{provider} at {at}: could not tell ({e}); try again later"),
         })

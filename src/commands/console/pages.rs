@@ -96,8 +96,9 @@ pub(super) struct Overview<'a> {
     pub(super) minutes: &'a [(String, Tally)],
     /// Today's (UTC).
     pub(super) today: &'a Tally,
-    /// The workers that sent a heartbeat lately.
-    pub(super) workers: &'a [crate::store::Heartbeat],
+    /// The workers that sent a heartbeat lately (up to 100) and how many there are; `None`
+    /// when Redis could not say.
+    pub(super) workers: &'a Option<(Vec<crate::store::Heartbeat>, usize)>,
     pub(super) audit_head: Option<&'a (u64, String)>,
 }
 
@@ -116,22 +117,27 @@ pub(super) fn overview(o: &Overview<'_>) -> Markup {
                 }
             }
             h2 { "Workers" }
-            @if o.workers.is_empty() {
-                p.warn { "No worker has sent a heartbeat in the last " (crate::store::stats::HEARTBEAT_TTL_SECS) " s: jobs wait in the queue until one runs." }
-            } @else {
-                table {
-                    tr { th { "worker" } th { "ready" } th { "circuits open" } th { "last heartbeat" } }
-                    @for w in o.workers {
-                        tr {
-                            td { (w.name) }
-                            @match &w.not_ready {
-                                None => td.ok { "ready" },
-                                Some(why) => td.warn { "not ready: " (why) },
+            @match o.workers {
+                None => p.warn { "Unknown: Redis did not answer the heartbeat read." },
+                Some((workers, _)) if workers.is_empty() => {
+                    p.warn { "No worker has sent a heartbeat in the last " (crate::store::stats::HEARTBEAT_TTL_SECS) " s: jobs wait in the queue until one runs." }
+                }
+                Some((workers, total)) => {
+                    table {
+                        tr { th { "worker" } th { "ready" } th { "circuits open" } th { "last heartbeat" } }
+                        @for w in workers {
+                            tr {
+                                td { (w.name) }
+                                @match &w.not_ready {
+                                    None => td.ok { "ready" },
+                                    Some(why) => td.warn { "not ready: " (why) },
+                                }
+                                td { @if w.circuits_open.is_empty() { "none" } @else { span.warn { (w.circuits_open.join(", ")) } } }
+                                td { (w.at) }
                             }
-                            td { @if w.circuits_open.is_empty() { "none" } @else { span.warn { (w.circuits_open.join(", ")) } } }
-                            td { (w.at) }
                         }
                     }
+                    @if *total > workers.len() { p { "… and " (total - workers.len()) " more" } }
                 }
             }
             h2 { "Throughput" }
@@ -163,13 +169,18 @@ pub(super) fn overview(o: &Overview<'_>) -> Markup {
                 tr { th { "provider" } th { "circuit" } th { "state" } th { "action" } }
                 @for provider in ProviderName::ALL {
                     @let name = provider.as_str();
-                    @let open = o.workers.iter().filter(|w| w.circuits_open.iter().any(|c| c == name)).count();
                     tr {
                         td { (name) }
-                        @if open > 0 {
-                            td.warn { "open in " (open) " of " (o.workers.len()) " worker(s)" }
-                        } @else {
-                            td.ok { "closed" }
+                        @match o.workers {
+                            None => td.warn { "unknown" },
+                            Some((workers, _)) => {
+                                @let open = workers.iter().filter(|w| w.circuits_open.iter().any(|c| c == name)).count();
+                                @if open > 0 {
+                                    td.warn { "open in " (open) " of " (workers.len()) " worker(s)" }
+                                } @else {
+                                    td.ok { "closed" }
+                                }
+                            }
                         }
                         @match o.paused.get(name) {
                             Some(pause) => {
