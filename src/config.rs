@@ -214,6 +214,11 @@ pub struct ProvidersSettings {
     /// How long an open circuit stays open before one probe call.
     #[serde(deserialize_with = "duration")]
     pub circuit_open_for: Duration,
+    /// How long a call may wait in-process for its provider's rate limit before it goes to a
+    /// retry tier instead (held under the claim's lease: the worker waits at most half of
+    /// what the lease leaves after a call's timeout).
+    #[serde(deserialize_with = "duration")]
+    pub max_throttle_wait: Duration,
     /// Stripe.
     pub stripe: ProviderSettings,
     /// Mercado Pago.

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub provider_paused: IntGaugeVec,
     /// Refunds refused by a mandate, per agent.
     pub mandate_denied: IntCounterVec,
+    /// Provider calls the client-side rate limit held back (they waited in-process).
+    pub throttled: IntCounterVec,
+    /// How long those calls waited for the rate limit.
+    pub throttle_wait: HistogramVec,
     /// Refusals because a mandate's stored state does not add up (`forged`, `rolled_back`,
     /// `tampered`): someone edited Redis. Pages at once.
     pub mandate_tampered: IntCounterVec,
@@ -136,6 +140,12 @@ impl Metrics {
         }
         // Agents are not known in advance; `unknown` is, so the family exists from start-up.
         mandate_denied.with_label_values(&[crate::pipeline::gate::UNKNOWN_AGENT]);
+        let throttled = counter_vec(
+            &registry,
+            "refunds_throttled_total",
+            "Provider calls the client-side rate limit held back; each waited in-process for its turn.",
+            &["provider"],
+        );
         let deduplicated = IntCounter::new(
             "refunds_deduplicated_total",
             "Deliveries skipped because their refund was already done (redeliveries and duplicate jobs).",
@@ -164,8 +174,17 @@ impl Metrics {
         .expect("static metric");
         let step_duration = HistogramVec::new(
             HistogramOpts::new("refunds_step_duration_seconds", "Time per pipeline step.")
-                .buckets(buckets),
+                .buckets(buckets.clone()),
             &["step"],
+        )
+        .expect("static metric");
+        let throttle_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "refunds_throttle_wait_seconds",
+                "How long provider calls waited for the client-side rate limit.",
+            )
+            .buckets(buckets),
+            &["provider"],
         )
         .expect("static metric");
         let circuit_open = IntGaugeVec::new(
@@ -199,6 +218,7 @@ impl Metrics {
             Box::new(dead_letter_depth.clone()),
             Box::new(duration.clone()),
             Box::new(step_duration.clone()),
+            Box::new(throttle_wait.clone()),
             Box::new(circuit_open.clone()),
             Box::new(provider_paused.clone()),
             Box::new(dead_letter_amount.clone()),
@@ -213,6 +233,8 @@ impl Metrics {
             retried.with_label_values(&[p]);
             circuit_open.with_label_values(&[p]);
             provider_paused.with_label_values(&[p]);
+            throttled.with_label_values(&[p]);
+            throttle_wait.with_label_values(&[p]);
             amount.with_label_values(&[p, "BRL"]);
             for outcome in OUTCOMES {
                 duration.with_label_values(&[p, outcome]);
@@ -245,6 +267,8 @@ impl Metrics {
             dead_letter_amount,
             mandate_denied,
             mandate_tampered,
+            throttled,
+            throttle_wait,
         }
     }
 

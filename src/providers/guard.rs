@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
@@ -23,8 +23,6 @@ use super::{
 };
 use crate::job::ProviderName;
 
-/// How long a call may wait for a token of the rate limit before it is skipped instead.
-const MAX_RATE_WAIT: Duration = Duration::from_secs(1);
 /// How long a call may wait for a free slot before it is skipped instead.
 const MAX_SLOT_WAIT: Duration = Duration::from_secs(5);
 
@@ -35,6 +33,9 @@ pub struct Limits {
     pub concurrency: usize,
     /// Calls per second (0 = no limit).
     pub rate_limit: u32,
+    /// How long a call may wait in-process for a token of the rate limit; a call whose token
+    /// is further away goes to a retry tier instead.
+    pub max_rate_wait: Duration,
     /// Consecutive failures that open the circuit (0 = never).
     pub circuit_failures: u32,
     /// How long the circuit stays open before a probe.
@@ -57,6 +58,8 @@ pub struct Guarded {
     circuit_gauge: IntGauge,
     /// The ops pauses: a paused provider is refused like an open circuit.
     pauses: Option<Arc<PauseBoard>>,
+    /// `refunds_throttled_total{provider}` and `refunds_throttle_wait_seconds{provider}`.
+    throttle: Option<(IntCounter, Histogram)>,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,14 @@ impl Guarded {
             }),
             circuit_gauge,
             pauses: None,
+            throttle: None,
         }
+    }
+
+    /// Counts the calls the rate limit held, and how long, in these metrics.
+    pub fn throttle_metrics(mut self, throttled: IntCounter, waits: Histogram) -> Self {
+        self.throttle = Some((throttled, waits));
+        self
     }
 
     /// Honours the pauses on `board`.
@@ -155,16 +165,22 @@ impl Guarded {
         })
     }
 
-    /// Books the next free slot of the rate limit and waits for it; a call whose slot is
-    /// more than [`MAX_RATE_WAIT`] away is skipped instead (and gives its slot back).
+    /// Books the next free slot of the rate limit and waits for it, in-process, holding no
+    /// call slot: a rate limit costs waiting, not a retry. A call whose slot is more than
+    /// [`Limits::max_rate_wait`] away is skipped instead (and gives its slot back).
     async fn pace(&self) -> Result<(), ProviderError> {
         let booked = match self.state().bucket.as_mut() {
             None => return Ok(()),
-            Some(bucket) => bucket.reserve(MAX_RATE_WAIT),
+            Some(bucket) => bucket.reserve(self.limits.max_rate_wait),
         };
         match booked {
             Ok(wait) if wait.is_zero() => Ok(()),
             Ok(wait) => {
+                if let Some((throttled, waits)) = &self.throttle {
+                    throttled.inc();
+                    waits.observe(wait.as_secs_f64());
+                }
+                tracing::debug!(provider = %self.inner.name(), ?wait, "waiting for the rate limit");
                 tokio::time::sleep(wait).await;
                 Ok(())
             }

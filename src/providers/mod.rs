@@ -147,12 +147,19 @@ impl Providers {
             let limits = guard::Limits {
                 concurrency: own.concurrency,
                 rate_limit: own.rate_limit,
+                max_rate_wait: p
+                    .max_throttle_wait
+                    .min(settings.idempotency.lease.saturating_sub(p.timeout) / 2),
                 circuit_failures: p.circuit_failures,
                 circuit_open_for: p.circuit_open_for,
             };
             let gauge = metrics.circuit_open.with_label_values(&[name.as_str()]);
+            let throttled = metrics.throttled.with_label_values(&[name.as_str()]);
+            let waits = metrics.throttle_wait.with_label_values(&[name.as_str()]);
             providers.insert(Arc::new(
-                guard::Guarded::new(connector, limits, gauge).paused_by(Arc::clone(pauses)),
+                guard::Guarded::new(connector, limits, gauge)
+                    .paused_by(Arc::clone(pauses))
+                    .throttle_metrics(throttled, waits),
             ));
         }
         providers

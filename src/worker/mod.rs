@@ -31,7 +31,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 pub use dispose::Disposition;
 pub(crate) use dispose::{Action, action};
@@ -664,7 +664,22 @@ fn log_end(end: &JobEnd) {
             queue = tier.queue,
             "refund pending; will check its status"
         ),
-        Fate::Retry { why, tier, .. } => info!(job_id, queue = tier.queue, why, "retrying later"),
+        // A failed attempt is news; a wait (another worker's claim, a rate limit, a pause, an
+        // open circuit) is not, and a busy hour has many.
+        Fate::Retry {
+            why,
+            tier,
+            counted: true,
+            ..
+        } => info!(job_id, queue = tier.queue, why, "retrying later"),
+        Fate::Retry { why, tier, .. } => {
+            debug!(
+                job_id,
+                queue = tier.queue,
+                why,
+                "waiting; trying again later"
+            );
+        }
         Fate::DeadLetter { class, why, .. } => {
             warn!(job_id, class = class.as_str(), why, "dead-lettered");
         }

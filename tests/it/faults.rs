@@ -232,3 +232,44 @@ async fn a_provider_with_its_circuit_open_does_not_stall_the_others() {
     stop_down.cancel();
     env.cleanup().await;
 }
+
+/// A provider's rate limit costs waiting, not retries: 60 jobs against Stripe at 20 calls/s
+/// all refund on their first delivery, the calls the limit held are counted, and nothing goes
+/// round a retry tier (the old one-second bound sent most of them there).
+#[tokio::test]
+async fn a_rate_limit_is_waited_out_in_process_without_a_retry() {
+    let env = TestEnv::with("throttle", FaultOptions::default(), |s| {
+        s.providers.stripe.rate_limit = 20;
+        s.idempotency.lease = Duration::from_secs(20);
+        s.worker.concurrency = 64;
+        s.worker.prefetch = 64;
+    })
+    .await;
+    let jobs: Vec<_> = (0..60)
+        .map(|i| stripe_job(&format!("pi_throttle_{i}"), 100 + i))
+        .collect();
+    env.publish_json(&jobs).await;
+
+    let run = env.run_until_idle().await;
+
+    assert_eq!(env.ledger().len(), 60);
+    let retried: Vec<_> = run
+        .reports
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Refunded { .. }))
+        .collect();
+    assert!(retried.is_empty(), "{retried:#?}");
+    let text = run.metrics.render();
+    let throttled: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"refunds_throttled_total{provider="stripe"} "#))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // The bucket starts full (20); at least the other 40 waited for their turn.
+    assert!(throttled >= 40, "{throttled}");
+    assert!(
+        text.contains(r#"refunds_throttle_wait_seconds_count{provider="stripe"} "#),
+        "{text}"
+    );
+    env.cleanup().await;
+}

@@ -80,6 +80,7 @@ fn limits(failures: u32) -> Limits {
     Limits {
         concurrency: 0,
         rate_limit: 0,
+        max_rate_wait: Duration::from_secs(1),
         circuit_failures: failures,
         circuit_open_for: Duration::from_secs(30),
     }
