@@ -560,6 +560,11 @@ pub struct BenchArgs {
     /// (measures latency below saturation).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
+    /// Limit the worker's Stripe calls to N per second (the throttled scenario): the line
+    /// then also gives Redis calls and broker publishes per refund, the calls that waited for
+    /// the limit and the jobs deferred to a retry tier.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
     /// Skip the bare consume-and-ack ceiling.
     #[arg(long)]
     pub no_ceiling: bool,

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub mandate_denied: IntCounterVec,
     /// Provider calls the client-side rate limit held back (they waited in-process).
     pub throttled: IntCounterVec,
+    /// Jobs sent to a retry tier without spending an attempt (a claim held by another
+    /// worker, a pause, an open circuit, a rate limit beyond `max_throttle_wait`).
+    pub deferred: IntCounterVec,
     /// How long those calls waited for the rate limit.
     pub throttle_wait: HistogramVec,
     /// Refusals because a mandate's stored state does not add up (`forged`, `rolled_back`,
@@ -178,6 +181,12 @@ impl Metrics {
             &["step"],
         )
         .expect("static metric");
+        let deferred = counter_vec(
+            &registry,
+            "refunds_deferred_total",
+            "Jobs sent to a retry tier without spending an attempt: a claim held by another worker, a pause, an open circuit, a rate limit beyond max_throttle_wait.",
+            &["provider"],
+        );
         let throttle_wait = HistogramVec::new(
             HistogramOpts::new(
                 "refunds_throttle_wait_seconds",
@@ -235,6 +244,7 @@ impl Metrics {
             provider_paused.with_label_values(&[p]);
             throttled.with_label_values(&[p]);
             throttle_wait.with_label_values(&[p]);
+            deferred.with_label_values(&[p]);
             amount.with_label_values(&[p, "BRL"]);
             for outcome in OUTCOMES {
                 duration.with_label_values(&[p, outcome]);
@@ -269,6 +279,7 @@ impl Metrics {
             mandate_tampered,
             throttled,
             throttle_wait,
+            deferred,
         }
     }
 
@@ -312,7 +323,14 @@ impl Metrics {
                 self.retried.with_label_values(&[p]).inc();
                 observe(p, "retried");
             }
-            Fate::Retry { counted: false, .. } | Fate::Pending { .. } | Fate::HandBack { .. } => {}
+            Fate::Retry {
+                provider,
+                counted: false,
+                ..
+            } => {
+                self.deferred.with_label_values(&[label(provider)]).inc();
+            }
+            Fate::Pending { .. } | Fate::HandBack { .. } => {}
         }
     }
 
@@ -591,7 +609,10 @@ mod tests {
                     r#"refunds_duration_seconds_count{outcome="retried",provider="stripe"} 1"#,
                 ],
             ),
-            (retry(false), vec![]),
+            (
+                retry(false),
+                vec![r#"refunds_deferred_total{provider="stripe"} 1"#],
+            ),
             (
                 Fate::Pending {
                     provider: ProviderName::Stripe,

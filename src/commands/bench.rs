@@ -79,6 +79,21 @@ pub struct BenchResult {
     pub ceiling_per_sec: Option<f64>,
     /// `jobs_per_sec / ceiling_per_sec`.
     pub ratio: Option<f64>,
+    /// The worker's Stripe rate limit, when the run set one.
+    pub rate_limit: Option<u32>,
+    /// Seconds from the first delivery's arrival to the last outcome.
+    pub drain_secs: f64,
+    /// Redis commands served during the run (every client of this Redis) per refund.
+    pub redis_calls_per_refund: f64,
+    /// Messages published to the broker per refund: the job, its outcome event, and every
+    /// trip through a retry tier (retried and deferred).
+    pub broker_publishes_per_refund: f64,
+    /// Provider calls that waited for the rate limit.
+    pub throttled: u64,
+    /// Jobs sent to a retry tier without spending an attempt.
+    pub deferred: u64,
+    /// Jobs sent to a retry tier after a failed attempt.
+    pub retried: u64,
 }
 
 impl std::fmt::Display for BenchResult {
@@ -113,9 +128,23 @@ impl std::fmt::Display for BenchResult {
                 f,
                 "; broker ceiling {ceiling:.0} msg/s; ratio {:.1}%",
                 ratio * 100.0
-            ),
-            _ => write!(f, "; broker ceiling not measured"),
+            )?,
+            _ => write!(f, "; broker ceiling not measured")?,
         }
+        write!(
+            f,
+            "; drained in {:.1} s; {:.2} Redis calls and {:.2} broker publishes per refund; {} calls waited for a rate limit, {} jobs deferred and {} retried through a retry tier",
+            self.drain_secs,
+            self.redis_calls_per_refund,
+            self.broker_publishes_per_refund,
+            self.throttled,
+            self.deferred,
+            self.retried
+        )?;
+        if let Some(limit) = self.rate_limit {
+            write!(f, " (Stripe limited to {limit}/s)")?;
+        }
+        Ok(())
     }
 }
 
@@ -132,7 +161,15 @@ pub async fn run(ctx: &Context, args: BenchArgs) -> Result<(), CommandError> {
         .await
         .map_err(runtime)?;
 
-    let measured = measure(&connection, &publisher, &connections, &sandbox, &args).await;
+    let measured = measure(
+        &connection,
+        &publisher,
+        &connections,
+        &sandbox,
+        &args,
+        &redis,
+    )
+    .await;
 
     // Clean up whatever happened.
     let _ = topology.delete(publisher.channel()).await;
@@ -180,6 +217,7 @@ async fn measure(
     connections: &Connections,
     sandbox: &SandboxProcess,
     args: &BenchArgs,
+    redis: &redis::aio::ConnectionManager,
 ) -> Result<BenchResult, CommandError> {
     let prefix = &connections.prefix;
     let prefetch = prefetch_of(args);
@@ -199,7 +237,9 @@ async fn measure(
         publish_all(publisher, &topology, &jobs).await?;
     }
 
-    let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch)?;
+    let metrics_addr = worker_metrics_addr(args)?;
+    let redis_before = redis_calls(redis).await?;
+    let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch, metrics_addr)?;
     if args.rate.is_some() {
         // Paced jobs must meet a running worker, not a backlog built while it started.
         wait_for_consumer(publisher, &topology.jobs_queue()).await?;
@@ -229,6 +269,8 @@ async fn measure(
             exit = &mut waiting, if exited.is_none() => exited = Some(exit),
         }
     }
+    // What the worker counted, read before it stops (nothing is left to count by then).
+    let counted = worker_counts(metrics_addr).await;
     if exited.is_none() {
         // Every outcome is in: stop it (SIGTERM finishes what is in flight). Not
         // `--exit-when-idle`: the queues look empty while the last deliveries of a burst of
@@ -248,6 +290,9 @@ async fn measure(
         None => return Err(runtime("the worker was not waited for")),
     };
     let ledger = sandbox.ledger_len().await?;
+    let redis_after = redis_calls(redis).await?;
+    let (retried, deferred, throttled) = counted.unwrap_or_default();
+    let per_refund = |n: f64| n / (tally.refunded.max(1) as f64);
 
     let elapsed = match (tally.first_arrival, tally.last) {
         (Some(first), Some(last)) => last.saturating_duration_since(first),
@@ -274,6 +319,15 @@ async fn measure(
         worker_cpu_us_per_job: usage.cpu.as_secs_f64() * 1e6 / (tally.refunded.max(1) as f64),
         ceiling_per_sec: ceiling,
         ratio: ceiling.map(|c| jobs_per_sec / c),
+        rate_limit: args.rate_limit,
+        drain_secs: elapsed.as_secs_f64(),
+        redis_calls_per_refund: per_refund(redis_after.saturating_sub(redis_before) as f64),
+        broker_publishes_per_refund: per_refund(
+            (jobs.len() as u64 + tally.finished as u64 + retried + deferred) as f64,
+        ),
+        throttled,
+        deferred,
+        retried,
     })
 }
 
@@ -529,6 +583,61 @@ struct Usage {
     cpu: Duration,
 }
 
+/// Where the worker serves its metrics: the address asked for, or a free port when it asks
+/// for port 0 (the bench reads the worker's counts there).
+fn worker_metrics_addr(args: &BenchArgs) -> Result<std::net::SocketAddr, CommandError> {
+    if args.worker_metrics_addr.port() != 0 {
+        return Ok(args.worker_metrics_addr);
+    }
+    std::net::TcpListener::bind(args.worker_metrics_addr)
+        .and_then(|l| l.local_addr())
+        .map_err(runtime)
+}
+
+/// Commands Redis has served since it started (`INFO commandstats`), over every client.
+async fn redis_calls(redis: &redis::aio::ConnectionManager) -> Result<u64, CommandError> {
+    let mut conn = redis.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .map_err(runtime)?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum())
+}
+
+/// The worker's retried, deferred and throttled counts, summed over providers, from its
+/// `/metrics`; `None` if it could not be read.
+async fn worker_counts(addr: std::net::SocketAddr) -> Option<(u64, u64, u64)> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Some((
+        sum("refunds_retried_total"),
+        sum("refunds_deferred_total"),
+        sum("refunds_throttled_total"),
+    ))
+}
+
 /// `refund-worker run` as a child process, measured by the kernel when it exits.
 struct WorkerProcess {
     pid: i32,
@@ -540,6 +649,7 @@ impl WorkerProcess {
         sandbox_url: &str,
         args: &BenchArgs,
         prefetch: u16,
+        metrics_addr: std::net::SocketAddr,
     ) -> Result<Self, CommandError> {
         let exe = std::env::current_exe().map_err(runtime)?;
         let mut command = Command::new(exe);
@@ -547,21 +657,20 @@ impl WorkerProcess {
             .args(["--prefix", &connections.prefix])
             .args(["--amqp-url", &connections.amqp_url])
             .args(["--redis-url", &connections.redis_url])
-            .args([
-                "run",
-                "--metrics-addr",
-                &args.worker_metrics_addr.to_string(),
-            ])
+            .args(["run", "--metrics-addr", &metrics_addr.to_string()])
             .args(["--providers-url", sandbox_url])
             .env("REFUND_WORKER__CONCURRENCY", args.concurrency.to_string())
             .env("REFUND_WORKER__PREFETCH", prefetch.to_string())
             // The sandbox is the only provider here: no client-side limit may be the
-            // bottleneck.
+            // bottleneck, unless the run is about one (`--rate-limit`).
             .env(
                 "REFUND_PROVIDERS__STRIPE__CONCURRENCY",
                 args.concurrency.to_string(),
             )
-            .env("REFUND_PROVIDERS__STRIPE__RATE_LIMIT", "0")
+            .env(
+                "REFUND_PROVIDERS__STRIPE__RATE_LIMIT",
+                args.rate_limit.unwrap_or(0).to_string(),
+            )
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
         let child = command
