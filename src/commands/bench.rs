@@ -84,7 +84,8 @@ pub struct BenchResult {
     pub rate_limit: Option<u32>,
     /// Seconds from the first delivery's arrival to the last outcome.
     pub drain_secs: f64,
-    /// Redis commands served during the run (every client of this Redis) per refund.
+    /// Redis commands served during the run (every client of this Redis, the commands run
+    /// inside scripts included) per refund.
     pub redis_calls_per_refund: f64,
     /// Messages published to the broker per refund: the job, its outcome event, and every
     /// trip through a retry tier (retried and deferred).
@@ -604,7 +605,8 @@ fn worker_metrics_addr(args: &BenchArgs) -> Result<std::net::SocketAddr, Command
         .map_err(runtime)
 }
 
-/// Commands Redis has served since it started (`INFO commandstats`), over every client.
+/// Commands Redis has served since it started (`INFO commandstats`), over every client and
+/// including those scripts run.
 async fn redis_calls(redis: &redis::aio::ConnectionManager) -> Result<u64, CommandError> {
     let mut conn = redis.clone();
     let info: String = redis::cmd("INFO")
