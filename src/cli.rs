@@ -401,6 +401,9 @@ pub enum DlqCommand {
         /// Confirm the deletion.
         #[arg(long)]
         yes: bool,
+        /// Print JSON: what was done, and to which letters.
+        #[arg(long)]
+        json: bool,
     },
     /// Write every dead letter as JSON Lines (body, headers, reason), leaving them queued.
     Export {
@@ -425,11 +428,17 @@ pub enum DlqCommand {
         /// Confirm: the letters leave the queue once the file is written and synced.
         #[arg(long)]
         yes: bool,
+        /// Print JSON: what was done, and to which letters.
+        #[arg(long)]
+        json: bool,
     },
     /// Put archived (or exported) dead letters back into the dead-letter queue.
     Import {
         /// A file written by `dlq archive` or `dlq export`.
         file: std::path::PathBuf,
+        /// Print JSON: what was done, and to which letters.
+        #[arg(long)]
+        json: bool,
     },
 }
 

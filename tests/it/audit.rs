@@ -60,7 +60,11 @@ async fn every_cli_action_is_recorded_with_its_operator_and_a_deleted_entry_is_d
         ],
     )
     .await;
-    cli_ok(&env, &["dlq", "purge", &ids[1], "--yes"]).await;
+    let purged: serde_json::Value =
+        serde_json::from_str(&cli_ok(&env, &["dlq", "purge", &ids[1], "--yes", "--json"]).await)
+            .unwrap();
+    assert_eq!(purged["purged"], 1, "{purged:#}");
+    assert_eq!(purged["job_ids"][0], ids[1].as_str(), "{purged:#}");
     cli_ok(&env, &["mandate", "revoke", "cm_audit"]).await;
 
     let listed = entries(&cli_ok(&env, &["audit", "list", "--json"]).await);
@@ -318,8 +322,9 @@ async fn archived_letters_leave_the_queue_and_come_back_sealed_with_import() {
         "an archive is never overwritten"
     );
 
-    let out = cli_ok(&env, &["dlq", "import", path]).await;
-    assert!(out.contains("imported 2 dead letter(s)"), "{out}");
+    let out = cli_ok(&env, &["dlq", "import", path, "--json"]).await;
+    let imported: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(imported["imported"], 2, "{out}");
     let letters = env.dead_letters_kept().await;
     assert_eq!(letters.len(), 2);
     for letter in &letters {

@@ -183,6 +183,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             all,
             out,
             yes,
+            json,
         } => {
             let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
             if !yes {
@@ -194,10 +195,14 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             }
             let archived = archive(&chosen, &out).await;
             if archived.is_ok() {
-                println!(
-                    "archived {} dead letter(s) to {}",
-                    chosen.len(),
-                    out.display()
+                say(
+                    json,
+                    &format!(
+                        "archived {} dead letter(s) to {}",
+                        chosen.len(),
+                        out.display()
+                    ),
+                    json!({ "archived": chosen.len(), "file": out.display().to_string(), "job_ids": target_of(&chosen)["job_ids"] }),
                 );
             }
             let outcome = match &archived {
@@ -214,9 +219,14 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             done = outcome.map(|o| ("dlq archive", target_of(&chosen), o));
             archived
         }
-        DlqCommand::Import { file } => {
+        DlqCommand::Import { file, json } => {
             let imported = import(publisher, &topology.dead_exchange(), &file).await;
             if let Ok(count) = &imported {
+                say(
+                    json,
+                    &format!("imported {count} dead letter(s) from {}", file.display()),
+                    json!({ "imported": count, "file": file.display().to_string() }),
+                );
                 done = Some((
                     "dlq import",
                     json!({ "file": file.display().to_string() }),
@@ -230,6 +240,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             filter,
             all,
             yes,
+            json,
         } => {
             let chosen = select(queue, &job_ids, &Filter::parse(&filter)?, all)?;
             if !yes {
@@ -241,7 +252,11 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
             }
             let purged = purge(&chosen).await;
             if purged.is_ok() {
-                println!("purged {} dead letter(s)", chosen.len());
+                say(
+                    json,
+                    &format!("purged {} dead letter(s)", chosen.len()),
+                    json!({ "purged": chosen.len(), "job_ids": target_of(&chosen)["job_ids"] }),
+                );
             }
             let outcome = match &purged {
                 Ok(()) => Some(json!({ "purged": chosen.len() })),
@@ -362,6 +377,18 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
         super::audit::record(ctx, action, target, Value::Null, outcome).await?;
     }
     result
+}
+
+/// Prints what an action did: the sentence, or with `--json` the object.
+fn say(json: bool, sentence: &str, object: Value) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&object).unwrap_or_default()
+        );
+    } else {
+        println!("{sentence}");
+    }
 }
 
 /// The letters an action was applied to, for the audit log.
@@ -682,11 +709,6 @@ async fn import(
             .await
             .map_err(runtime)?;
     }
-    println!(
-        "imported {} dead letter(s) from {}",
-        letters.len(),
-        file.display()
-    );
     Ok(letters.len())
 }
 
