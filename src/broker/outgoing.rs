@@ -47,13 +47,13 @@ pub fn job_properties(job_id: &str, reply_to: Option<&str>) -> BasicProperties {
 }
 
 /// Publishes `jobs` in pipelined batches and waits for every confirm. Returns one result per
-/// job, in order; `progress` is told how many more were confirmed after each batch.
+/// job, in order; `progress` is told each job's result as its confirm is awaited, in order.
 pub async fn publish_jobs(
     publisher: &Publisher,
     topology: &Topology,
     jobs: &[OutgoingJob],
     reply_to: Option<&str>,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(bool),
 ) -> Vec<Result<(), BrokerError>> {
     let exchange = topology.jobs_exchange();
     publish_jobs_to(
@@ -72,7 +72,7 @@ pub async fn publish_jobs_to(
     (exchange, routing_key): (&str, &str),
     jobs: &[OutgoingJob],
     reply_to: Option<&str>,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(bool),
 ) -> Vec<Result<(), BrokerError>> {
     let mut results = Vec::with_capacity(jobs.len());
     for batch in jobs.chunks(BATCH) {
@@ -94,16 +94,14 @@ pub async fn publish_jobs_to(
                     .await,
             );
         }
-        let mut confirmed_here = 0;
         for sent in pending {
             let result = match sent {
                 Ok(confirm) => confirmed(confirm).await,
                 Err(e) => Err(e),
             };
-            confirmed_here += u64::from(result.is_ok());
+            progress(result.is_ok());
             results.push(result);
         }
-        progress(confirmed_here);
     }
     results
 }

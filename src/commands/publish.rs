@@ -234,23 +234,25 @@ pub async fn run(ctx: &Context, args: PublishArgs) -> Result<(), CommandError> {
     }
     let outgoing: Vec<OutgoingJob> = jobs.iter().map(|(_, job)| job.clone()).collect();
     let reply_to = replies.as_ref().map(|(queue, _, _)| queue.as_str());
-    // How far the batches got: (batches done, jobs confirmed, the first batch with a job not
-    // confirmed).
+    // How far the confirms got, in order: (jobs whose confirm was awaited, jobs confirmed, the
+    // first job not confirmed).
     let progress = std::cell::Cell::new((0usize, 0u64, None::<usize>));
-    let publishing = broker::publish_jobs(&publisher, &topology, &outgoing, reply_to, |n| {
-        let (batches, confirmed, short) = progress.get();
-        let expected = (jobs.len() - batches * broker::BATCH).min(broker::BATCH) as u64;
-        let short = short.or((n < expected).then_some(batches));
-        progress.set((batches + 1, confirmed + n, short));
-        bar.inc(n);
+    let publishing = broker::publish_jobs(&publisher, &topology, &outgoing, reply_to, |ok| {
+        let (seen, confirmed, first_missing) = progress.get();
+        let first_missing = first_missing.or((!ok).then_some(seen));
+        progress.set((seen + 1, confirmed + u64::from(ok), first_missing));
+        if ok {
+            bar.inc(1);
+        }
     });
     let results = tokio::select! {
         results = publishing => results,
         _ = interrupted.recv() => {
             bar.finish_and_clear();
-            let (batches, confirmed, short) = progress.get();
+            let (seen, confirmed, first_missing) = progress.get();
+            // Every job before this one is confirmed; from it on, nothing is known.
             let resume = jobs
-                .get(short.unwrap_or(batches) * broker::BATCH)
+                .get(first_missing.unwrap_or(seen))
                 .map_or(jobs[0].0, |(line, _)| *line);
             let _ = connection.close(200, "interrupted".into()).await;
             return Err(interrupted_at(&args, confirmed, jobs.len(), resume, today));

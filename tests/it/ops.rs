@@ -1134,6 +1134,14 @@ async fn an_interrupted_publish_says_where_to_resume_and_the_resume_loses_nothin
     assert_eq!(words[3], "--date");
     assert_eq!(words[4], today().to_string());
     assert!(from > 1 && from <= ROWS, "stopped mid-file: {said}");
+    // Every line before the resume line is confirmed, and no more: the count says so.
+    let confirmed: usize = said
+        .split("interrupted: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert_eq!(confirmed, from - 1, "{said}");
     assert!(said.contains("keep --date"), "{said}");
 
     // The resume: every line is in the queue at least once, and at most one batch twice.
