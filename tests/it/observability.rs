@@ -372,7 +372,8 @@ fn rule_queries() -> Vec<Query> {
 }
 
 /// Grafana's variables, as a dashboard user would have them: every provider, the test's
-/// queue prefix, and intervals that fit a short run scraped every second.
+/// queue prefix, the currency the test refunds in, and intervals that fit a short run
+/// scraped every second.
 fn substitute(expr: &str, prefix: &str) -> String {
     let out = expr
         .replace("${__rate_interval}", "1m")
@@ -384,7 +385,9 @@ fn substitute(expr: &str, prefix: &str) -> String {
         .replace("${provider}", ".*")
         .replace("$provider", ".*")
         .replace("${prefix}", prefix)
-        .replace("$prefix", prefix);
+        .replace("$prefix", prefix)
+        .replace("${currency}", "BRL")
+        .replace("$currency", "BRL");
     assert!(
         !out.contains('$'),
         "a template variable the test does not know: {expr}"
