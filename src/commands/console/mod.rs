@@ -39,11 +39,20 @@ use auth::{Auth, COOKIE, Session, cookie_token};
 /// Dead letters read per page.
 const READ_LIMIT: usize = 2_000;
 
-/// What every handler shares.
+/// What every handler shares: built once at start-up (keys parsed, Redis connected, provider
+/// clients made), not per request.
 struct Console {
     ctx: Context,
     auth: Auth,
     sealer: Sealer,
+    /// One reconnecting Redis connection for every page.
+    redis: redis::aio::ConnectionManager,
+    /// Signs receipts (read here: chain verification) and the audit log.
+    receipt_key: crate::signing::KeyPair,
+    /// The keys mandates are verified with.
+    mandate_keys: crate::signing::VerifyKeys,
+    /// The provider connectors of "look it up at the provider".
+    providers: crate::providers::Providers,
 }
 
 type Shared = State<Arc<Console>>;
@@ -93,8 +102,29 @@ async fn serve(ctx: &Context, listen: SocketAddr) -> Result<(), CommandError> {
             "no console operators are configured: add one with `refund-worker console operator add NAME` (password on stdin) and put the printed entry in the configuration file".into(),
         ));
     }
-    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys)
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let usage = |e: &dyn std::fmt::Display| CommandError::Usage(e.to_string());
+    let sealer = Sealer::from_config(&ctx.settings.broker.seal_keys).map_err(|e| usage(&e))?;
+    let receipt_key = crate::signing::KeyPair::from_seed(
+        &ctx.settings.receipts.signing_key,
+        "[receipts] signing_key",
+    )
+    .map_err(|e| usage(&e))?;
+    let mandate_keys = crate::signing::VerifyKeys::from_hex_list(
+        &ctx.settings.mandates.verify_keys,
+        "[mandates] verify_keys",
+    )
+    .map_err(|e| usage(&e))?;
+    let redis = store::connect(&ctx.connections.redis_url)
+        .await
+        .map_err(runtime)?;
+    let client = crate::http::client(&ctx.settings.providers).map_err(runtime)?;
+    let metrics = crate::metrics::Metrics::new();
+    // The look-up reads; it honours no pause (an operator may look during an incident).
+    let pauses = Arc::new(crate::providers::pause::PauseBoard::new(
+        metrics.provider_paused.clone(),
+    ));
+    let providers =
+        crate::providers::Providers::from_settings(&ctx.settings, &metrics, client, &pauses);
     let console = Arc::new(Console {
         ctx: ctx.clone(),
         auth: Auth::new(
@@ -102,6 +132,10 @@ async fn serve(ctx: &Context, listen: SocketAddr) -> Result<(), CommandError> {
             ctx.settings.console.session_ttl,
         ),
         sealer,
+        redis,
+        receipt_key,
+        mandate_keys,
+        providers,
     });
     let app = router(console);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -274,11 +308,16 @@ async fn read_letters(
         .map_err(|e| e.to_string())
 }
 
-async fn controls(console: &Console) -> Result<Controls, String> {
-    let conn = store::connect(&console.ctx.connections.redis_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Controls::new(conn, &console.ctx.connections.prefix))
+fn controls(console: &Console) -> Controls {
+    Controls::new(console.redis.clone(), &console.ctx.connections.prefix)
+}
+
+fn audit_log(console: &Console) -> crate::store::AuditLog {
+    crate::store::AuditLog::new(
+        console.redis.clone(),
+        &console.ctx.connections.prefix,
+        console.receipt_key.clone(),
+    )
 }
 
 async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
@@ -315,24 +354,14 @@ async fn overview(State(console): Shared, headers: HeaderMap) -> Response {
     let count = letters.letters.len();
     letters.close().await;
     let _ = connection.close(200, "console".into()).await;
-    let conn = match store::connect(&console.ctx.connections.redis_url).await {
-        Ok(c) => c,
-        Err(e) => return page_error(e),
-    };
-    let paused = Controls::new(conn.clone(), &console.ctx.connections.prefix)
-        .paused()
-        .await
-        .unwrap_or_default();
-    let stats = store::Stats::new(conn, &console.ctx.connections.prefix);
+    let paused = controls(&console).paused().await.unwrap_or_default();
+    let stats = store::Stats::new(console.redis.clone(), &console.ctx.connections.prefix);
     let now = time::OffsetDateTime::now_utc();
     let minutes = stats.minutes(now, 10).await.unwrap_or_default();
     let today = stats.day(now).await.unwrap_or_default();
     // `None`: Redis could not say (shown as unknown, never as "no worker").
     let workers = stats.workers(100).await.ok();
-    let audit_head = match super::audit::open(&console.ctx).await {
-        Ok(log) => log.head().await.ok().flatten(),
-        Err(_) => None,
-    };
+    let audit_head = audit_log(&console).head().await.ok().flatten();
     Html(
         pages::overview(&pages::Overview {
             session: &session,
@@ -460,9 +489,11 @@ async fn letter_page(
         let replay = world.replay(console, true);
         if let Ok(Some(key)) = replay.key_of(letter, &job).await {
             facts.record = world.store.get(&key).await.ok().flatten();
-            if let Ok(chain) = receipt_chain(console).await {
-                facts.receipt = chain.by_key(key.as_str()).await.ok().flatten();
-            }
+            facts.receipt = receipt_chain(console)
+                .by_key(key.as_str())
+                .await
+                .ok()
+                .flatten();
             facts.key = Some(key.to_string());
         }
     }
@@ -524,15 +555,8 @@ async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String>
                 "key {key} belongs to a different request ({theirs}), not to this letter ({ours}): whatever {provider} holds under it is that request's refund; this letter's was never sent under it"
             ));
         }
-        let settings = &console.ctx.settings;
-        let client = crate::http::client(&settings.providers).map_err(|e| e.to_string())?;
-        let metrics = crate::metrics::Metrics::new();
-        let pauses = Arc::new(crate::providers::pause::PauseBoard::new(
-            metrics.provider_paused.clone(),
-        ));
-        let providers =
-            crate::providers::Providers::from_settings(settings, &metrics, client, &pauses);
-        let connector = providers
+        let connector = console
+            .providers
             .get(provider)
             .ok_or_else(|| format!("no connector for {provider}"))?;
         let request = crate::providers::RefundRequest {
@@ -575,76 +599,70 @@ async fn ask_provider(console: &Console, job_id: &str) -> Result<String, String>
     answer
 }
 
-async fn receipt_chain(console: &Console) -> Result<crate::store::ReceiptChain, String> {
-    let key = crate::signing::KeyPair::from_seed(
-        &console.ctx.settings.receipts.signing_key,
-        "[receipts] signing_key",
-    )
-    .map_err(|e| e.to_string())?;
-    let conn = store::connect(&console.ctx.connections.redis_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(crate::store::ReceiptChain::new(
-        conn,
+fn receipt_chain(console: &Console) -> crate::store::ReceiptChain {
+    crate::store::ReceiptChain::new(
+        console.redis.clone(),
         &console.ctx.connections.prefix,
-        key,
-    ))
+        console.receipt_key.clone(),
+    )
 }
 
 #[derive(Deserialize)]
-struct PauseForm {
+struct ProviderForm {
     csrf: String,
-    reason: String,
+    /// Why (pauses only).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn pause(
     State(console): Shared,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Form(form): Form<PauseForm>,
+    Form(form): Form<ProviderForm>,
 ) -> Response {
-    let session = match may_act(&console, &headers, &form.csrf) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let Ok(provider) = ProviderName::parse(&name) else {
-        return (StatusCode::NOT_FOUND, "no such provider").into_response();
-    };
-    let controls = match controls(&console).await {
-        Ok(c) => c,
-        Err(e) => return page_error(e),
-    };
-    let operator = super::Operator::of_console(&session.operator);
-    match super::provider::pause(&console.ctx, &operator, &controls, provider, &form.reason).await {
-        Ok(_) => {}
-        Err(CommandError::Usage(why)) => return (StatusCode::BAD_REQUEST, why).into_response(),
-        Err(e) => return page_error(e),
-    }
-    Redirect::to("/").into_response()
+    let reason = form.reason.clone().unwrap_or_default();
+    provider_control(&console, &headers, &name, &form.csrf, Some(&reason)).await
 }
 
 async fn resume(
     State(console): Shared,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<ProviderForm>,
 ) -> Response {
-    let session = match may_act(&console, &headers, &form.csrf) {
+    provider_control(&console, &headers, &name, &form.csrf, None).await
+}
+
+/// Pauses (with `reason`) or resumes provider `name` as the signed-in operator, through the
+/// CLI's own functions (one validation, one audit record), then back to the overview.
+async fn provider_control(
+    console: &Console,
+    headers: &HeaderMap,
+    name: &str,
+    csrf: &str,
+    pause_for: Option<&str>,
+) -> Response {
+    let session = match may_act(console, headers, csrf) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let Ok(provider) = ProviderName::parse(&name) else {
+    let Ok(provider) = ProviderName::parse(name) else {
         return (StatusCode::NOT_FOUND, "no such provider").into_response();
     };
-    let controls = match controls(&console).await {
-        Ok(c) => c,
-        Err(e) => return page_error(e),
-    };
+    let controls = controls(console);
     let operator = super::Operator::of_console(&session.operator);
-    if let Err(e) = super::provider::resume(&console.ctx, &operator, &controls, provider).await {
-        return page_error(e);
+    let done = match pause_for {
+        Some(reason) => {
+            super::provider::pause(&console.ctx, &operator, &controls, provider, reason).await
+        }
+        None => super::provider::resume(&console.ctx, &operator, &controls, provider).await,
+    };
+    match done {
+        Ok(_) => Redirect::to("/").into_response(),
+        Err(CommandError::Usage(why)) => (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(e) => page_error(e),
     }
-    Redirect::to("/").into_response()
 }
 
 async fn audit(State(console): Shared, headers: HeaderMap) -> Response {
@@ -652,10 +670,7 @@ async fn audit(State(console): Shared, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let log = match super::audit::open(&console.ctx).await {
-        Ok(log) => log,
-        Err(e) => return page_error(e),
-    };
+    let log = audit_log(&console);
     let entries = match log.list(200).await {
         Ok(e) => e,
         Err(e) => return page_error(e),
@@ -714,12 +729,11 @@ async fn acting(
 async fn replay_world(console: &Console) -> Result<ReplayWorld, String> {
     let (connection, publisher) = broker_session(console).await?;
     let letters = read_letters(console, &connection).await?;
-    let store = console
-        .ctx
-        .connections
-        .idempotency_store(&console.ctx.settings)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = crate::store::IdempotencyStore::from_settings(
+        console.redis.clone(),
+        &console.ctx.connections.prefix,
+        &console.ctx.settings.idempotency,
+    );
     Ok(ReplayWorld {
         connection,
         publisher,
@@ -1170,18 +1184,9 @@ async fn mandates(State(console): Shared, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let keys = match crate::signing::VerifyKeys::from_hex_list(
-        &console.ctx.settings.mandates.verify_keys,
-        "[mandates] verify_keys",
-    ) {
-        Ok(k) => k,
-        Err(e) => return page_error(e),
-    };
-    let conn = match store::connect(&console.ctx.connections.redis_url).await {
-        Ok(c) => c,
-        Err(e) => return page_error(e),
-    };
-    let store = crate::store::MandateStore::new(conn, &console.ctx.connections.prefix);
+    let keys = &console.mandate_keys;
+    let store =
+        crate::store::MandateStore::new(console.redis.clone(), &console.ctx.connections.prefix);
     let stored = match store.list().await {
         Ok(l) => l,
         Err(e) => return page_error(e),
@@ -1191,7 +1196,7 @@ async fn mandates(State(console): Shared, headers: HeaderMap) -> Response {
     let mut rows = Vec::with_capacity(stored.len());
     for s in stored {
         let spent = store.spent(s.mandate.id.as_str(), today).await.unwrap_or(0);
-        let valid = s.mandate.verify(&keys);
+        let valid = s.mandate.verify(keys);
         let state = s.mandate.state(now);
         rows.push(pages::MandateRow {
             mandate: s.mandate,
@@ -1208,10 +1213,7 @@ async fn receipts(State(console): Shared, headers: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let chain = match receipt_chain(&console).await {
-        Ok(chain) => chain,
-        Err(e) => return page_error(e),
-    };
+    let chain = receipt_chain(&console);
     let head = chain.head().await.ok().flatten();
     let report = match chain.verify().await {
         Ok(r) => r,
