@@ -19,16 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Publish(_)
-            | Command::Dlq(_)
-            | Command::Mandate(_)
-            | Command::Receipts(_)
-            | Command::Audit(_)
-            | Command::Provider(_)
-            | Command::Status(_)
-    ) {
+    if reports(&cli.command) {
         restore_sigpipe();
     }
     init_logging(&cli);
@@ -47,6 +38,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }
+}
+
+/// The commands that print for an operator and end: they log only warnings, and end quietly
+/// when their reader goes away.
+fn reports(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Publish(_)
+            | Command::Dlq(_)
+            | Command::Mandate(_)
+            | Command::Receipts(_)
+            | Command::Audit(_)
+            | Command::Provider(_)
+            | Command::Status(_)
+    )
 }
 
 /// Reporting commands end quietly when their reader goes away (`dlq list | head`), like any
@@ -102,17 +108,11 @@ async fn dispatch(cli: Cli) -> Result<(), CommandError> {
 fn init_logging(cli: &Cli) {
     // Interactive commands keep the terminal for their own output; services log at info.
     let default = match cli.command {
-        Command::Run(_) | Command::Sandbox(_) | Command::Console(_) => "info",
-        Command::Publish(_)
-        | Command::Dlq(_)
-        | Command::Mandate(_)
-        | Command::Receipts(_)
-        | Command::Audit(_)
-        | Command::Provider(_)
-        | Command::Status(_) => "warn",
+        _ if reports(&cli.command) => "warn",
         // The demo's dead letters are expected; its summary reports them. The bench measures
         // the hot path, which logs nothing at error level.
         Command::Demo(_) | Command::Bench(_) => "error",
+        _ => "info",
     };
     // lapin logs its own connection errors, which the command reports once in its own words.
     let filter = EnvFilter::try_from_default_env()

@@ -194,29 +194,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 )));
             }
             let archived = archive(&chosen, &out).await;
-            if archived.is_ok() {
-                say(
-                    json,
-                    &format!(
-                        "archived {} dead letter(s) to {}",
-                        chosen.len(),
-                        out.display()
-                    ),
-                    json!({ "archived": chosen.len(), "file": out.display().to_string(), "job_ids": target_of(&chosen)["job_ids"] }),
-                );
-            }
-            let outcome = match &archived {
-                Ok(()) => {
-                    Some(json!({ "archived": chosen.len(), "file": out.display().to_string() }))
-                }
-                Err(CommandError::Usage(_)) => None,
-                Err(e) => Some(json!({
-                    "failed": e.to_string(),
-                    "file": out.display().to_string(),
-                    "removed": queue.removed(),
-                })),
-            };
-            done = outcome.map(|o| ("dlq archive", target_of(&chosen), o));
+            done = removal(json, queue, &chosen, Some(&out), &archived);
             archived
         }
         DlqCommand::Import { file, json } => {
@@ -251,20 +229,7 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
                 )));
             }
             let purged = purge(&chosen).await;
-            if purged.is_ok() {
-                say(
-                    json,
-                    &format!("purged {} dead letter(s)", chosen.len()),
-                    json!({ "purged": chosen.len(), "job_ids": target_of(&chosen)["job_ids"] }),
-                );
-            }
-            let outcome = match &purged {
-                Ok(()) => Some(json!({ "purged": chosen.len() })),
-                // Refused before anything was deleted: nothing to record.
-                Err(CommandError::Usage(_)) => None,
-                Err(e) => Some(json!({ "failed": e.to_string(), "removed": queue.removed() })),
-            };
-            done = outcome.map(|o| ("dlq purge", target_of(&chosen), o));
+            done = removal(json, queue, &chosen, None, &purged);
             purged
         }
         DlqCommand::Replay {
@@ -377,6 +342,42 @@ pub async fn run(ctx: &Context, args: DlqArgs) -> Result<(), CommandError> {
         super::audit::record(ctx, action, target, Value::Null, outcome).await?;
     }
     result
+}
+
+/// What an archive (to `file`) or a purge (no file) did: said to the operator, and what the
+/// audit log records (on failure, what had already left the queue); `None` when it was
+/// refused before anything left.
+fn removal(
+    json: bool,
+    queue: &DeadLetterQueue,
+    chosen: &[&DeadLetter],
+    file: Option<&std::path::Path>,
+    result: &Result<(), CommandError>,
+) -> Option<(&'static str, Value, Value)> {
+    let (action, verb) = match file {
+        Some(_) => ("dlq archive", "archived"),
+        None => ("dlq purge", "purged"),
+    };
+    let mut record = match result {
+        Ok(()) => json!({ verb: chosen.len() }),
+        Err(CommandError::Usage(_)) => return None,
+        Err(e) => json!({ "failed": e.to_string(), "removed": queue.removed() }),
+    };
+    if let Some(file) = file {
+        record["file"] = json!(file.display().to_string());
+    }
+    let target = target_of(chosen);
+    if result.is_ok() {
+        let mut shown = record.clone();
+        shown["job_ids"] = target["job_ids"].clone();
+        let to = file.map_or(String::new(), |f| format!(" to {}", f.display()));
+        say(
+            json,
+            &format!("{verb} {} dead letter(s){to}", chosen.len()),
+            shown,
+        );
+    }
+    Some((action, target, record))
 }
 
 /// Prints what an action did: the sentence, or with `--json` the object.
