@@ -105,8 +105,10 @@ impl IdempotencyStore {
                 lease_from: asked,
             })),
             "done" => Ok(Claim::Done(parse_record(field(1))?)),
+            // What is left of the holder's lease: never more than a whole lease, whatever the
+            // stored expiry says (an edited one must not park the job, or its sibling, for long).
             "busy" => Ok(Claim::Busy {
-                retry_in: Duration::from_millis(field(1).parse().unwrap_or(1000)),
+                retry_in: Duration::from_millis(field(1).parse().unwrap_or(1000)).min(self.lease),
             }),
             "conflict" => Ok(Claim::Conflict {
                 existing: field(1).to_owned(),
@@ -374,6 +376,25 @@ mod tests {
         }
         // The holder itself gets its own claim back (a repeated call whose answer was lost).
         ticket(claim(&store, "a").await);
+        store.delete_namespace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lease_edited_far_into_the_future_is_waited_for_at_most_one_lease() {
+        let store = store(LEASE).await;
+        ticket(claim(&store, "a").await);
+        let mut conn = store.conn.clone();
+        let _: () = redis::cmd("HSET")
+            .arg(store.keys.record(&key()))
+            .arg("lease_until")
+            .arg("99999999999999")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        match claim(&store, "b").await {
+            Claim::Busy { retry_in } => assert_eq!(retry_in, LEASE),
+            other => panic!("expected busy, got {other:?}"),
+        }
         store.delete_namespace().await.unwrap();
     }
 
