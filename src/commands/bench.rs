@@ -246,6 +246,9 @@ async fn measure(
         // Paced jobs must meet a running worker, not a backlog built while it started.
         wait_for_consumer(publisher, &topology.jobs_queue()).await?;
     }
+    // A paced run's window opens when pacing starts: a publisher that falls behind catches up
+    // in a burst, and a window opened at the first arrival would count that burst as speed.
+    let paced_from = args.rate.map(|_| Instant::now());
     let pacing = args.rate.map(|rate| {
         let publisher = publisher.clone();
         let topology = topology.clone();
@@ -296,7 +299,7 @@ async fn measure(
     let (retried, deferred, throttled) = counted.unwrap_or_default();
     let per_refund = |n: f64| n / (tally.refunded.max(1) as f64);
 
-    let elapsed = match (tally.first_arrival, tally.last) {
+    let elapsed = match (paced_from.or(tally.first_arrival), tally.last) {
         (Some(first), Some(last)) => last.saturating_duration_since(first),
         _ => Duration::ZERO,
     };
