@@ -14,6 +14,7 @@ use crate::{
         envelope::Republish,
         seal::{SealKeyError, Sealer},
     },
+    certificates::Watched,
     config::Settings,
     ending::JobEnd,
     governance::MandatePolicy,
@@ -88,12 +89,18 @@ pub enum AssembleError {
     /// `[broker] seal_keys` is unusable.
     #[error("invalid configuration: {0}")]
     Seal(#[from] SealKeyError),
+    /// A certificate of `[certificates]` cannot be read.
+    #[error("invalid configuration: {0}")]
+    Certificate(String),
 }
 
 impl AssembleError {
     /// Whether the fix is in the configuration (exit 2) rather than outside (exit 1).
     pub fn is_config(&self) -> bool {
-        matches!(self, AssembleError::Config(_) | AssembleError::Seal(_))
+        matches!(
+            self,
+            AssembleError::Config(_) | AssembleError::Seal(_) | AssembleError::Certificate(_)
+        )
     }
 }
 
@@ -235,7 +242,10 @@ pub async fn assemble(
         sealer,
         stats,
     } = wire(connections, settings).await?;
+    let certificates = Watched::load(&settings.certificates).map_err(AssembleError::Certificate)?;
+    metrics.observe_certificates(&certificates);
     let options = WorkerOptions {
+        certificates,
         amqp_url: connections.amqp_url.clone(),
         topology,
         worker: settings.worker.clone(),

@@ -35,6 +35,9 @@ pub struct Settings {
     pub receipts: ReceiptSettings,
     /// What the service trusts in the messages it reads back.
     pub broker: BrokerSettings,
+    /// Certificates whose expiry the worker exports: name → PEM file.
+    #[serde(default)]
+    pub certificates: std::collections::BTreeMap<String, String>,
 }
 
 /// The services a governed refund uses besides its provider.
@@ -390,6 +393,15 @@ impl Settings {
         }
         crate::broker::seal::Sealer::from_config(&self.broker.seal_keys)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(name) = self
+            .certificates
+            .keys()
+            .find(|name| !crate::certificates::valid_name(name))
+        {
+            return bad(&format!(
+                "[certificates] {name:?}: a name is 1 to 64 of a-z, 0-9 and _ (it becomes a metric label)"
+            ));
+        }
         let hex_key = |k: &String| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
         if self.mandates.verify_keys.is_empty() || !self.mandates.verify_keys.iter().all(hex_key) {
             return bad(

@@ -7,6 +7,8 @@
 pub mod app;
 /// RabbitMQ: topology, confirmed publishing, the headers dead letters carry.
 pub mod broker;
+/// Certificates whose expiry the worker exports.
+pub mod certificates;
 /// Command-line definitions.
 pub mod cli;
 /// Wall-clock timestamps (RFC 3339, UTC).

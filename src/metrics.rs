@@ -83,7 +83,26 @@ pub struct Metrics {
     /// Refusals because a mandate's stored state does not add up (`forged`, `rolled_back`,
     /// `tampered`): someone edited Redis. Pages at once.
     pub mandate_tampered: IntCounterVec,
+    /// 1 while a readiness check passes (`ready`, `broker`, `redis`, `consuming`,
+    /// `progress`), set from [`Health`] at each scrape.
+    pub health: IntGaugeVec,
+    /// Jobs this worker holds (received, not finished), set at each scrape.
+    pub jobs_held: IntGauge,
+    /// Deliveries carrying `x-refund-*` headers this deployment did not seal (ignored): a
+    /// publisher forging them, or a planted letter replayed.
+    pub untrusted_headers: IntCounter,
+    /// Entries in the namespace's audit log, and the sequence number of its head: fewer
+    /// entries than the head's number means one was deleted.
+    pub audit_entries: IntGauge,
+    /// The audit log head's sequence number (console and CLI actions so far).
+    pub audit_seq: IntGauge,
+    /// When each watched certificate expires (`[certificates]`), Unix seconds; 0 while one
+    /// cannot be read.
+    pub certificate_expiry: IntGaugeVec,
 }
+
+/// The `check` label values of `refunds_worker_health`.
+pub const HEALTH_CHECKS: [&str; 5] = ["ready", "broker", "redis", "consuming", "progress"];
 
 /// The rules of [`Metrics::mandate_tampered`], exported at zero from the start.
 pub const TAMPER_RULES: [&str; 3] = ["forged", "rolled_back", "tampered"];
@@ -220,8 +239,53 @@ impl Metrics {
             &["currency"],
         )
         .expect("static metric");
+        let health = IntGaugeVec::new(
+            Opts::new(
+                "refunds_worker_health",
+                "1 while the readiness check passes: ready (all of them), broker, redis, consuming, progress (not stalled).",
+            ),
+            &["check"],
+        )
+        .expect("static metric");
+        let jobs_held = IntGauge::new(
+            "refunds_jobs_held",
+            "Jobs this worker holds: received, not yet finished.",
+        )
+        .expect("static metric");
+        let untrusted_headers = IntCounter::new(
+            "refunds_untrusted_headers_total",
+            "Deliveries carrying x-refund-* headers this deployment did not seal; the headers were ignored.",
+        )
+        .expect("static metric");
+        let audit_entries = IntGauge::new(
+            "refunds_audit_log_entries",
+            "Entries stored in the audit log of console and CLI actions.",
+        )
+        .expect("static metric");
+        let audit_seq = IntGauge::new(
+            "refunds_audit_log_seq",
+            "Sequence number of the audit log's last entry (actions recorded so far).",
+        )
+        .expect("static metric");
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "refunds_certificate_expiry_timestamp_seconds",
+                "When each certificate of [certificates] expires (its notAfter), Unix seconds; 0 while it cannot be read.",
+            ),
+            &["certificate"],
+        )
+        .expect("static metric");
+        for check in HEALTH_CHECKS {
+            health.with_label_values(&[check]);
+        }
         for metric in [
             Box::new(deduplicated.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(health.clone()),
+            Box::new(jobs_held.clone()),
+            Box::new(untrusted_headers.clone()),
+            Box::new(audit_entries.clone()),
+            Box::new(audit_seq.clone()),
+            Box::new(certificate_expiry.clone()),
             Box::new(in_flight.clone()),
             Box::new(panicked.clone()),
             Box::new(dead_letter_depth.clone()),
@@ -280,7 +344,40 @@ impl Metrics {
             throttled,
             throttle_wait,
             deferred,
+            health,
+            jobs_held,
+            untrusted_headers,
+            audit_entries,
+            audit_seq,
+            certificate_expiry,
         }
+    }
+
+    /// Reads the watched certificates again and exports their expiries.
+    pub fn observe_certificates(&self, watched: &crate::certificates::Watched) {
+        for (name, at, why) in watched.expiries() {
+            if let Some(why) = why {
+                tracing::warn!(
+                    certificate = name,
+                    "cannot read a watched certificate: {why}"
+                );
+            }
+            self.certificate_expiry.with_label_values(&[name]).set(at);
+        }
+    }
+
+    /// Copies `health` into the health gauges (before a scrape renders them).
+    pub fn observe_health(&self, health: &Health) {
+        let checks = health.checks();
+        let ready = checks.iter().all(|(_, ok)| *ok);
+        self.health
+            .with_label_values(&["ready"])
+            .set(i64::from(ready));
+        for (check, ok) in checks {
+            self.health.with_label_values(&[check]).set(i64::from(ok));
+        }
+        let held = health.progress.held.load(Ordering::Relaxed);
+        self.jobs_held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// Counts how a job ended (`elapsed`: from the start of its processing). A message handed
@@ -447,6 +544,17 @@ fn monotonic_ms() -> u64 {
 }
 
 impl Health {
+    /// Each readiness check (but `ready`) and whether it passes now.
+    fn checks(&self) -> [(&'static str, bool); 4] {
+        let stalled = self.progress.stalled_at(monotonic_ms()).is_some();
+        [
+            ("broker", self.amqp.load(Ordering::Relaxed)),
+            ("redis", self.redis.load(Ordering::Relaxed)),
+            ("consuming", self.consuming.load(Ordering::Relaxed)),
+            ("progress", !stalled),
+        ]
+    }
+
     /// Why the worker is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<String> {
         let mut missing = Vec::new();
@@ -502,6 +610,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 }
 
 async fn render(State(exposed): State<Exposed>) -> impl IntoResponse {
+    exposed.metrics.observe_health(&exposed.health);
     (
         [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         exposed.metrics.render(),
@@ -548,11 +657,54 @@ mod tests {
             "refunds_dead_letter_depth",
             "refunds_provider_circuit_open",
             "refunds_dead_letter_amount_minor",
+            "refunds_worker_health",
+            "refunds_jobs_held",
+            "refunds_untrusted_headers_total",
+            "refunds_audit_log_entries",
+            "refunds_audit_log_seq",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
         assert!(text.contains(r#"refunds_succeeded_total{provider="stripe"} 1"#));
         assert!(text.contains(r#"refunds_failed_total{class="invalid",provider="stripe"} 1"#));
+    }
+
+    #[test]
+    fn each_readiness_check_is_a_gauge_and_ready_needs_them_all() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        for flag in [&health.amqp, &health.redis, &health.consuming] {
+            Health::set(flag, true);
+        }
+        let value = |check: &str| metrics.health.with_label_values(&[check]).get();
+        metrics.observe_health(&health);
+        for check in HEALTH_CHECKS {
+            assert_eq!(value(check), 1, "{check}");
+        }
+        Health::set(&health.redis, false);
+        health.progress.started();
+        health.progress.started();
+        metrics.observe_health(&health);
+        assert_eq!(value("redis"), 0);
+        assert_eq!(value("ready"), 0);
+        assert_eq!(value("broker"), 1);
+        assert_eq!(metrics.jobs_held.get(), 2);
+        assert_eq!(health.not_ready().as_deref(), Some("Redis unavailable"));
+        // A stall: jobs held with none finished for longer than stall_after.
+        Health::set(&health.redis, true);
+        health
+            .progress
+            .set_stall_after(std::time::Duration::from_millis(1));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        metrics.observe_health(&health);
+        assert_eq!(value("progress"), 0);
+        assert_eq!(value("ready"), 0);
+        health.progress.finished();
+        health.progress.finished();
+        metrics.observe_health(&health);
+        assert_eq!(value("progress"), 1);
+        assert_eq!(value("ready"), 1);
+        assert_eq!(metrics.jobs_held.get(), 0);
     }
 
     #[test]

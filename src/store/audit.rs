@@ -37,6 +37,33 @@ redis.call('HSET', KEYS[2], 'seq', ARGV[1], 'hash', ARGV[3])
 return 1
 ";
 
+/// The log's and the head's Redis keys in `namespace`.
+fn keys_of(namespace: &str) -> [String; 2] {
+    let tag = format!("{{{namespace}:audit}}");
+    [format!("{tag}:log"), format!("{tag}:head")]
+}
+
+/// How many entries the audit log of `namespace` stores, and its head's sequence number
+/// (both 0 for an empty log). Fewer entries than the head's number means one was deleted.
+/// Reading them needs no key: the worker exports them as gauges.
+pub async fn counts(conn: &ConnectionManager, namespace: &str) -> Result<(u64, u64), StoreError> {
+    let [log, head] = keys_of(namespace);
+    let (entries, seq): (u64, Option<u64>) = redis_call(|| {
+        let mut conn = conn.clone();
+        // MULTI/EXEC: an append between the two reads would look like a deleted entry.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HLEN")
+            .arg(&log)
+            .cmd("HGET")
+            .arg(&head)
+            .arg("seq");
+        async move { pipe.query_async(&mut conn).await }
+    })
+    .await?;
+    Ok((entries, seq.unwrap_or(0)))
+}
+
 /// The audit log of one namespace.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -58,11 +85,11 @@ impl AuditLog {
     /// The log of `namespace` (the queue prefix), signing with `key` (the receipts key: the
     /// service's own).
     pub fn new(conn: ConnectionManager, namespace: &str, key: KeyPair) -> Self {
-        let tag = format!("{{{namespace}:audit}}");
+        let [log, head] = keys_of(namespace);
         Self {
             conn,
-            log: format!("{tag}:log"),
-            head: format!("{tag}:head"),
+            log,
+            head,
             key,
         }
     }

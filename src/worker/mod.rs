@@ -38,7 +38,10 @@ pub(crate) use dispose::{Action, action};
 pub use plan::{Delivered, RetryPolicy, plan};
 
 use crate::{
-    broker::{self, BrokerError, Envelope, Publisher, Topology, seal::Sealer},
+    broker::{
+        self, BrokerError, Envelope, Publisher, Topology,
+        seal::{SealCheck, Sealer},
+    },
     config::WorkerSettings,
     ending::{Fate, JobEnd},
     metrics::{Health, Metrics},
@@ -68,6 +71,8 @@ pub struct WorkerOptions {
     pub sealer: Sealer,
     /// Where the worker adds its throughput counts for the console.
     pub stats: crate::store::Stats,
+    /// Certificates whose expiry is sampled with the other gauges.
+    pub certificates: crate::certificates::Watched,
 }
 
 /// One job's end, for progress bars and tests.
@@ -305,7 +310,7 @@ impl Worker {
                         break SessionEnd::Lost(why);
                     }
                 }
-                _ = gauge_tick.tick() => sample_dead_letters(shared, &session.publisher).await,
+                _ = gauge_tick.tick() => sample_gauges(shared, &session.publisher).await,
                 _ = idle_tick.tick(), if options.exit_when_idle => {
                     if !tasks.is_empty() {
                         idle_rounds = 0;
@@ -350,7 +355,7 @@ impl Worker {
         }
         // Leave the gauges current (an `--exit-when-idle` run reports its final state).
         if !matches!(end, SessionEnd::Lost(_)) {
-            sample_dead_letters(shared, &session.publisher).await;
+            sample_gauges(shared, &session.publisher).await;
         }
         // Bounded: a half-dead TCP connection must not hold the shutdown hostage.
         let bye = || "worker stopping".into();
@@ -362,9 +367,10 @@ impl Worker {
     }
 }
 
-/// Refreshes the dead-letter gauges: the queue's depth from the broker, the money waiting in
-/// it from the tally kept as jobs are dead-lettered and leave the queue.
-async fn sample_dead_letters(shared: &Shared, publisher: &Publisher) {
+/// Refreshes the sampled gauges: the dead-letter queue's depth from the broker, the money
+/// waiting in it from the tally kept as jobs are dead-lettered and leave the queue, and the
+/// audit log's size.
+async fn sample_gauges(shared: &Shared, publisher: &Publisher) {
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -395,6 +401,14 @@ async fn sample_dead_letters(shared: &Shared, publisher: &Publisher) {
                 .with_label_values(&[currency.as_str()])
                 .set(minor);
         }
+    }
+    shared
+        .metrics
+        .observe_certificates(&shared.options.certificates);
+    if let Ok((entries, seq)) = shared.pipeline.store().audit_counts().await {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        shared.metrics.audit_entries.set(gauge(entries));
+        shared.metrics.audit_seq.set(gauge(seq));
     }
 }
 
@@ -471,6 +485,9 @@ impl Job {
             delivery.redelivered,
             &shared.options.sealer,
         );
+        if matches!(envelope.seal, SealCheck::Untrusted { .. }) {
+            shared.metrics.untrusted_headers.inc();
+        }
         // A body over the limit is let go at once, not held while the job waits for a permit.
         let discarded =
             oversized::Discarded::take(&mut delivery.data, shared.options.worker.max_body_bytes);

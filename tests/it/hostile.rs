@@ -76,6 +76,11 @@ async fn forged_refund_headers_on_a_second_copy_cannot_rekey_the_job() {
     }
     let first = env.run_until_idle().await;
     assert_eq!(first.reports.len(), 2, "{:#?}", first.reports);
+    assert_eq!(
+        first.metrics.untrusted_headers.get(),
+        0,
+        "plain jobs are not suspect"
+    );
 
     for (payment, provider) in jobs {
         // The same message id, with every header that once chose a key, a job id or a class.
@@ -103,6 +108,8 @@ async fn forged_refund_headers_on_a_second_copy_cannot_rekey_the_job() {
     }
     let second = env.run_until_idle().await;
     assert_eq!(second.reports.len(), 4, "{:#?}", second.reports);
+    // Every forged copy is counted for the RefundsUntrustedHeaders alert.
+    assert_eq!(second.metrics.untrusted_headers.get(), 4);
     for report in &second.reports {
         assert_eq!(report.outcome, Outcome::Duplicate, "{report:#?}");
     }

@@ -10,7 +10,7 @@
 //! never reconfigured).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -25,8 +25,13 @@ use refund_sandbox::FaultOptions;
 
 use crate::{
     helpers::{REDIS_URL, TestEnv, binary, eventually, today},
+    hostile::forged,
+    ops::cli_ok,
     private_rabbit::PrivateRabbit,
 };
+
+/// The runbook base the test's Prometheus reads from the environment.
+const RUNBOOK_BASE: &str = "https://runbooks.example.test/refund-worker/OPERATIONS.md";
 
 // ------------------------------------------------------------------------------------------
 // Tools and files
@@ -423,6 +428,8 @@ impl Prometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=expand-external-labels")
+            .env("RUNBOOK_BASE", RUNBOOK_BASE)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
@@ -708,7 +715,8 @@ fn promtool_checks_the_prometheus_config_the_alert_rules_and_their_unit_tests() 
         println!("promtool {}: {}", args.join(" "), output.trim());
         assert!(ok, "promtool {} failed:\n{output}", args.join(" "));
     }
-    // Every alert has a summary and a runbook section that exists.
+    // Every alert has a summary, a runbook section that exists and a unit test.
+    let tests = read("config/prometheus/alerts.test.yml");
     let rules: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&read("config/prometheus/alerts.yml")).unwrap();
     let operations = read("docs/OPERATIONS.md");
@@ -724,9 +732,20 @@ fn promtool_checks_the_prometheus_config_the_alert_rules_and_their_unit_tests() 
                 .collect()
         })
         .collect();
+    let config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read("config/prometheus/prometheus.yml")).unwrap();
+    assert_eq!(
+        config["global"]["external_labels"]["runbook_base"].as_str(),
+        Some("${RUNBOOK_BASE}"),
+        "prometheus.yml gives the runbook base"
+    );
+    let mut alerts = 0;
     for group in rules["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {
-            let name = rule["alert"].as_str().unwrap();
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
             assert!(
                 rule["annotations"]["summary"].is_string(),
                 "{name}: summary"
@@ -735,14 +754,20 @@ fn promtool_checks_the_prometheus_config_the_alert_rules_and_their_unit_tests() 
                 .as_str()
                 .expect("runbook_url");
             let anchor = runbook
-                .strip_prefix("docs/OPERATIONS.md#")
-                .unwrap_or_else(|| panic!("{name}: runbook in docs/OPERATIONS.md: {runbook}"));
+                .strip_prefix("{{ $externalLabels.runbook_base }}#")
+                .unwrap_or_else(|| panic!("{name}: runbook under runbook_base: {runbook}"));
             assert!(
                 anchors.contains(anchor),
                 "{name}: no section #{anchor} in docs/OPERATIONS.md ({anchors:?})"
             );
+            // Every alert is unit-tested firing and silent.
+            assert!(
+                tests.contains(&format!("alertname: {name}\n")),
+                "{name}: no promtool unit test"
+            );
         }
     }
+    assert!(alerts >= 17, "{alerts} alerts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -760,10 +785,39 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
         || rabbitmq_plugin_answers(&rabbit_metrics),
     )
     .await;
+    // A certificate that expires in 20 days: inside the 30-day warning, outside the 7-day page.
+    let certificate = std::env::temp_dir().join(format!("obs-prom-{}.pem", std::process::id()));
+    let key = certificate.with_extension("key");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=obs-prom", "-days", "20", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .output()
+        .expect("openssl (Debian's openssl package) makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let watched = certificate.display().to_string();
     let env = TestEnv::with_infra(
         "obs-prom",
         FaultOptions::default(),
-        |_| {},
+        |settings| {
+            settings
+                .certificates
+                .insert("pix_client".into(), watched.clone());
+        },
         &rabbit.url,
         REDIS_URL,
     )
@@ -806,7 +860,20 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
         .mandate_denied
         .with_label_values(&["agent-obs-test"])
         .inc();
-    let total = publish_mixed_batch(&env).await;
+    let mut total = publish_mixed_batch(&env).await;
+    // A publisher forging the service's headers: ignored (the job runs as a fresh one), and
+    // counted.
+    let forged_job = job(
+        &format!("pi_{}_forged", env.prefix().replace('-', "_")),
+        1_900,
+        "stripe",
+    );
+    env.publish_raw(
+        &serde_json::to_vec(&forged_job).unwrap(),
+        lapin::BasicProperties::default().with_headers(forged(&[("x-refund-attempts", "7")])),
+    )
+    .await;
+    total += 1;
     eventually(
         Duration::from_secs(60),
         "the worker finishes the mixed batch",
@@ -818,6 +885,47 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
         .mandate_denied
         .with_label_values(&["agent-obs-test"])
         .inc();
+    // An operator pauses a provider (recorded in the audit log), then someone deletes that
+    // entry of the log in Redis.
+    cli_ok(
+        &env,
+        &[
+            "--as", "obs", "provider", "pause", "stripe", "--reason", "obs test",
+        ],
+    )
+    .await;
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deleted: u32 = redis::cmd("HDEL")
+        .arg(format!("{{{}:audit}}:log", env.prefix()))
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the pause is the log's first entry");
+    // The worker reads pauses every second and samples the audit log every 15 s.
+    for (expr, want) in [
+        (r#"max(refunds_provider_paused{provider="stripe"})"#, 1.0),
+        (
+            "max(refunds_audit_log_seq - refunds_audit_log_entries)",
+            1.0,
+        ),
+        ("sum(refunds_untrusted_headers_total)", 1.0),
+        (
+            "round((min(refunds_certificate_expiry_timestamp_seconds) - time()) / 86400)",
+            20.0,
+        ),
+    ] {
+        eventually(
+            Duration::from_secs(40),
+            &format!("prometheus reads {expr} = {want}"),
+            || async { prometheus.scalar(expr).await == Some(want) },
+        )
+        .await;
+    }
     // Until Prometheus has scraped the final numbers.
     let expected = finished(&worker.metrics.render());
     let scraped = "sum(refunds_succeeded_total) + sum(refunds_failed_total) + sum(refunds_deduplicated_total)";
@@ -909,16 +1017,16 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
     let started = tokio::time::Instant::now();
     let health = loop {
         let body = prometheus.api("/api/v1/rules", &[]).await;
-        let mut health = BTreeMap::new();
+        let mut health = Vec::new();
         for group in body["data"]["groups"].as_array().into_iter().flatten() {
             for rule in group["rules"].as_array().into_iter().flatten() {
-                health.insert(
+                health.push((
                     rule["name"].as_str().unwrap_or("?").to_owned(),
                     format!("{} {}", rule["health"], rule["lastError"]),
-                );
+                ));
             }
         }
-        if !health.is_empty() && health.values().all(|h| !h.starts_with("\"unknown\"")) {
+        if !health.is_empty() && health.iter().all(|(_, h)| !h.starts_with("\"unknown\"")) {
             break health;
         }
         assert!(
@@ -936,6 +1044,50 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_query_against_a_w
         assert!(state.starts_with("\"ok\""), "rule {rule}: {state}");
     }
 
+    // The signals produced above raise their alerts, whose runbook links are absolute.
+    let wanted = [
+        ("RefundAuditLogEntryMissing", "#a-gap-in-the-audit-log"),
+        ("RefundsUntrustedHeaders", "#untrusted-headers"),
+        ("RefundCertificateExpiring", "#certificates"),
+    ];
+    let mut active = Vec::new();
+    let started = tokio::time::Instant::now();
+    while wanted.iter().any(|(name, _)| {
+        !active
+            .iter()
+            .any(|a: &Value| a["labels"]["alertname"] == *name)
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "alerts {wanted:?} are not all active: {active:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let body = prometheus.api("/api/v1/alerts", &[]).await;
+        active = body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+    }
+    assert!(
+        !active
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "RefundCertificateExpiringSoon"),
+        "20 days left is not a page: {active:?}"
+    );
+    for (name, anchor) in wanted {
+        let alert = active
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name)
+            .unwrap();
+        assert_eq!(
+            alert["annotations"]["runbook_url"],
+            format!("{RUNBOOK_BASE}{anchor}"),
+            "{alert}"
+        );
+    }
+
+    let _ = std::fs::remove_file(&certificate);
+    let _ = std::fs::remove_file(&key);
     prometheus.stop().await;
     stop_server.cancel();
     worker.stop().await;

@@ -354,4 +354,21 @@ async fn bad_configuration_exits_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent.toml does not exist"));
+    // A watched certificate that cannot be read stops the worker before it takes a job.
+    let output = Command::new(binary())
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--prefix", "it-bad-certificate"])
+        .env(
+            "REFUND_CERTIFICATES__PIX_CLIENT",
+            "/nonexistent/pix-client.pem",
+        )
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("[certificates] pix_client: cannot read /nonexistent/pix-client.pem"),
+        "{stderr}"
+    );
 }

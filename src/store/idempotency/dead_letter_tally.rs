@@ -62,4 +62,9 @@ impl IdempotencyStore {
         }
         Ok(totals)
     }
+
+    /// Entries stored in this namespace's audit log and its head's sequence number.
+    pub async fn audit_counts(&self) -> Result<(u64, u64), StoreError> {
+        crate::store::audit::counts(&self.conn, self.keys.namespace()).await
+    }
 }

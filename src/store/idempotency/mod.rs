@@ -231,6 +231,11 @@ pub struct RecordKeys {
 }
 
 impl RecordKeys {
+    /// The namespace every key is under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// The keys under `namespace`.
     pub fn new(namespace: &str) -> Self {
         debug_assert!(
