@@ -138,6 +138,10 @@ fn conclude(
         let out = serde_json::json!({
             "intact": problems.is_empty(),
             "checked": report.checked,
+            "formats": {
+                "signed_individually": report.signed_individually,
+                "signed_per_group": report.signed_per_group,
+            },
             "head": head.map(|(seq, hash)| serde_json::json!({ "seq": seq, "hash": hash })),
             "expected": { "head": expected.head, "count": expected.count },
             "problems": problems,
@@ -145,6 +149,10 @@ fn conclude(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if problems.is_empty() {
         println!("{} receipts verified, chain intact", report.checked);
+        println!(
+            "formats: {} signed one by one (format 1), {} signed per group (format 2, one signature over a Merkle root)",
+            report.signed_individually, report.signed_per_group
+        );
         if let Some((seq, hash)) = head {
             println!("head: receipt {seq}, hash {hash}");
         }

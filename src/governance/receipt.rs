@@ -2,10 +2,13 @@
 //! order, under which mandate, with which credit note and notification, and when.
 //!
 //! A receipt is sealed by its position in one chain: `hash` is the SHA-256 of the canonical
-//! bytes of `(seq, prev_hash, sealed_at, body)`, `signature` is Ed25519 over that hash, and
-//! `prev_hash` is the previous receipt's hash (or [`GENESIS`] for the first). Editing,
-//! inserting, deleting or reordering any stored receipt therefore breaks a hash, a signature,
-//! a link or the sequence, and [`verify_chain`] names which.
+//! bytes of `(seq, prev_hash, sealed_at, body)`, and `prev_hash` is the previous receipt's
+//! hash (or [`GENESIS`] for the first). It is signed in one of two formats: format 1, a
+//! `signature` (Ed25519 over that hash) on each receipt; format 2 (what the worker seals
+//! now), a `group` seal: one signature over the Merkle root of the receipts sealed together,
+//! with this receipt's proof of inclusion ([`GroupSeal`]). Editing, inserting, deleting or
+//! reordering any stored receipt therefore breaks a hash, a signature, a proof, a link or the
+//! sequence, and [`verify_chain`] names which.
 //!
 //! Canonical bytes are JSON with object keys sorted (by UTF-8 bytes, which is code-point
 //! order), no insignificant whitespace, and strings escaped as `serde_json` escapes them (the
@@ -18,6 +21,7 @@
 //! holds a destination in the clear: callers mask it first ([`mask_pix_key`], [`mask_card`]).
 
 mod chain;
+mod group;
 mod mask;
 
 use std::collections::BTreeMap;
@@ -27,6 +31,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use chain::{ChainReport, ChainVerifier, Problem, entries_from_lines, verify_chain};
+pub use group::GroupSeal;
 pub use mask::{mask_card, mask_pix_key};
 
 use crate::signing::{KeyPair, PublicKey};
@@ -86,8 +91,22 @@ pub struct Receipt {
     pub body: ReceiptBody,
     /// SHA-256 (hex) of the canonical bytes of `(seq, prev_hash, sealed_at, body)`.
     pub hash: String,
-    /// Ed25519 (hex) over the 32 bytes of `hash`.
-    pub signature: String,
+    /// Format 1: Ed25519 (hex) over the 32 bytes of `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Format 2: the seal of the group it was sealed in (one signature per group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSeal>,
+}
+
+/// How a receipt is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealFormat {
+    /// Format 1: a signature of its own.
+    Individual,
+    /// Format 2: a group seal (one signature over a Merkle root).
+    Group,
 }
 
 impl Receipt {
@@ -120,7 +139,52 @@ impl Receipt {
             sealed_at,
             body,
             hash,
-            signature,
+            signature: Some(signature),
+            group: None,
+        }
+    }
+
+    /// Seals `bodies` as consecutive receipts from `first_seq`, after the receipt whose hash
+    /// is `prev_hash`, all at `sealed_at`, with one signature for the whole group (format 2).
+    pub fn seal_group(
+        first_seq: u64,
+        prev_hash: String,
+        sealed_at: &str,
+        bodies: Vec<ReceiptBody>,
+        key: &KeyPair,
+    ) -> Vec<Receipt> {
+        let mut receipts: Vec<Receipt> = Vec::with_capacity(bodies.len());
+        let mut after = prev_hash;
+        for (seq, body) in (first_seq..).zip(bodies) {
+            let body = body.normalized();
+            let hash = content_hash(seq, &after, sealed_at, &body);
+            receipts.push(Receipt {
+                seq,
+                prev_hash: std::mem::replace(&mut after, hash.clone()),
+                sealed_at: sealed_at.to_owned(),
+                body,
+                hash,
+                signature: None,
+                group: None,
+            });
+        }
+        let hashes: Vec<&str> = receipts.iter().map(|r| r.hash.as_str()).collect();
+        // Content hashes are always SHA-256 in hex; an empty group has nothing to seal.
+        if let Some(seals) = group::seal(&hashes, key) {
+            for (receipt, seal) in receipts.iter_mut().zip(seals) {
+                receipt.group = Some(seal);
+            }
+        }
+        receipts
+    }
+
+    /// How it is signed; `None` when it carries both a signature and a group seal, or
+    /// neither (an edit: sealing writes exactly one).
+    pub fn format(&self) -> Option<SealFormat> {
+        match (&self.signature, &self.group) {
+            (Some(_), None) => Some(SealFormat::Individual),
+            (None, Some(_)) => Some(SealFormat::Group),
+            _ => None,
         }
     }
 
@@ -144,10 +208,31 @@ impl Receipt {
     /// Whether `signature` is `key`'s signature of `hash`, written as sealing writes it
     /// (lowercase hex: hex decoding ignores case, so `A` for `a` would otherwise be an edit
     /// that still verifies).
+    ///
+    /// Format 2: the group seal proves this receipt's hash is in the signed root.
     pub fn signature_verifies(&self, key: &PublicKey) -> bool {
+        self.seal_verifies(key, |group| group.root_signed_by(key))
+    }
+
+    /// [`Receipt::signature_verifies`], with the check of a group root's signature left to
+    /// `root_signed` (a chain check verifies each group's root once, not once per receipt).
+    pub fn seal_verifies(
+        &self,
+        key: &PublicKey,
+        root_signed: impl FnOnce(&GroupSeal) -> bool,
+    ) -> bool {
         let lowercase_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        lowercase_hex(&self.signature)
-            && digest_bytes(&self.hash).is_some_and(|digest| key.verifies(&digest, &self.signature))
+        match (self.format(), &self.signature, &self.group) {
+            (Some(SealFormat::Individual), Some(signature), _) => {
+                lowercase_hex(signature)
+                    && digest_bytes(&self.hash)
+                        .is_some_and(|digest| key.verifies(&digest, signature))
+            }
+            (Some(SealFormat::Group), _, Some(group)) => {
+                group.includes(&self.hash) && root_signed(group)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -337,16 +422,73 @@ pub(crate) mod tests {
         let other = KeyPair::from_seed(&Secret::new("43".repeat(32)), "test").unwrap();
         assert!(!r.signature_verifies(&other.public()));
         let mut bad = r.clone();
-        bad.signature = r.signature.to_uppercase();
+        bad.signature = r.signature.as_deref().map(str::to_uppercase);
         assert_ne!(bad.signature, r.signature);
         assert!(
             !bad.signature_verifies(&public),
             "the same bytes, spelled otherwise"
         );
-        bad.signature = "00".repeat(64);
+        bad.signature = Some("00".repeat(64));
         assert!(!bad.signature_verifies(&public));
         bad.hash = "not hex".into();
         assert!(!bad.signature_verifies(&public));
+    }
+
+    fn group(n: u64) -> Vec<Receipt> {
+        let bodies = (1..=n).map(body).collect();
+        Receipt::seal_group(
+            1,
+            GENESIS.to_owned(),
+            "2026-01-02T10:00:02.000Z",
+            bodies,
+            &key(),
+        )
+    }
+
+    #[test]
+    fn a_group_is_a_chain_whose_receipts_each_verify_under_one_signature() {
+        let receipts = group(5);
+        let public = key().public();
+        let mut prev = GENESIS.to_owned();
+        for r in &receipts {
+            assert_eq!(r.format(), Some(SealFormat::Group));
+            assert_eq!(r.prev_hash, prev, "linked like format 1");
+            assert_eq!(r.recomputed_hash(), r.hash);
+            assert!(r.signature_verifies(&public), "receipt {}", r.seq);
+            assert_eq!(
+                Receipt::parse(&r.to_text()).unwrap(),
+                *r,
+                "reads back equal"
+            );
+            assert!(!r.to_text().contains("\"signature\":null"));
+            prev = r.hash.clone();
+        }
+        let other = KeyPair::from_seed(&Secret::new("43".repeat(32)), "test").unwrap();
+        assert!(!receipts[0].signature_verifies(&other.public()));
+        // Every field edited, even with its hash recomputed, leaves the proof behind.
+        for (field, mut changed) in each_field_changed(&receipts[2]) {
+            changed.hash = changed.recomputed_hash();
+            assert!(
+                !changed.signature_verifies(&public),
+                "{field} is not sealed"
+            );
+        }
+        // A receipt that carries both seals, or neither, was edited.
+        let mut both = receipts[1].clone();
+        both.signature = sealed().signature;
+        assert_eq!(both.format(), None);
+        assert!(!both.signature_verifies(&public));
+        let mut neither = receipts[1].clone();
+        neither.group = None;
+        assert!(!neither.signature_verifies(&public));
+        // Another group's seal does not cover this receipt.
+        let mut swapped = receipts[1].clone();
+        let others = vec![body(8), body(9), body(10)];
+        let at = "2026-01-02T10:00:02.000Z";
+        swapped.group = Receipt::seal_group(1, GENESIS.to_owned(), at, others, &key())[1]
+            .group
+            .clone();
+        assert!(!swapped.signature_verifies(&public));
     }
 
     #[test]

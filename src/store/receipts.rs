@@ -227,14 +227,11 @@ impl ReceiptChain {
                 )));
             }
             attempt += 1;
-            let mut receipts = Vec::with_capacity(groups.len());
-            let mut after = prev.clone();
-            for (i, group) in groups.iter().enumerate() {
-                let receipt =
-                    Receipt::seal(seq + 1 + i as u64, after, group.body.clone(), &self.key);
-                after = receipt.hash.clone();
-                receipts.push(receipt);
-            }
+            // One signature for the whole group (receipt format 2).
+            let bodies = groups.iter().map(|g| g.body.clone()).collect();
+            let sealed_at = crate::clock::now_rfc3339_millis();
+            let receipts =
+                Receipt::seal_group(seq + 1, prev.clone(), &sealed_at, bodies, &self.key);
             match self.append(&receipts).await? {
                 Appended::Done => {
                     if let Some(last) = receipts.last() {

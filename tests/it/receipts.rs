@@ -136,7 +136,9 @@ async fn concurrent_sealing_builds_one_unbroken_chain() {
         report,
         ChainReport {
             checked: 200,
-            problems: vec![]
+            problems: vec![],
+            signed_individually: 0,
+            signed_per_group: 200,
         }
     );
     let last = Receipt::parse(&stored[199].1).unwrap();
@@ -518,6 +520,10 @@ async fn an_auditor_verifies_an_export_offline_and_any_edit_fails_it() {
     let (code, out, err) = run(&["verify"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("5 receipts verified, chain intact"), "{out}");
+    assert!(
+        out.contains("formats: 0 signed one by one (format 1), 5 signed per group (format 2"),
+        "{out}"
+    );
 
     let dir = std::env::temp_dir().join(format!("{}-export", env.prefix()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -544,6 +550,25 @@ async fn an_auditor_verifies_an_export_offline_and_any_edit_fails_it() {
     let (code, out, err) = run(&["verify", "--file", path, "--public-key", &public]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("5 receipts verified, chain intact"), "{out}");
+
+    // An export from before group seals (format 1, a signature per receipt) still verifies.
+    let legacy_file = dir.join("legacy.jsonl");
+    let mut prev = GENESIS.to_owned();
+    let mut legacy = String::new();
+    for n in 1..=3 {
+        let receipt = Receipt::seal(n, prev, body(n), &key(&env));
+        prev = receipt.hash.clone();
+        legacy.push_str(&receipt.to_text());
+        legacy.push('\n');
+    }
+    std::fs::write(&legacy_file, legacy).unwrap();
+    let legacy_path = legacy_file.to_str().unwrap();
+    let (code, out, err) = run(&["verify", "--file", legacy_path, "--public-key", &public]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("formats: 3 signed one by one (format 1), 0 signed per group"),
+        "{out}"
+    );
 
     // One byte of the file changed: the amount of receipt 3.
     let tampered = exported.replacen("\"amount\":18603", "\"amount\":18609", 1);

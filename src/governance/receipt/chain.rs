@@ -3,12 +3,12 @@
 //! receipt before it, the positions run 1..=n, and the last one is the recorded head. Every
 //! problem is named by position and, when the receipt is readable, by job id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{GENESIS, Receipt};
+use super::{GENESIS, Receipt, SealFormat};
 use crate::signing::PublicKey;
 
 /// A run of missing positions longer than this is reported once, as a range.
@@ -21,6 +21,10 @@ pub struct ChainReport {
     pub checked: u64,
     /// Everything wrong, by position; empty when the chain is intact.
     pub problems: Vec<Problem>,
+    /// Readable receipts signed one by one (format 1).
+    pub signed_individually: u64,
+    /// Readable receipts signed per group (format 2: one signature over a Merkle root).
+    pub signed_per_group: u64,
 }
 
 impl ChainReport {
@@ -129,6 +133,11 @@ pub struct ChainVerifier<'k> {
     last_hash: Option<String>,
     /// Idempotency key → the position that sealed it (a key is sealed once).
     sealed_keys: HashMap<String, u64>,
+    /// Group roots (root, signature) whose signature verified: checked once per group.
+    verified_roots: HashSet<(String, String)>,
+    /// Receipts read in each format.
+    signed_individually: u64,
+    signed_per_group: u64,
 }
 
 impl<'k> ChainVerifier<'k> {
@@ -142,6 +151,9 @@ impl<'k> ChainVerifier<'k> {
             last_seq: 0,
             last_hash: None,
             sealed_keys: HashMap::new(),
+            verified_roots: HashSet::new(),
+            signed_individually: 0,
+            signed_per_group: 0,
         }
     }
 
@@ -209,7 +221,19 @@ impl<'k> ChainVerifier<'k> {
         } else if receipt.to_text() != text {
             found.push("edited (stored text differs from the sealed form)".into());
         }
-        if !receipt.signature_verifies(self.key) {
+        match receipt.format() {
+            Some(SealFormat::Individual) => self.signed_individually += 1,
+            Some(SealFormat::Group) => self.signed_per_group += 1,
+            None => found.push(
+                "sealed twice or not at all (a signature and a group seal, or neither)".into(),
+            ),
+        }
+        let (key, verified) = (self.key, &mut self.verified_roots);
+        let signed = receipt.seal_verifies(key, |group| {
+            let id = (group.root.clone(), group.signature.clone());
+            verified.contains(&id) || (group.root_signed_by(key) && verified.insert(id))
+        });
+        if receipt.format().is_some() && !signed {
             found.push("signature invalid".into());
         }
         if !repeated {
@@ -258,6 +282,8 @@ impl<'k> ChainVerifier<'k> {
         ChainReport {
             checked: self.checked,
             problems: self.problems,
+            signed_individually: self.signed_individually,
+            signed_per_group: self.signed_per_group,
         }
     }
 
@@ -303,6 +329,7 @@ impl<'k> ChainVerifier<'k> {
 mod tests {
     use super::*;
     use crate::governance::receipt::tests::{body, key};
+    use crate::signing::KeyPair;
 
     fn chain(n: u64) -> Vec<(u64, String)> {
         let key = key();
@@ -337,10 +364,82 @@ mod tests {
             report,
             ChainReport {
                 checked: 5,
-                problems: vec![]
+                problems: vec![],
+                signed_individually: 5,
+                signed_per_group: 0,
             }
         );
         assert!(verify_chain(&[], None, &key().public()).is_intact());
+    }
+
+    /// Receipts 1..=3 in format 1, then groups of 4 and 2 in format 2 (one chain).
+    fn mixed() -> Vec<(u64, String)> {
+        let mut stored = chain(3);
+        let mut prev = head(&stored).unwrap().1;
+        for (first, n) in [(4, 4), (8, 2)] {
+            let bodies = (first..first + n).map(body).collect();
+            let group =
+                Receipt::seal_group(first, prev, "2026-01-03T00:00:00.000Z", bodies, &key());
+            prev = group.last().unwrap().hash.clone();
+            stored.extend(group.iter().map(|r| (r.seq, r.to_text())));
+        }
+        stored
+    }
+
+    #[test]
+    fn a_chain_of_both_formats_verifies_and_says_how_many_of_each_it_read() {
+        let stored = mixed();
+        let report = verify_chain(&stored, head(&stored), &key().public());
+        assert_eq!(
+            report,
+            ChainReport {
+                checked: 9,
+                problems: vec![],
+                signed_individually: 3,
+                signed_per_group: 6,
+            }
+        );
+        let other =
+            KeyPair::from_seed(&crate::config::Secret::new("43".repeat(32)), "test").unwrap();
+        let wrong = verify_chain(&stored, head(&stored), &other.public());
+        assert_eq!(wrong.problems.len(), 9, "{wrong:?}");
+    }
+
+    #[test]
+    fn inside_a_group_a_deleted_an_edited_and_a_doubly_sealed_receipt_are_named() {
+        let stored = mixed();
+        let mut deleted = stored.clone();
+        deleted.remove(5); // receipt 6, inside the group 4..=7
+        let found = problems(&deleted, head(&stored));
+        assert_eq!(
+            found,
+            vec![(6, "missing (deleted?)".to_owned())],
+            "{found:?}"
+        );
+
+        let mut edited = stored.clone();
+        let mut r = Receipt::parse(&edited[4].1).unwrap();
+        r.body.amount += 1;
+        r.hash = r.recomputed_hash();
+        edited[4].1 = r.to_text();
+        let found = problems(&edited, head(&stored));
+        assert!(
+            found.contains(&(5, "signature invalid".to_owned())),
+            "{found:?}"
+        );
+
+        let mut doubled = stored.clone();
+        let mut r = Receipt::parse(&doubled[6].1).unwrap();
+        r.signature = Receipt::parse(&stored[0].1).unwrap().signature;
+        doubled[6].1 = r.to_text();
+        let found = problems(&doubled, head(&stored));
+        assert_eq!(
+            found,
+            vec![(
+                7,
+                "sealed twice or not at all (a signature and a group seal, or neither)".to_owned()
+            )]
+        );
     }
 
     #[test]
