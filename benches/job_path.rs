@@ -110,10 +110,30 @@ fn sealing(c: &mut Criterion) {
         notification: None,
         steps: Default::default(),
     };
+    // Format 1: a signature per receipt.
     c.bench_function("receipt_seal", |b| {
         b.iter(|| {
             let receipt = Receipt::seal(7, GENESIS.to_owned(), black_box(body.clone()), &key);
             receipt.to_text()
+        })
+    });
+    // Format 2 (what the worker seals): one signature per group; per receipt, for a group
+    // of 32, as under load.
+    let group: Vec<_> = (0..32).map(|_| body.clone()).collect();
+    c.bench_function("receipt_seal_group_of_32_per_receipt", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            for _ in 0..iters {
+                let receipts = Receipt::seal_group(
+                    7,
+                    GENESIS.to_owned(),
+                    "2026-01-02T10:00:02.000Z",
+                    black_box(group.clone()),
+                    &key,
+                );
+                black_box(receipts.iter().map(Receipt::to_text).count());
+            }
+            started.elapsed() / 32
         })
     });
 }
