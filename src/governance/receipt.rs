@@ -153,12 +153,28 @@ impl Receipt {
         bodies: Vec<ReceiptBody>,
         key: &KeyPair,
     ) -> Vec<Receipt> {
-        let mut receipts: Vec<Receipt> = Vec::with_capacity(bodies.len());
+        Self::seal_group_with_texts(first_seq, prev_hash, sealed_at, bodies, key)
+            .into_iter()
+            .map(|(receipt, _)| receipt)
+            .collect()
+    }
+
+    /// [`Receipt::seal_group`], each receipt with its stored text ([`Receipt::to_text`]),
+    /// each body written once for both its hash and its text.
+    pub fn seal_group_with_texts(
+        first_seq: u64,
+        prev_hash: String,
+        sealed_at: &str,
+        bodies: Vec<ReceiptBody>,
+        key: &KeyPair,
+    ) -> Vec<(Receipt, String)> {
+        let mut receipts: Vec<(Receipt, String)> = Vec::with_capacity(bodies.len());
         let mut after = prev_hash;
         for (seq, body) in (first_seq..).zip(bodies) {
             let body = body.normalized();
-            let hash = content_hash(seq, &after, sealed_at, &body);
-            receipts.push(Receipt {
+            let body_text = canonical_body(&body);
+            let hash = hash_of_text(seq, &after, sealed_at, &body_text);
+            let receipt = Receipt {
                 seq,
                 prev_hash: std::mem::replace(&mut after, hash.clone()),
                 sealed_at: sealed_at.to_owned(),
@@ -166,14 +182,15 @@ impl Receipt {
                 hash,
                 signature: None,
                 group: None,
-            });
+            };
+            receipts.push((receipt, body_text));
         }
-        let hashes: Vec<&str> = receipts.iter().map(|r| r.hash.as_str()).collect();
+        let hashes: Vec<&str> = receipts.iter().map(|(r, _)| r.hash.as_str()).collect();
         // Content hashes are always SHA-256 in hex; an empty group has nothing to seal.
-        if let Some(seals) = group::seal(&hashes, key) {
-            for (receipt, seal) in receipts.iter_mut().zip(seals) {
-                receipt.group = Some(seal);
-            }
+        let seals = group::seal(&hashes, key).unwrap_or_default();
+        for ((receipt, text), seal) in receipts.iter_mut().zip(seals) {
+            receipt.group = Some(seal);
+            *text = receipt.text_with_body(text);
         }
         receipts
     }
@@ -195,9 +212,50 @@ impl Receipt {
 
     /// The exact text a receipt is stored and exported as: canonical JSON of every field.
     pub fn to_text(&self) -> String {
-        // A struct of strings, integers, string maps and JSON values always serializes.
-        let value = serde_json::to_value(self).expect("a receipt is plain JSON");
-        canonical(&value)
+        self.text_with_body(&canonical_body(&self.body))
+    }
+
+    /// [`Receipt::to_text`] given the body's canonical text: the fields around it are
+    /// written directly, in key order (`body`, `group`, `hash`, `prev_hash`, `sealed_at`,
+    /// `seq`, `signature`), which is what [`canonical`] of the whole receipt gives (a test
+    /// holds the two together) without building it as a JSON value.
+    fn text_with_body(&self, body: &str) -> String {
+        let proof = self.group.as_ref().map_or(0, |g| g.proof.len() * 67 + 300);
+        let mut out = String::with_capacity(body.len() + proof + 400);
+        out.push_str("{\"body\":");
+        out.push_str(body);
+        if let Some(group) = &self.group {
+            out.push_str(",\"group\":{\"index\":");
+            out.push_str(&group.index.to_string());
+            out.push_str(",\"proof\":[");
+            for (i, sibling) in group.proof.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(sibling, &mut out);
+            }
+            out.push_str("],\"root\":");
+            write_string(&group.root, &mut out);
+            out.push_str(",\"signature\":");
+            write_string(&group.signature, &mut out);
+            out.push_str(",\"size\":");
+            out.push_str(&group.size.to_string());
+            out.push('}');
+        }
+        out.push_str(",\"hash\":");
+        write_string(&self.hash, &mut out);
+        out.push_str(",\"prev_hash\":");
+        write_string(&self.prev_hash, &mut out);
+        out.push_str(",\"sealed_at\":");
+        write_string(&self.sealed_at, &mut out);
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        if let Some(signature) = &self.signature {
+            out.push_str(",\"signature\":");
+            write_string(signature, &mut out);
+        }
+        out.push('}');
+        out
     }
 
     /// The hash its fields give now (equal to `hash` unless something was edited).
@@ -254,15 +312,32 @@ impl ReceiptBody {
     }
 }
 
-/// SHA-256 (hex) of the canonical bytes of `(seq, prev_hash, sealed_at, body)`.
+/// SHA-256 (hex) of the canonical bytes of `(seq, prev_hash, sealed_at, body)`: the object
+/// `{"body","prev_hash","sealed_at","seq"}`, written in key order around the body's
+/// canonical text.
 fn content_hash(seq: u64, prev_hash: &str, sealed_at: &str, body: &ReceiptBody) -> String {
-    let value = serde_json::json!({
-        "seq": seq,
-        "prev_hash": prev_hash,
-        "sealed_at": sealed_at,
-        "body": body,
-    });
-    hex::encode(Sha256::digest(canonical(&value).as_bytes()))
+    hash_of_text(seq, prev_hash, sealed_at, &canonical_body(body))
+}
+
+/// [`content_hash`] given the body's canonical text.
+fn hash_of_text(seq: u64, prev_hash: &str, sealed_at: &str, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 160);
+    out.push_str("{\"body\":");
+    out.push_str(body);
+    out.push_str(",\"prev_hash\":");
+    write_string(prev_hash, &mut out);
+    out.push_str(",\"sealed_at\":");
+    write_string(sealed_at, &mut out);
+    out.push_str(",\"seq\":");
+    out.push_str(&seq.to_string());
+    out.push('}');
+    hex::encode(Sha256::digest(out.as_bytes()))
+}
+
+/// The canonical text of a body.
+fn canonical_body(body: &ReceiptBody) -> String {
+    // A struct of strings, integers, string maps and JSON values always serializes.
+    canonical(&serde_json::to_value(body).expect("a receipt body is plain JSON"))
 }
 
 /// The 32 bytes a signature covers; `None` when `hash` is not 64 hex digits.
@@ -489,6 +564,37 @@ pub(crate) mod tests {
             .group
             .clone();
         assert!(!swapped.signature_verifies(&public));
+    }
+
+    /// The direct writers give exactly what the generic canonical form of the whole value
+    /// gives, for both formats and bodies with every optional field, escapes and non-ASCII.
+    #[test]
+    fn the_direct_text_and_hash_equal_the_generic_canonical_form() {
+        let mut odd = body(3);
+        odd.job_id = "job \"quoted\" \\ back\nline\u{1}é✓".into();
+        odd.destination = None;
+        odd.verification = Some(serde_json::json!({"z": [1, {"b": null, "a": "ç"}], "a": true}));
+        let mut receipts = vec![sealed()];
+        let group = Receipt::seal_group_with_texts(
+            1,
+            GENESIS.to_owned(),
+            "2026-01-02T10:00:02.000Z",
+            vec![body(1), odd.clone(), body(2), odd],
+            &key(),
+        );
+        for (r, text) in &group {
+            assert_eq!(*text, r.to_text(), "the text sealing stores");
+        }
+        receipts.extend(group.into_iter().map(|(r, _)| r));
+        for r in receipts {
+            let generic = canonical(&serde_json::to_value(&r).unwrap());
+            assert_eq!(r.to_text(), generic);
+            let core = serde_json::json!({
+                "seq": r.seq, "prev_hash": r.prev_hash, "sealed_at": r.sealed_at, "body": r.body,
+            });
+            let generic_hash = hex::encode(Sha256::digest(canonical(&core).as_bytes()));
+            assert_eq!(r.hash, generic_hash);
+        }
     }
 
     #[test]

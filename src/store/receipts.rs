@@ -230,9 +230,16 @@ impl ReceiptChain {
             // One signature for the whole group (receipt format 2).
             let bodies = groups.iter().map(|g| g.body.clone()).collect();
             let sealed_at = crate::clock::now_rfc3339_millis();
-            let receipts =
-                Receipt::seal_group(seq + 1, prev.clone(), &sealed_at, bodies, &self.key);
-            match self.append(&receipts).await? {
+            let (receipts, texts): (Vec<Receipt>, Vec<String>) = Receipt::seal_group_with_texts(
+                seq + 1,
+                prev.clone(),
+                &sealed_at,
+                bodies,
+                &self.key,
+            )
+            .into_iter()
+            .unzip();
+            match self.append(&receipts, &texts).await? {
                 Appended::Done => {
                     if let Some(last) = receipts.last() {
                         self.remember_head(last.seq, &last.hash);
@@ -270,11 +277,10 @@ impl ReceiptChain {
     }
 
     /// Runs the append script for consecutive `receipts`.
-    async fn append(&self, receipts: &[Receipt]) -> Result<Appended, StoreError> {
+    async fn append(&self, receipts: &[Receipt], texts: &[String]) -> Result<Appended, StoreError> {
         let Some(first) = receipts.first() else {
             return Ok(Appended::Done);
         };
-        let texts: Vec<String> = receipts.iter().map(Receipt::to_text).collect();
         let reply: Vec<String> = redis_call(|| {
             let mut conn = self.conn.clone();
             let mut call = self.append.key(&self.keys.chain);
@@ -283,7 +289,7 @@ impl ReceiptChain {
                 .key(&self.keys.spend)
                 .arg(GENESIS)
                 .arg(&first.prev_hash);
-            for (receipt, text) in receipts.iter().zip(&texts) {
+            for (receipt, text) in receipts.iter().zip(texts) {
                 let (field, amount) = spend_of(&receipt.body).unwrap_or_default();
                 call.arg(receipt.seq)
                     .arg(&receipt.body.idempotency_key)
