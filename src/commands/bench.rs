@@ -27,6 +27,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{CommandError, Context, runtime, scratch_world};
+mod proc_cpu;
+
 use crate::{
     app::Connections,
     broker::{
@@ -76,6 +78,11 @@ pub struct BenchResult {
     pub peak_rss_mib: f64,
     /// The worker process's CPU time (user + system) per job.
     pub worker_cpu_us_per_job: f64,
+    /// RabbitMQ's CPU time per job while the worker ran, from `/proc` (`None` when the
+    /// broker is not a process of this machine that `/proc` shows).
+    pub rabbitmq_cpu_us_per_job: Option<f64>,
+    /// Redis's CPU time per job while the worker ran, from `/proc`.
+    pub redis_cpu_us_per_job: Option<f64>,
     /// Bare consume-and-ack rate of the same messages on this broker.
     pub ceiling_per_sec: Option<f64>,
     /// `jobs_per_sec / ceiling_per_sec`.
@@ -133,6 +140,15 @@ impl std::fmt::Display for BenchResult {
             )?,
             _ => write!(f, "; broker ceiling not measured")?,
         }
+        let service = |cpu: Option<f64>| {
+            cpu.map_or("not measured".to_owned(), |us| format!("{us:.0} µs/job"))
+        };
+        write!(
+            f,
+            "; RabbitMQ CPU {}, Redis CPU {}",
+            service(self.rabbitmq_cpu_us_per_job),
+            service(self.redis_cpu_us_per_job)
+        )?;
         write!(
             f,
             "; drained in {:.1} s; {:.2} Redis calls and {:.2} broker publishes per refund; {} calls waited for a rate limit, {} jobs deferred and {} retried through a retry tier",
@@ -241,6 +257,12 @@ async fn measure(
 
     let metrics_addr = worker_metrics_addr(args)?;
     let redis_before = redis_calls(redis).await?;
+    // The services' own CPU while the worker runs, when they are processes of this machine.
+    let services = [
+        service_on(&connections.amqp_url, 5672),
+        service_on(&connections.redis_url, 6379),
+    ];
+    let services_before = services.map(|s| s.and_then(proc_cpu::Watched::cpu));
     let worker = WorkerProcess::start(connections, &sandbox.url, args, prefetch, metrics_addr)?;
     if args.rate.is_some() {
         // Paced jobs must meet a running worker, not a backlog built while it started.
@@ -294,6 +316,7 @@ async fn measure(
         Some(Err(e)) => return Err(runtime(e)),
         None => return Err(runtime("the worker was not waited for")),
     };
+    let services_after = services.map(|s| s.and_then(proc_cpu::Watched::cpu));
     let ledger = sandbox.ledger_len().await?;
     let redis_after = redis_calls(redis).await?;
     let (retried, deferred, throttled) = counted.unwrap_or_default();
@@ -322,6 +345,10 @@ async fn measure(
         overhead_p99_ms: percentile_ms(&mut tally.overheads, 0.99),
         peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
         worker_cpu_us_per_job: usage.cpu.as_secs_f64() * 1e6 / (tally.refunded.max(1) as f64),
+        rabbitmq_cpu_us_per_job: spent(services_before[0], services_after[0])
+            .map(|cpu| per_refund(cpu.as_secs_f64() * 1e6)),
+        redis_cpu_us_per_job: spent(services_before[1], services_after[1])
+            .map(|cpu| per_refund(cpu.as_secs_f64() * 1e6)),
         ceiling_per_sec: ceiling,
         ratio: ceiling.map(|c| jobs_per_sec / c),
         rate_limit: args.rate_limit,
@@ -564,6 +591,28 @@ async fn wait_for_consumer(publisher: &Publisher, queue: &str) -> Result<(), Com
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(runtime("the worker did not start consuming within 30 s"))
+}
+
+/// The process of this machine that listens on the port of `url` (`default_port` when the
+/// URL names none), when `/proc` shows it and the host is a loopback address.
+fn service_on(url: &str, default_port: u16) -> Option<proc_cpu::Watched> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    local
+        .then(|| proc_cpu::Watched::listening_on(parsed.port().unwrap_or(default_port)))
+        .flatten()
+}
+
+/// CPU spent between two samples of the same process.
+fn spent(before: Option<Duration>, after: Option<Duration>) -> Option<Duration> {
+    Some(after?.saturating_sub(before?))
 }
 
 /// Publishes `jobs` at `rate` per second, in 2 ms slices.
