@@ -185,9 +185,12 @@ impl Receipt {
             };
             receipts.push((receipt, body_text));
         }
+        if receipts.is_empty() {
+            return receipts;
+        }
         let hashes: Vec<&str> = receipts.iter().map(|(r, _)| r.hash.as_str()).collect();
-        // Content hashes are always SHA-256 in hex; an empty group has nothing to seal.
-        let seals = group::seal(&hashes, key).unwrap_or_default();
+        let seals = group::seal(&hashes, key)
+            .expect("content hashes are SHA-256 in hex, and the group is not empty");
         for ((receipt, text), seal) in receipts.iter_mut().zip(seals) {
             receipt.group = Some(seal);
             *text = receipt.text_with_body(text);

@@ -56,6 +56,26 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// The group of receipts being read (format 2).
+#[derive(Debug)]
+struct OpenGroup {
+    /// Its Merkle root.
+    root: String,
+    /// How many receipts it sealed.
+    size: u32,
+    /// The position of its index 0.
+    first: u64,
+    /// The last position read in it.
+    last: u64,
+}
+
+impl OpenGroup {
+    /// The position of its last receipt.
+    fn end(&self) -> u64 {
+        self.first + u64::from(self.size).saturating_sub(1)
+    }
+}
+
 /// Checks a chain given as stored text (position → the exact stored JSON), in any order:
 /// entries listed out of position order are named, then checked in order. `head` is the
 /// recorded (seq, hash) of the last receipt, when there is one to compare with.
@@ -133,8 +153,10 @@ pub struct ChainVerifier<'k> {
     last_hash: Option<String>,
     /// Idempotency key → the position that sealed it (a key is sealed once).
     sealed_keys: HashMap<String, u64>,
-    /// Group roots (root, signature) whose signature verified: checked once per group.
-    verified_roots: HashSet<(String, String)>,
+    /// Group seals (root, signature, size) whose signature verified: checked once per group.
+    verified_roots: HashSet<(String, String, u32)>,
+    /// The group being read: its root, size, first position and last position seen.
+    open_group: Option<OpenGroup>,
     /// Receipts read in each format.
     signed_individually: u64,
     signed_per_group: u64,
@@ -152,6 +174,7 @@ impl<'k> ChainVerifier<'k> {
             last_hash: None,
             sealed_keys: HashMap::new(),
             verified_roots: HashSet::new(),
+            open_group: None,
             signed_individually: 0,
             signed_per_group: 0,
         }
@@ -230,11 +253,14 @@ impl<'k> ChainVerifier<'k> {
         }
         let (key, verified) = (self.key, &mut self.verified_roots);
         let signed = receipt.seal_verifies(key, |group| {
-            let id = (group.root.clone(), group.signature.clone());
+            let id = (group.root.clone(), group.signature.clone(), group.size);
             verified.contains(&id) || (group.root_signed_by(key) && verified.insert(id))
         });
         if receipt.format().is_some() && !signed {
             found.push("signature invalid".into());
+        }
+        if !repeated {
+            self.follow_group(seq, &receipt, signed, &mut found);
         }
         if !repeated {
             if seq == 1 && receipt.prev_hash != GENESIS {
@@ -270,8 +296,73 @@ impl<'k> ChainVerifier<'k> {
         }
     }
 
+    /// Checks that a group's receipts come together, each at its place: the receipts of one
+    /// root hold consecutive positions from its index 0, and the group ends where its size
+    /// says (a group cut short, by deletion at its end or by a relabelled size, is named).
+    fn follow_group(&mut self, seq: u64, receipt: &Receipt, signed: bool, found: &mut Vec<String>) {
+        // An invalid receipt's seal still says where it stood (it is reported as invalid
+        // itself); only a valid one opens a group.
+        let seal = receipt
+            .group
+            .as_ref()
+            .filter(|g| signed || self.open_group.as_ref().is_some_and(|o| o.root == g.root));
+        let same = |open: &OpenGroup| seal.is_some_and(|g| g.root == open.root);
+        if let Some(open) = self.open_group.take_if(|open| !same(open))
+            && seq == open.last + 1
+        {
+            // (After a gap, the missing positions were reported already.)
+            self.close_group(&open);
+        }
+        let Some(seal) = seal else {
+            return;
+        };
+        let first = seq.checked_sub(u64::from(seal.index));
+        match &mut self.open_group {
+            Some(open) => {
+                if first != Some(open.first) {
+                    found.push(format!(
+                        "group seal out of place: index {} of the group that starts at receipt {}",
+                        seal.index, open.first
+                    ));
+                }
+                open.last = seq;
+            }
+            None => {
+                if seal.index != 0 && self.last_seq + 1 == seq {
+                    found.push(format!(
+                        "group seal out of place: index {} where a group starts",
+                        seal.index
+                    ));
+                }
+                self.open_group = Some(OpenGroup {
+                    root: seal.root.clone(),
+                    size: seal.size,
+                    first: first.unwrap_or(seq),
+                    last: seq,
+                });
+            }
+        }
+    }
+
+    /// Names a group that ended before its size.
+    fn close_group(&mut self, open: &OpenGroup) {
+        if open.last < open.end() {
+            self.problems.push(Problem {
+                seq: open.last,
+                job_id: None,
+                what: format!(
+                    "group cut short: sealed as {} receipts from receipt {}, but it ends at receipt {}",
+                    open.size, open.first, open.last
+                ),
+            });
+        }
+    }
+
     /// The report: every problem, by position.
     pub fn finish(mut self) -> ChainReport {
+        if let Some(open) = self.open_group.take() {
+            self.close_group(&open);
+        }
         // Gaps up to a later position were reported when it came; only the tail is left.
         if let Some((h, _)) = self.head
             && self.last_seq < h
@@ -403,6 +494,45 @@ mod tests {
             KeyPair::from_seed(&crate::config::Secret::new("43".repeat(32)), "test").unwrap();
         let wrong = verify_chain(&stored, head(&stored), &other.public());
         assert_eq!(wrong.problems.len(), 9, "{wrong:?}");
+    }
+
+    #[test]
+    fn a_group_cut_short_or_relabelled_is_named() {
+        let stored = mixed();
+        // The last receipt of the last group (4..=7, 8..=9) deleted, and the head moved back
+        // to match: every link holds, but the group was sealed as two.
+        let cut: Vec<(u64, String)> = stored[..8].to_vec();
+        assert_eq!(
+            problems(&cut, head(&cut)),
+            vec![(
+                8,
+                "group cut short: sealed as 2 receipts from receipt 8, but it ends at receipt 8"
+                    .to_owned()
+            )]
+        );
+        // A size rewritten (receipt 4, first of a group of 4, relabelled as a group of 3):
+        // the signature covers the size.
+        let mut relabelled = stored.clone();
+        let mut r = Receipt::parse(&relabelled[3].1).unwrap();
+        r.group.as_mut().unwrap().size = 3;
+        relabelled[3].1 = r.to_text();
+        let found = problems(&relabelled, head(&stored));
+        assert!(
+            found.contains(&(4, "signature invalid".to_owned())),
+            "{found:?}"
+        );
+        // Receipts of two groups swapped in place are out of place, not only unlinked.
+        let mut swapped = stored.clone();
+        let (a, b) = (swapped[4].1.clone(), swapped[8].1.clone());
+        swapped[4].1 = b;
+        swapped[8].1 = a;
+        let found = problems(&swapped, head(&stored));
+        assert!(
+            found
+                .iter()
+                .any(|(seq, what)| *seq == 5 && what.starts_with("group seal out of place")),
+            "{found:?}"
+        );
     }
 
     #[test]

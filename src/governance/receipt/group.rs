@@ -7,6 +7,12 @@
 //! The tree: a leaf is SHA-256(`0x00` ‖ the receipt's hash bytes), a node is
 //! SHA-256(`0x01` ‖ left ‖ right) (the prefixes keep a leaf from passing for a node); at each
 //! level an odd last node goes up unchanged, without a sibling in the proof.
+//!
+//! The signature covers [`SIGNED_LABEL`] ‖ the group's size (4 bytes, big-endian) ‖ the root,
+//! not the root alone: with the size fixed, each index has its own path through the tree, so
+//! neither the size nor a receipt's index can be rewritten (with a carried-up node, another
+//! (index, size) pair would fold the same proof to the same root), and the label keeps a
+//! group signature from being taken for any other signature of the same key.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,6 +36,14 @@ pub struct GroupSeal {
 }
 
 type Node = [u8; 32];
+
+/// What a group signature is over, before the size and the root.
+const SIGNED_LABEL: &[u8] = b"refund-worker/receipt-group/v2\n";
+
+/// The bytes a group's signature covers.
+fn signed_message(size: u32, root: &[u8]) -> Vec<u8> {
+    [SIGNED_LABEL, &size.to_be_bytes(), root].concat()
+}
 
 fn leaf(hash: &Node) -> Node {
     Sha256::new()
@@ -76,7 +90,7 @@ pub(super) fn seal(hashes: &[&str], key: &KeyPair) -> Option<Vec<GroupSeal>> {
     }
     let root = levels.last()?.first()?;
     let root_hex = hex::encode(root);
-    let signature = key.sign_hex(root);
+    let signature = key.sign_hex(&signed_message(size, root));
     Some(
         (0..size)
             .map(|index| {
@@ -136,12 +150,15 @@ impl GroupSeal {
         proof.next().is_none() && at == root
     }
 
-    /// Whether the signature is `key`'s over the root, written as sealing writes it.
+    /// Whether the signature is `key`'s over the size and the root, written as sealing
+    /// writes it.
     pub fn root_signed_by(&self, key: &PublicKey) -> bool {
         let lowercase_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         lowercase_hex(&self.signature)
             && lowercase_hex(&self.root)
-            && digest_bytes(&self.root).is_some_and(|root| key.verifies(&root, &self.signature))
+            && digest_bytes(&self.root).is_some_and(|root| {
+                key.verifies(&signed_message(self.size, &root), &self.signature)
+            })
     }
 }
 
@@ -191,7 +208,7 @@ mod tests {
         assert!(!moved.includes(&hashes[2]), "another index");
         let mut resized = seal.clone();
         resized.size = 9;
-        assert!(!resized.includes(&hashes[2]) || resized.proof != seal.proof);
+        assert!(!(resized.includes(&hashes[2]) && resized.root_signed_by(&key.public())));
         let mut short = seal.clone();
         short.proof.pop();
         assert!(!short.includes(&hashes[2]), "a shortened proof");
@@ -210,6 +227,35 @@ mod tests {
         let mut mixed = seal.clone();
         mixed.signature = forged[2].signature.clone();
         assert!(!mixed.root_signed_by(&key.public()));
+    }
+
+    /// With a carried-up node, another (index, size) folds the same proof to the same root;
+    /// the signature over the size refuses every such pair.
+    #[test]
+    fn no_other_index_or_size_passes_for_a_receipts_own() {
+        let key = key();
+        let public = key.public();
+        for n in 1..=12usize {
+            let hashes = hashes(n);
+            let refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+            for (hash, seal) in hashes.iter().zip(seal(&refs, &key).unwrap()) {
+                for index in 0..24 {
+                    for size in 1..=24 {
+                        if (index, size) == (seal.index, seal.size) {
+                            continue;
+                        }
+                        let mut other = seal.clone();
+                        (other.index, other.size) = (index, size);
+                        assert!(
+                            !(other.includes(hash) && other.root_signed_by(&public)),
+                            "({}, {}) passed as ({index}, {size})",
+                            seal.index,
+                            seal.size
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
