@@ -40,9 +40,31 @@ impl Watched {
     }
 }
 
+/// The largest certificate file read: a PEM chain is a few KiB. A path an operator set to
+/// something else (a device, a log) is refused instead of read whole every 15 s.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// The `notAfter` of the first certificate in the PEM file at `path`, in Unix seconds.
 fn expiry_of_file(path: &std::path::Path) -> Result<i64, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        ));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(cannot)?;
+    if pem.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "{}: larger than {MAX_PEM_BYTES} bytes, not a certificate file",
+            path.display()
+        ));
+    }
     not_after(&pem).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -124,6 +146,21 @@ IQC/Ku6qixEzXpLNYZUEq6RXdRpv3F2IIAtt3T1lrOg+/A==
             refused.starts_with("[certificates] pix_client: cannot read"),
             "{refused}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_certificate_file_is_refused_without_reading_it_whole() {
+        let configured = BTreeMap::from([("dev".to_owned(), "/dev/zero".to_owned())]);
+        let refused = Watched::load(&configured).unwrap_err();
+        assert!(refused.contains("not a regular file"), "{refused}");
+        let dir = std::env::temp_dir().join(format!("certs-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'A'; (MAX_PEM_BYTES + 10) as usize]).unwrap();
+        let configured = BTreeMap::from([("big".to_owned(), big.display().to_string())]);
+        let refused = Watched::load(&configured).unwrap_err();
+        assert!(refused.contains("not a certificate file"), "{refused}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
