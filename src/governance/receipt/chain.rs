@@ -97,7 +97,7 @@ pub fn verify_chain(
     let mut sorted: Vec<&(u64, String)> = stored.iter().collect();
     sorted.sort_by_key(|(seq, _)| *seq);
     for (seq, text) in sorted {
-        verifier.check(*seq, text);
+        let _ = verifier.check(*seq, text);
     }
     verifier.finish()
 }
@@ -200,7 +200,9 @@ impl<'k> ChainVerifier<'k> {
     }
 
     /// Examines the receipt stored at `seq` (positions must come in ascending order).
-    pub fn check(&mut self, seq: u64, text: &str) {
+    /// Returns it when it reads, its hash recomputes and its seal verifies (whatever its
+    /// place in the chain), so a caller summing receipts checks no signature twice.
+    pub fn check(&mut self, seq: u64, text: &str) -> Option<Receipt> {
         self.checked += 1;
         let head_seq = self.head.as_ref().map(|(h, _)| *h);
         let parsed = Receipt::parse(text);
@@ -230,7 +232,7 @@ impl<'k> ChainVerifier<'k> {
                 if !repeated {
                     self.advance(seq, None);
                 }
-                return;
+                return None;
             }
         };
         if receipt.seq != seq {
@@ -239,7 +241,8 @@ impl<'k> ChainVerifier<'k> {
                 receipt.seq
             ));
         }
-        if receipt.recomputed_hash() != receipt.hash {
+        let hash_holds = receipt.recomputed_hash() == receipt.hash;
+        if !hash_holds {
             found.push("edited (hash mismatch)".into());
         } else if receipt.to_text() != text {
             found.push("edited (stored text differs from the sealed form)".into());
@@ -292,8 +295,9 @@ impl<'k> ChainVerifier<'k> {
         }
         self.push_all(seq, &job_id, found);
         if !repeated {
-            self.advance(seq, Some(receipt.hash));
+            self.advance(seq, Some(receipt.hash.clone()));
         }
+        (hash_holds && signed).then_some(receipt)
     }
 
     /// Checks that a group's receipts come together, each at its place: the receipts of one
