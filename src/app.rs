@@ -190,9 +190,7 @@ async fn wire(connections: &Connections, settings: &Settings) -> Result<Wiring, 
     // Connected: Redis readiness starts up (the pipeline owns it from here on).
     crate::pipeline::RedisReadiness::new(Arc::clone(&health)).up();
     let prefix = &connections.prefix;
-    let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency)
-        .without_needless_legacy_reads()
-        .await;
+    let store = IdempotencyStore::from_settings(conn.clone(), prefix, &settings.idempotency);
     let client = crate::http::client(&settings.providers)?;
     let receipts = ReceiptChain::new(conn.clone(), prefix, receipt_key);
     let pauses = Arc::new(PauseBoard::new(metrics.provider_paused.clone()));

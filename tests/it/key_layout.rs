@@ -5,7 +5,7 @@
 //! their scripts (`RecordKeys`, `MandateKeys`). A run against the real Redis then checks that
 //! the keys a worker leaves behind are exactly the layout's.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use lapin::BasicProperties;
 use refund_worker::{
@@ -265,51 +265,5 @@ async fn a_record_from_before_the_hash_tag_is_adopted_and_nothing_is_refunded_ag
     );
     let record = env.record(k.as_str()).await.unwrap();
     assert_eq!(record.state, refund_worker::store::RecordState::Done);
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn claims_skip_the_legacy_read_only_while_no_legacy_record_is_left() {
-    let env = TestEnv::start("key-legacy-scan").await;
-    let records = RecordKeys::new(env.prefix());
-    let fresh = env.store.clone();
-    assert!(fresh.reads_legacy_records(), "on by default");
-    // A fresh namespace: nothing of the old layout, so the read is turned off.
-    assert!(!fresh.legacy_records_exist(Duration::from_secs(2)).await);
-    let off = env.store.clone().without_needless_legacy_reads().await;
-    assert!(!off.reads_legacy_records());
-
-    // Tagged records (the current layout) do not count; an untagged one does.
-    let k = key(&format!("pi_scan_1:{}", JobDate::today()));
-    let mut conn = store::connect(REDIS_URL).await.unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(records.record(&k))
-        .arg("state")
-        .arg("done")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(!fresh.legacy_records_exist(Duration::from_secs(2)).await);
-    let _: () = redis::cmd("HSET")
-        .arg(records.legacy_record(&k))
-        .arg("state")
-        .arg("done")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(fresh.legacy_records_exist(Duration::from_secs(2)).await);
-    let on = env.store.clone().without_needless_legacy_reads().await;
-    assert!(
-        on.reads_legacy_records(),
-        "an old record is left: keep adopting"
-    );
-    // Configured off stays off, whatever is found.
-    let configured_off = env.store.clone().reading_legacy_keys(false);
-    assert!(
-        !configured_off
-            .without_needless_legacy_reads()
-            .await
-            .reads_legacy_records()
-    );
     env.cleanup().await;
 }

@@ -61,66 +61,6 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Whether a record of the layout before the hash tag is left in this namespace: SCANs
-    /// for `<ns>:idem:` keys that do not start with a brace, for at most `budget`. `true` when
-    /// it cannot tell (an error, or a keyspace too large to scan within the budget).
-    pub async fn legacy_records_exist(&self, budget: Duration) -> bool {
-        let glob_escaped: String = self
-            .keys
-            .namespace()
-            .chars()
-            .flat_map(|c| {
-                let special = matches!(c, '*' | '?' | '[' | ']' | '\\');
-                special.then_some('\\').into_iter().chain([c])
-            })
-            .collect();
-        let pattern = format!("{glob_escaped}:idem:[^{{]*");
-        let started = std::time::Instant::now();
-        let mut cursor = 0u64;
-        loop {
-            if started.elapsed() > budget {
-                return true;
-            }
-            let scanned: Result<(u64, Vec<String>), StoreError> = redis_call(|| {
-                let mut conn = self.conn.clone();
-                let mut cmd = redis::cmd("SCAN");
-                cmd.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000);
-                async move { cmd.query_async(&mut conn).await }
-            })
-            .await;
-            match scanned {
-                Ok((_, found)) if !found.is_empty() => return true,
-                Ok((0, _)) => return false,
-                Ok((next, _)) => cursor = next,
-                Err(_) => return true,
-            }
-        }
-    }
-
-    /// Turns the read of legacy records off when none is left: only a worker of the version
-    /// before the hash tag wrote them, and an upgrade stops every such worker first, so none
-    /// can appear later. Saves a Redis round trip per claim on a fresh install, or once the
-    /// old records have expired, without waiting for `read_legacy_keys = false`.
-    pub async fn without_needless_legacy_reads(mut self) -> Self {
-        if self.read_legacy && !self.legacy_records_exist(Duration::from_secs(2)).await {
-            tracing::info!(
-                namespace = self.keys.namespace(),
-                "no idempotency record of the layout before hash tags is left: claims skip the legacy read"
-            );
-            self.read_legacy = false;
-        }
-        self
-    }
-
-    /// Whether claims look for (and adopt) records of the layout before the hash tag.
-    pub fn reads_legacy_records(&self) -> bool {
-        self.read_legacy
-    }
-
     /// Claims `key` for an attempt holding `owner`. Repeating a claim with the same owner
     /// returns the same claim, so a call whose answer was lost can simply be repeated.
     /// `fingerprint` is recorded; a record holding it or `legacy` (the same job's fingerprint
