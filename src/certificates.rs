@@ -48,13 +48,14 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 fn expiry_of_file(path: &std::path::Path) -> Result<i64, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    if !file.metadata().map_err(cannot)?.is_file() {
+    // Checked before opening: opening a FIFO would block until a writer came.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
         return Err(format!(
             "cannot read {}: not a regular file",
             path.display()
         ));
     }
+    let file = std::fs::File::open(path).map_err(cannot)?;
     let mut pem = Vec::new();
     file.take(MAX_PEM_BYTES + 1)
         .read_to_end(&mut pem)
