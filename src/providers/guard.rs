@@ -24,7 +24,7 @@ use super::{
 use crate::job::ProviderName;
 
 /// How long a call may wait for a free slot before it is skipped instead.
-pub(crate) const MAX_SLOT_WAIT: Duration = Duration::from_secs(5);
+const MAX_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// A guard's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

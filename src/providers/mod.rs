@@ -15,7 +15,7 @@ pub mod pix;
 pub mod rinne;
 pub mod stripe;
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -147,11 +147,9 @@ impl Providers {
             let limits = guard::Limits {
                 concurrency: own.concurrency,
                 rate_limit: own.rate_limit,
-                max_rate_wait: max_rate_wait(
-                    p.max_throttle_wait,
-                    settings.idempotency.lease,
-                    p.timeout,
-                ),
+                max_rate_wait: p
+                    .max_throttle_wait
+                    .min(settings.idempotency.lease.saturating_sub(p.timeout) / 2),
                 circuit_failures: p.circuit_failures,
                 circuit_open_for: p.circuit_open_for,
             };
@@ -175,32 +173,5 @@ impl Providers {
     /// The connector for a rail, if this worker has one.
     pub fn get(&self, name: ProviderName) -> Option<&Arc<dyn RefundProvider>> {
         self.by_name.get(&name)
-    }
-}
-
-/// How long a call may wait for its provider's rate limit: `configured`, but never so long
-/// that the claim's lease could run out before the call ends. A claim is renewed only once a
-/// third of its lease has gone, so a call may start with two thirds of it left; after the
-/// rate wait it may still wait [`guard::MAX_SLOT_WAIT`] for a slot and then `timeout` for the
-/// provider. A lease that leaves no room gives no rate wait (the job is deferred instead).
-fn max_rate_wait(configured: Duration, lease: Duration, timeout: Duration) -> Duration {
-    configured.min((lease * 2 / 3).saturating_sub(timeout + guard::MAX_SLOT_WAIT))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rate_wait_never_outlasts_what_the_lease_leaves_for_the_call() {
-        let s = Duration::from_secs;
-        // Defaults: lease 30 s, timeout 10 s: 20 s left at worst, minus the slot wait and the
-        // call itself leaves 5 s.
-        assert_eq!(max_rate_wait(s(10), s(30), s(10)), s(5));
-        assert_eq!(max_rate_wait(s(2), s(30), s(10)), s(2));
-        let (lease, timeout) = (s(60), s(10));
-        let wait = max_rate_wait(s(60), lease, timeout);
-        assert!(wait + guard::MAX_SLOT_WAIT + timeout <= lease * 2 / 3);
-        assert_eq!(max_rate_wait(s(10), s(15), s(10)), Duration::ZERO);
     }
 }
