@@ -206,7 +206,8 @@ pub struct IdempotencySettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProvidersSettings {
-    /// Whole-request timeout of a provider call; must stay well under the lease.
+    /// The longest a provider call may take, all its requests together (each request's
+    /// timeout, and the guard's bound on the whole call); must stay under the lease.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// TCP connect timeout; a connect failure means nothing was sent.
@@ -218,8 +219,8 @@ pub struct ProvidersSettings {
     #[serde(deserialize_with = "duration")]
     pub circuit_open_for: Duration,
     /// How long a call may wait in-process for its provider's rate limit before it goes to a
-    /// retry tier instead (held under the claim's lease: the worker waits at most half of
-    /// what the lease leaves after a call's timeout).
+    /// retry tier instead. The wait holds the delivery, not the claim's safety: the claim is
+    /// made to last the call out (renewed if need be) after the wait, right before the send.
     #[serde(deserialize_with = "duration")]
     pub max_throttle_wait: Duration,
     /// Stripe.

@@ -121,7 +121,15 @@ pub struct PipelineOptions {
     pub max_takeovers: u32,
     /// The largest body parsed; a larger one is dead-lettered as `invalid`.
     pub max_body_bytes: usize,
+    /// How long a claim must still last when a refund is sent: the provider call's bound
+    /// (`[providers] timeout`, which the guard enforces over all of a call's requests) and a
+    /// margin for the clocks. Checked once the guard's waits are over, right before the send.
+    pub send_lease: std::time::Duration,
 }
+
+/// What a claim must last beyond a provider call's timeout when the call is sent: Redis
+/// counts the lease from when it ran the script, the worker from before it asked.
+const SEND_LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PipelineOptions {
     /// From the settings: `[retry]`, `[worker] delivery_limit` for takeovers and
@@ -131,6 +139,7 @@ impl PipelineOptions {
             retry: InProcessRetry::from_settings(&settings.retry),
             max_takeovers: settings.worker.delivery_limit,
             max_body_bytes: settings.worker.max_body_bytes,
+            send_lease: settings.providers.timeout + SEND_LEASE_MARGIN,
         }
     }
 }

@@ -19,7 +19,9 @@ use crate::{
     governance::receipt::{Receipt, ReceiptBody},
     job::{IdempotencyKey, ProviderName, RefundJob},
     outcome::{FailureClass, Outcome},
-    providers::{ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus},
+    providers::{
+        BeforeSend, ProviderError, ProviderRefund, RefundProvider, RefundRequest, RefundStatus,
+    },
     store::{Claim, ClaimTicket, RefundRecord, Settle},
 };
 
@@ -469,20 +471,24 @@ async fn call_provider(
             Err(error) => return (Err(error), false),
         }
     }
-    // Nothing has been sent yet: a claim that is no longer ours, or that Redis cannot renew,
-    // ends the attempt without a send.
-    match pipeline.store.keep_lease_fresh(&request.key, ticket).await {
-        Ok(true) => {}
-        Ok(false) => {
-            let why = "the claim was taken over before sending";
-            return (Err(ProviderError::transient(why)), false);
-        }
-        Err(e) => {
-            let why = format!("cannot renew the claim before sending: {e}");
-            return (Err(ProviderError::transient(why)), false);
-        }
-    }
-    (provider.refund(request).await, false)
+    // Nothing has been sent yet. Once the guard's waits (rate limit, call slot) are over, the
+    // claim must still be ours and last the call out; if it is no longer ours, or Redis
+    // cannot renew it, the attempt ends without a send.
+    let (store, key, need) = (&pipeline.store, &request.key, pipeline.options.send_lease);
+    let before_send: BeforeSend<'_> = Box::new(move || {
+        Box::pin(async move {
+            match store.keep_lease_for(key, ticket, need).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ProviderError::transient(
+                    "the claim was taken over before sending",
+                )),
+                Err(e) => Err(ProviderError::transient(format!(
+                    "cannot renew the claim before sending: {e}"
+                ))),
+            }
+        })
+    });
+    (provider.refund_checked(request, before_send).await, false)
 }
 
 /// Records what the payment looks like at the provider before a send (for providers that

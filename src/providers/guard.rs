@@ -18,7 +18,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
-    ProviderError, ProviderRefund, RefundProvider, RefundRequest,
+    BeforeSend, ProviderError, ProviderRefund, RefundProvider, RefundRequest,
     pause::{PAUSED_RETRY, PauseBoard},
 };
 use crate::job::ProviderName;
@@ -40,6 +40,9 @@ pub struct Limits {
     pub circuit_failures: u32,
     /// How long the circuit stays open before a probe.
     pub circuit_open_for: Duration,
+    /// The longest a call may take once sent, all its requests together (a token fetch and
+    /// the refund); past it the outcome is unknown. Zero: no bound beyond the HTTP client's.
+    pub call_timeout: Duration,
 }
 
 /// A connector behind its guard. Implements [`RefundProvider`] itself, so the pipeline cannot
@@ -194,12 +197,19 @@ impl Guarded {
         }
     }
 
-    /// Runs one provider call under the guard.
-    async fn call<T, F>(&self, call: F) -> Result<T, ProviderError>
+    /// Runs one provider call under the guard. `before_send`, if any, runs once the call is
+    /// admitted, paced and holds its slot, right before it goes out; its refusal is returned
+    /// as it is and tells the circuit nothing (the provider was not asked).
+    async fn call<T, F>(
+        &self,
+        before_send: Option<BeforeSend<'_>>,
+        call: F,
+    ) -> Result<T, ProviderError>
     where
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
         let mut probe = self.admit()?;
+        let mut held_back = false;
         let outcome = async {
             self.pace().await?;
             let _slot = match &self.slots {
@@ -218,10 +228,23 @@ impl Guarded {
                     }
                 }
             };
-            call.await
+            if let Some(check) = before_send {
+                check().await.inspect_err(|_| held_back = true)?;
+            }
+            let bound = self.limits.call_timeout;
+            if bound.is_zero() {
+                return call.await;
+            }
+            tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
+                Err(ProviderError::unknown(format!(
+                    "{}: no answer within {bound:?}",
+                    self.inner.name()
+                )))
+            })
         }
         .await;
         let verdict = match &outcome {
+            Err(_) if held_back => Verdict::Skipped,
             Ok(_) | Err(ProviderError::Permanent { .. }) => Verdict::Up,
             Err(ProviderError::Transient {
                 retry_after: Some(wait),
@@ -293,7 +316,16 @@ impl RefundProvider for Guarded {
     }
 
     async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError> {
-        self.call(self.inner.refund(request)).await
+        self.call(None, self.inner.refund(request)).await
+    }
+
+    async fn refund_checked(
+        &self,
+        request: &RefundRequest,
+        before_send: BeforeSend<'_>,
+    ) -> Result<ProviderRefund, ProviderError> {
+        self.call(Some(before_send), self.inner.refund(request))
+            .await
     }
 
     fn needs_snapshot(&self) -> bool {
@@ -301,7 +333,7 @@ impl RefundProvider for Guarded {
     }
 
     async fn snapshot(&self, request: &RefundRequest) -> Result<Option<String>, ProviderError> {
-        self.call(self.inner.snapshot(request)).await
+        self.call(None, self.inner.snapshot(request)).await
     }
 
     async fn find(
@@ -309,7 +341,7 @@ impl RefundProvider for Guarded {
         request: &RefundRequest,
         snapshot: Option<&str>,
     ) -> Result<Option<ProviderRefund>, ProviderError> {
-        self.call(self.inner.find(request, snapshot)).await
+        self.call(None, self.inner.find(request, snapshot)).await
     }
 
     async fn status(
@@ -317,7 +349,7 @@ impl RefundProvider for Guarded {
         request: &RefundRequest,
         refund_id: &str,
     ) -> Result<ProviderRefund, ProviderError> {
-        self.call(self.inner.status(request, refund_id)).await
+        self.call(None, self.inner.status(request, refund_id)).await
     }
 }
 

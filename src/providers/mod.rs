@@ -17,6 +17,7 @@ pub mod stripe;
 
 use std::{collections::HashMap, fmt, sync::Arc};
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use self::error::ProviderError;
@@ -72,6 +73,11 @@ pub struct ProviderRefund {
     pub amount: u64,
 }
 
+/// The last check before a refund is sent, run by [`RefundProvider::refund_checked`] once the
+/// call may go (after any wait for a rate token or a call slot): the pipeline makes sure its
+/// claim on the key is still its own and lasts the call out. Its error stops the send.
+pub type BeforeSend<'a> = Box<dyn FnOnce() -> BoxFuture<'a, Result<(), ProviderError>> + Send + 'a>;
+
 /// One payment rail's refund API.
 #[async_trait::async_trait]
 pub trait RefundProvider: Send + Sync + fmt::Debug {
@@ -81,6 +87,18 @@ pub trait RefundProvider: Send + Sync + fmt::Debug {
     /// Asks for the refund, sending `request.key` as the idempotency key (or deriving from it
     /// the refund id the provider lets us choose).
     async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError>;
+
+    /// [`refund`](Self::refund), sent only if `before_send` allows it when nothing stands
+    /// between the call and the provider any more. A guard's waits come before the check, so
+    /// no wait can eat into what the check made sure of. Default: check, then send.
+    async fn refund_checked(
+        &self,
+        request: &RefundRequest,
+        before_send: BeforeSend<'_>,
+    ) -> Result<ProviderRefund, ProviderError> {
+        before_send().await?;
+        self.refund(request).await
+    }
 
     /// Whether this provider takes a [`snapshot`](Self::snapshot) before each send.
     fn needs_snapshot(&self) -> bool {
@@ -147,11 +165,10 @@ impl Providers {
             let limits = guard::Limits {
                 concurrency: own.concurrency,
                 rate_limit: own.rate_limit,
-                max_rate_wait: p
-                    .max_throttle_wait
-                    .min(settings.idempotency.lease.saturating_sub(p.timeout) / 2),
+                max_rate_wait: p.max_throttle_wait,
                 circuit_failures: p.circuit_failures,
                 circuit_open_for: p.circuit_open_for,
+                call_timeout: p.timeout,
             };
             let gauge = metrics.circuit_open.with_label_values(&[name.as_str()]);
             let throttled = metrics.throttled.with_label_values(&[name.as_str()]);

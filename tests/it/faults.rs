@@ -273,3 +273,44 @@ async fn a_rate_limit_is_waited_out_in_process_without_a_retry() {
     );
     env.cleanup().await;
 }
+
+/// A rate wait longer than the claim's whole lease is still waited out in-process: the claim
+/// is renewed after the wait, right before the send, so the wait neither sends the job to a
+/// retry tier nor lets the call outlive its claim. 10 jobs at 2 calls/s under a 3 s lease: the
+/// last waits about 4 s. Before, a rate wait was capped at half of what the lease left after
+/// the call's timeout (1 s here), and the later jobs went round a retry tier.
+#[tokio::test]
+async fn a_rate_wait_longer_than_the_lease_renews_the_claim_before_the_send() {
+    let env = TestEnv::with("throttle-lease", FaultOptions::default(), |s| {
+        s.providers.stripe.rate_limit = 2;
+        s.providers.max_throttle_wait = Duration::from_secs(10);
+        s.worker.concurrency = 16;
+        s.worker.prefetch = 16;
+    })
+    .await;
+    let jobs: Vec<_> = (0..10)
+        .map(|i| stripe_job(&format!("pi_lease_{i}"), 100 + i))
+        .collect();
+    env.publish_json(&jobs).await;
+
+    let started = std::time::Instant::now();
+    let run = env.run_until_idle().await;
+
+    let not_first_time: Vec<_> = run
+        .reports
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Refunded { .. }))
+        .collect();
+    assert!(not_first_time.is_empty(), "{not_first_time:#?}");
+    let ledger = env.ledger();
+    assert_eq!(ledger.len(), 10, "{ledger:#?}");
+    let payments: std::collections::HashSet<_> =
+        ledger.iter().map(|r| r.payment_id.clone()).collect();
+    assert_eq!(payments.len(), 10, "one refund per payment: {ledger:#?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(3900),
+        "the rate limit paced the calls: {:?}",
+        started.elapsed()
+    );
+    env.cleanup().await;
+}

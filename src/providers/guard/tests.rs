@@ -83,6 +83,7 @@ fn limits(failures: u32) -> Limits {
         max_rate_wait: Duration::from_secs(1),
         circuit_failures: failures,
         circuit_open_for: Duration::from_secs(30),
+        call_timeout: Duration::ZERO,
     }
 }
 
@@ -332,5 +333,110 @@ async fn token_bucket_refills_at_its_rate() {
     assert!(
         bucket.reserve(Duration::from_millis(100)).is_err(),
         "too far away: not booked"
+    );
+}
+
+/// A pre-send check that notes when it ran (and the calls the provider had seen by then), and
+/// allows the send or not.
+fn check_at(
+    seen: &Arc<Mutex<Vec<(Duration, usize)>>>,
+    provider: &Arc<Scripted>,
+    started: Instant,
+    allow: bool,
+) -> BeforeSend<'static> {
+    let (seen, provider) = (Arc::clone(seen), Arc::clone(provider));
+    Box::new(move || {
+        Box::pin(async move {
+            seen.lock()
+                .unwrap()
+                .push((started.elapsed(), provider.calls()));
+            if allow {
+                Ok(())
+            } else {
+                Err(ProviderError::transient("the claim was taken over"))
+            }
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pre_send_check_runs_after_the_rate_wait_and_its_refusal_sends_nothing() {
+    let provider = Scripted::new(vec![]);
+    let guard = Guarded::new(
+        provider.clone(),
+        Limits {
+            rate_limit: 1,
+            max_rate_wait: Duration::from_secs(10),
+            ..limits(1)
+        },
+        gauge(),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let first = guard
+        .refund_checked(&request(), check_at(&seen, &provider, started, true))
+        .await;
+    assert!(first.is_ok(), "{first:?}");
+    // The second call waits a second for its token: its check runs after that wait.
+    let second = guard
+        .refund_checked(&request(), check_at(&seen, &provider, started, true))
+        .await;
+    assert!(second.is_ok(), "{second:?}");
+    // The third call's check refuses: the provider is not asked, and the refusal is not a
+    // failure of the provider's (a circuit of one failure would open on it).
+    let refused = guard
+        .refund_checked(&request(), check_at(&seen, &provider, started, false))
+        .await;
+    assert!(
+        matches!(&refused, Err(ProviderError::Transient { why, .. }) if why.contains("taken over")),
+        "{refused:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].0 < Duration::from_millis(10), "{seen:?}");
+    assert!(
+        seen[1].0 >= Duration::from_millis(990) && seen[1].0 <= Duration::from_millis(1010),
+        "checked before the rate wait ended: {seen:?}"
+    );
+    assert!(
+        seen[2].0 >= Duration::from_millis(1990),
+        "checked before the rate wait ended: {seen:?}"
+    );
+    // Each check ran before its own call reached the provider.
+    assert_eq!(
+        seen.iter().map(|(_, calls)| *calls).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(provider.calls(), 2);
+    assert!(
+        guard.refund(&request()).await.is_ok(),
+        "circuit still closed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_past_its_bound_is_an_unknown_outcome() {
+    let provider = Arc::new(Scripted {
+        delay: Duration::from_secs(30),
+        ..Scripted::default()
+    });
+    let guard = Guarded::new(
+        provider.clone(),
+        Limits {
+            call_timeout: Duration::from_secs(10),
+            ..limits(0)
+        },
+        gauge(),
+    );
+    let started = Instant::now();
+    let result = guard.refund(&request()).await;
+    assert!(
+        matches!(&result, Err(ProviderError::Unknown { why }) if why.contains("no answer within")),
+        "{result:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
     );
 }

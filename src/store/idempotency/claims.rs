@@ -119,16 +119,19 @@ impl IdempotencyStore {
         }
     }
 
-    /// Renews the claim when a third of its lease has gone by, so that a send starts well
-    /// inside the lease: the steps before it (a governed job's ERP and mandate checks, a
-    /// snapshot read) must not leave another worker free to take the job over while the
-    /// refund executes. `false` when another attempt took it over.
-    pub async fn keep_lease_fresh(
+    /// Makes sure the claim lasts at least `need` more (renewing it when less is left, or
+    /// when `need` is the whole lease or more), so that a send about to start ends inside the
+    /// lease: the steps before it (a governed job's ERP and mandate checks, a snapshot read,
+    /// a wait for the provider's rate limit) must not leave another worker free to take the
+    /// job over while the refund executes. `false` when another attempt took it over.
+    pub async fn keep_lease_for(
         &self,
         key: &IdempotencyKey,
         ticket: &mut ClaimTicket,
+        need: Duration,
     ) -> Result<bool, StoreError> {
-        if ticket.lease_from.elapsed() < self.lease / 3 {
+        let left = self.lease.saturating_sub(ticket.lease_from.elapsed());
+        if need < self.lease && left > need {
             return Ok(true);
         }
         self.renew(key, ticket).await

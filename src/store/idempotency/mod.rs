@@ -81,7 +81,7 @@ pub struct ClaimTicket {
     /// The job's finished steps (name → recorded value), so a retry resumes after them.
     pub steps: std::collections::BTreeMap<String, String>,
     /// When the current lease began, by this process's clock (taken before asking Redis, so
-    /// never later than the server's): see [`IdempotencyStore::keep_lease_fresh`].
+    /// never later than the server's): see [`IdempotencyStore::keep_lease_for`].
     pub lease_from: std::time::Instant,
 }
 
